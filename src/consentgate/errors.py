@@ -1,0 +1,38 @@
+"""Error types that map to the command line's exit statuses.
+
+The contract: exit 2 for bad input (config, arguments, table schema) and exit 1 for a check
+that failed (verification, a refused gate). Every error names its culprit in the message so an
+operator can fix it without reading a stack trace.
+"""
+
+from __future__ import annotations
+
+
+class ConsentgateError(Exception):
+    """Base class; ``exit_code`` is what the command line exits with."""
+
+    exit_code = 2
+
+
+class ConfigError(ConsentgateError):
+    """The configuration file is invalid; the message names the offending key."""
+
+
+class TableError(ConsentgateError):
+    """A Delta table is missing, unreadable, or needs a feature this engine cannot honour."""
+
+
+class SchemaError(TableError):
+    """A table lacks a column the caller needs or has it with the wrong type."""
+
+
+class CheckFailed(ConsentgateError):
+    """A verification failed or the gate refused; nothing was published."""
+
+    exit_code = 1
+
+
+class ConflictError(ConsentgateError):
+    """A concurrent writer moved the table in a way we could not reconcile within our retries."""
+
+    exit_code = 1
