@@ -162,7 +162,7 @@ class Config(_Strict):
         if not self.lake_root.is_dir():
             raise ConfigError(f"lake_root: directory {self.lake_root} does not exist")
         for table in ("consent_records", "assets", "lineage"):
-            path = self.table_path(table)  # type: ignore[arg-type]
+            path = self.table_path(table)
             if not path.exists():
                 raise ConfigError(f"tables.{table}: path {path} does not exist")
         for name in self.datasets:
