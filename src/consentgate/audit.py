@@ -1,0 +1,266 @@
+"""The audit log: an append-only, hash-chained Delta table of every gate, purge, vacuum, verify,
+backfill and erasure event.
+
+Why a chain: the log is evidence that a removal or a training snapshot happened under given
+terms. Each entry carries the SHA-256 of the previous entry, and its own SHA-256 is computed over
+the RFC 8785 (JCS) canonical JSON of the entry without ``entry_sha256``::
+
+    {"at": "<ISO-8601 UTC, microseconds, Z>", "kind": ..., "payload": {...},
+     "previous_sha256": "<hex or empty string for the first entry>", "run_id": ..., "seq": n}
+
+so editing, dropping or reordering an entry breaks every later link, and anyone can recompute
+it with any JCS implementation. The table is created with ``delta.appendOnly=true`` so a Delta
+writer that honours the protocol refuses to remove its files.
+
+Decisions:
+
+* One small driver-side row per event (events grow with runs, not with data).
+* Appends are serialised by an advisory file lock next to the table (``audit.lock``) so that two
+  processes on one machine never fork the chain; on a cluster the driver is the only writer. A
+  fork that happens anyway (two writers without a shared filesystem lock) is caught by
+  :func:`verify_chain` (duplicate ``seq`` or a broken ``previous_sha256`` link).
+* Payloads must never carry raw asset or user ids. Every string in a payload is checked and a
+  UUID-shaped value (what asset, user and consent-record ids are) is refused, fail closed:
+  counts, dataset names, run ids and hashes pass.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
+
+from consentgate import lake
+from consentgate.canonical import canonical_json, sha256_hex
+from consentgate.config import Config
+from consentgate.errors import ConsentgateError
+from consentgate.runtime import iso, now_utc
+
+#: Event kinds the log knows; anything else is refused so typos do not split the history.
+KINDS: Final[frozenset[str]] = frozenset(
+    {"gate", "purge", "vacuum", "verify", "backfill", "erasure", "recovery", "impact"}
+)
+
+SCHEMA: Final = StructType(
+    [
+        StructField("seq", LongType(), False),
+        StructField("at", TimestampType(), False),
+        StructField("kind", StringType(), False),
+        StructField("run_id", StringType(), False),
+        StructField("payload_json", StringType(), False),
+        StructField("previous_sha256", StringType(), False),
+        StructField("entry_sha256", StringType(), False),
+    ]
+)
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_ISO_MICROS = "yyyy-MM-dd'T'HH:mm:ss.SSSSSS'Z'"
+
+
+def audit_path(config: Config) -> Path:
+    """Where the audit table lives: ``<state_dir>/audit``."""
+    return config.state_dir / "audit"
+
+
+def entry_digest(
+    *, seq: int, at: str, kind: str, run_id: str, payload: Mapping[str, Any], previous: str
+) -> str:
+    """SHA-256 (hex) of the JCS canonical JSON of one entry without its own hash."""
+    body = {
+        "seq": seq,
+        "at": at,
+        "kind": kind,
+        "run_id": run_id,
+        "payload": dict(payload),
+        "previous_sha256": previous,
+    }
+    return sha256_hex(canonical_json(body))
+
+
+def _check_payload(value: Any, where: str = "payload") -> None:
+    """Refuse values that could be raw ids, or that JSON cannot carry faithfully."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ConsentgateError(f"audit {where}: key {key!r} is not a string")
+            if _UUID.search(key):
+                raise ConsentgateError(f"audit {where}: key looks like a raw id; refusing it")
+            _check_payload(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_payload(item, f"{where}[{index}]")
+    elif isinstance(value, str):
+        if _UUID.search(value):
+            raise ConsentgateError(
+                f"audit {where}: value looks like a raw asset/user id (UUID); audit payloads "
+                "carry counts, names and hashes only"
+            )
+    elif value is None or isinstance(value, bool | int | float):
+        return
+    else:
+        raise ConsentgateError(f"audit {where}: {type(value).__name__} is not JSON")
+
+
+@contextmanager
+def _locked(config: Config) -> Iterator[None]:
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(config.state_dir / "audit.lock", "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _last_entry(spark: SparkSession, path: Path) -> tuple[int, str] | None:
+    if not lake.is_table(path):
+        return None
+    row = (
+        lake.read_table(spark, path)
+        .select("seq", "entry_sha256")
+        .orderBy(F.col("seq").desc())
+        .limit(1)
+        .collect()
+    )
+    if not row:
+        return None
+    return int(row[0]["seq"]), str(row[0]["entry_sha256"])
+
+
+def append_event(
+    spark: SparkSession,
+    config: Config,
+    *,
+    kind: str,
+    run_id: str,
+    payload: Mapping[str, Any],
+    at: dt.datetime | None = None,
+) -> str:
+    """Append one event to the audit log, chained to the previous entry.
+
+    Args:
+        spark: Session used to read the last entry and write the new one.
+        config: Locates the audit table (``state_dir/audit``).
+        kind: One of :data:`KINDS`.
+        run_id: The run the event belongs to.
+        payload: JSON-able facts: counts, dataset names, versions, hashes. Never raw ids.
+        at: Event instant (default: now, UTC).
+
+    Returns:
+        The new entry's SHA-256 (hex).
+
+    Raises:
+        ConsentgateError: unknown kind, or a payload that is not JSON or looks like raw ids.
+    """
+    if kind not in KINDS:
+        raise ConsentgateError(f"audit kind {kind!r} is not one of {sorted(KINDS)}")
+    _check_payload(payload)
+    payload_json = canonical_json(dict(payload)).decode("utf-8")
+    instant = (at or now_utc()).astimezone(dt.UTC)
+    stamp = iso(instant)
+    path = audit_path(config)
+    with _locked(config):
+        last = _last_entry(spark, path)
+        seq, previous = (0, "") if last is None else (last[0] + 1, last[1])
+        digest = entry_digest(
+            seq=seq, at=stamp, kind=kind, run_id=run_id, payload=payload, previous=previous
+        )
+        row = (seq, instant, kind, run_id, payload_json, previous, digest)
+        frame = spark.createDataFrame([row], SCHEMA).coalesce(1)
+        lake.write_table(
+            frame,
+            path,
+            mode="append" if lake.is_table(path) else "error",
+            commit_metadata={"consentgate.audit.kind": kind, "consentgate.run": run_id},
+            configuration={"delta.appendOnly": "true"},
+        )
+    return digest
+
+
+def verify_chain(spark: SparkSession, config: Config) -> dict[str, Any]:
+    """Recompute every entry's hash and link, in ``seq`` order.
+
+    Returns:
+        ``{"ok": bool, "entries": n, "head": last hash or None, "problems": [...]}``; a missing
+        log is ``ok`` with zero entries (nothing has happened yet). Each problem names the
+        ``seq`` that failed.
+    """
+    path = audit_path(config)
+    if not lake.is_table(path):
+        return {"ok": True, "entries": 0, "head": None, "problems": []}
+    problems: list[str] = []
+    table = lake.open_table(path)
+    if not lake.append_only(table):
+        problems.append("audit table is not delta.appendOnly")
+    frame = lake.read_table(spark, path).select(
+        "seq",
+        F.date_format("at", _ISO_MICROS).alias("at"),
+        "kind",
+        "run_id",
+        "payload_json",
+        "previous_sha256",
+        "entry_sha256",
+    )
+    previous = ""
+    expected_seq = 0
+    entries = 0
+    for row in frame.orderBy("seq").toLocalIterator():
+        entries += 1
+        seq = int(row["seq"])
+        if seq != expected_seq:
+            problems.append(f"seq {seq}: expected seq {expected_seq} (missing or duplicate entry)")
+        if row["previous_sha256"] != previous:
+            problems.append(f"seq {seq}: previous_sha256 does not match the entry before it")
+        try:
+            payload = json.loads(row["payload_json"])
+        except (TypeError, ValueError):
+            problems.append(f"seq {seq}: payload_json is not JSON")
+            payload = None
+        if payload is not None:
+            digest = entry_digest(
+                seq=seq,
+                at=row["at"],
+                kind=row["kind"],
+                run_id=row["run_id"],
+                payload=payload,
+                previous=row["previous_sha256"],
+            )
+            if digest != row["entry_sha256"]:
+                problems.append(f"seq {seq}: entry_sha256 does not match its content")
+        previous = row["entry_sha256"]
+        expected_seq = seq + 1
+    return {"ok": not problems, "entries": entries, "head": previous or None, "problems": problems}
+
+
+def events(spark: SparkSession, config: Config, *, kind: str | None = None) -> list[dict[str, Any]]:
+    """The log's entries (``seq``, ``at``, ``kind``, ``run_id``, ``payload``) in order.
+
+    Meant for reports and tests; the log grows with runs, not with data.
+    """
+    path = audit_path(config)
+    if not lake.is_table(path):
+        return []
+    frame = lake.read_table(spark, path)
+    if kind is not None:
+        frame = frame.where(F.col("kind") == kind)
+    out = []
+    for row in frame.orderBy("seq").collect():
+        out.append(
+            {
+                "seq": int(row["seq"]),
+                "kind": row["kind"],
+                "run_id": row["run_id"],
+                "payload": json.loads(row["payload_json"]),
+                "entry_sha256": row["entry_sha256"],
+            }
+        )
+    return out
