@@ -1,0 +1,405 @@
+"""The ``consentgate`` command line: the stable contract that scripts and the DAGs call.
+
+Every command that reads the lake takes ``--conf``, commands where time matters take
+``--as-of``, and ``--json`` prints exactly one JSON object on stdout (human output otherwise;
+progress and Spark's own chatter go to stderr). Exit status: 0 success, 1 a check failed
+(verification, a refused gate), 2 bad input (config, arguments, table schema), always with a
+message naming the culprit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from consentgate.errors import ConsentgateError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+stderr = Console(stderr=True)
+stdout = Console()
+
+
+def _emit(result: dict[str, Any], *, as_json: bool, title: str) -> None:
+    if as_json:
+        click.echo(json.dumps(result, sort_keys=True, default=str))
+        return
+    _render(result, title=title)
+
+
+def _render(result: dict[str, Any], *, title: str) -> None:
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("field")
+    table.add_column("value", overflow="fold")
+    for key, value in result.items():
+        if (
+            isinstance(value, dict)
+            and value
+            and all(not isinstance(v, (dict, list)) for v in value.values())
+        ):
+            inner = Table(show_header=False, box=None, pad_edge=False)
+            for k, v in value.items():
+                inner.add_row(str(k), str(v))
+            table.add_row(key, inner)
+        elif isinstance(value, (dict, list)):
+            table.add_row(key, json.dumps(value, indent=1, default=str))
+        else:
+            table.add_row(key, str(value))
+    stdout.print(table)
+
+
+def _fail(exc: ConsentgateError, *, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"ok": False, "error": str(exc), "exit_code": exc.exit_code}))
+    stderr.print(f"[bold red]consentgate:[/] {exc}")
+    sys.exit(exc.exit_code)
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(func)
+
+
+def conf_option(func: F) -> F:
+    return click.option(
+        "--conf",
+        "conf_path",
+        type=click.Path(path_type=Path),
+        envvar="CONSENTGATE_CONF",
+        required=True,
+        help="Config YAML (or $CONSENTGATE_CONF).",
+    )(func)
+
+
+def as_of_option(func: F) -> F:
+    return click.option(
+        "--as-of", "as_of", default=None, help="Evaluation instant, ISO-8601 (default: now, UTC)."
+    )(func)
+
+
+def _as_of(value: str | None) -> dt.datetime | None:
+    from consentgate.runtime import parse_instant
+
+    return None if value is None else parse_instant(value)
+
+
+def _session(conf_path: Path) -> tuple[Any, Any]:
+    from consentgate.config import load_config
+    from consentgate.spark import get_spark
+
+    config = load_config(conf_path)
+    with stderr.status("starting Spark"):
+        spark = get_spark(master=config.spark.master, conf=config.spark.conf)
+    spark.sparkContext.setLogLevel("ERROR")
+    return config, spark
+
+
+def _run(as_json: bool, title: str, job: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    try:
+        result = job()
+    except ConsentgateError as exc:
+        _fail(exc, as_json=as_json)
+        raise AssertionError("unreachable") from exc
+    _emit(result, as_json=as_json, title=title)
+    return result
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="consentgate")
+def main() -> None:
+    """Enforce creator consent on machine-learning training data (Spark + Delta + Airflow)."""
+
+
+@main.command("init-demo")
+@click.option("--lake", "lake_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--assets", type=click.IntRange(min=10), default=2000, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@json_option
+def init_demo_command(lake_dir: Path, assets: int, seed: int, as_json: bool) -> None:
+    """Write a synthetic creator-platform lake and its conf."""
+
+    def job() -> dict[str, Any]:
+        from consentgate.demo import init_demo
+        from consentgate.spark import get_spark
+
+        if lake_dir.exists() and any(lake_dir.iterdir()):
+            raise ConsentgateError(f"--lake: {lake_dir} exists and is not empty")
+        spark = get_spark(master="local[*]")
+        spark.sparkContext.setLogLevel("ERROR")
+        with stderr.status(f"generating a demo lake of {assets} assets"):
+            summary = init_demo(spark, lake_dir, assets=assets, seed=seed)
+        return {"conf_path": str(summary.conf_path), "rows": dict(summary.rows)}
+
+    _run(as_json, "demo lake", job)
+
+
+@main.command("inventory")
+@conf_option
+@json_option
+def inventory_command(conf_path: Path, as_json: bool) -> None:
+    """Tables of the lake: rows, files, bytes and Delta version, from the log alone."""
+
+    def job() -> dict[str, Any]:
+        from consentgate import lake
+        from consentgate.config import load_config
+
+        config = load_config(conf_path)
+        tables: dict[str, Any] = {}
+        for name in ("consent_records", "assets", "lineage"):
+            tables[name] = lake.table_inventory(config.table_path(name))
+        for name in config.datasets:
+            tables[name] = lake.table_inventory(config.dataset_path(name))
+        return {"lake_root": str(config.lake_root), "tables": tables}
+
+    _run(as_json, "inventory", job)
+
+
+@main.command("evaluate")
+@conf_option
+@click.option("--use-case", required=True)
+@as_of_option
+@click.option("--out", type=click.Path(path_type=Path), default=None)
+@json_option
+def evaluate_command(
+    conf_path: Path, use_case: str, as_of: str | None, out: Path | None, as_json: bool
+) -> None:
+    """Effective consent per asset for one use case, written as a Delta table."""
+
+    def job() -> dict[str, Any]:
+        from consentgate.evaluate import run_evaluate
+
+        instant = _as_of(as_of)
+        config, spark = _session(conf_path)
+        return run_evaluate(spark, config, use_case=use_case, as_of=instant, out=out)
+
+    _run(as_json, f"consent for {use_case}", job)
+
+
+@main.command("gate")
+@conf_option
+@click.option("--use-case", required=True)
+@click.option("--model-version", required=True)
+@click.option("--datasets", default=None, help="Comma-separated dataset names (default: all).")
+@as_of_option
+@json_option
+def gate_command(
+    conf_path: Path,
+    use_case: str,
+    model_version: str,
+    datasets: str | None,
+    as_of: str | None,
+    as_json: bool,
+) -> None:
+    """Allowlist, immutable snapshots, manifest, registry and audit for one training run."""
+
+    def job() -> dict[str, Any]:
+        from consentgate.gate import run_gate
+
+        instant = _as_of(as_of)
+        names = [d.strip() for d in datasets.split(",") if d.strip()] if datasets else None
+        config, spark = _session(conf_path)
+        result: dict[str, Any] = run_gate(
+            spark,
+            config,
+            use_case=use_case,
+            model_version=model_version,
+            datasets=names,
+            as_of=instant,
+        )
+        return result
+
+    _run(as_json, f"gate {model_version}", job)
+
+
+@main.command("verify")
+@click.argument("manifest", type=click.Path(path_type=Path))
+@json_option
+def verify_command(manifest: Path, as_json: bool) -> None:
+    """Re-hash every snapshot and the manifest itself; exit 1 on any problem."""
+
+    def job() -> dict[str, Any]:
+        from consentgate.manifest import verify_manifest
+        from consentgate.spark import get_spark
+
+        spark = get_spark(master="local[*]")
+        spark.sparkContext.setLogLevel("ERROR")
+        result: dict[str, Any] = verify_manifest(spark, manifest)
+        return result
+
+    result = _run(as_json, "verify", job)
+    if not result.get("ok"):
+        sys.exit(1)
+
+
+@main.command("prove")
+@conf_option
+@click.option("--manifest", type=click.Path(path_type=Path), required=True)
+@click.option("--asset", "asset_id", required=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None)
+@json_option
+def prove_command(
+    conf_path: Path, manifest: Path, asset_id: str, out: Path | None, as_json: bool
+) -> None:
+    """Inclusion or exclusion proof for one asset in a gate run."""
+
+    def job() -> dict[str, Any]:
+        from consentgate.proofs import prove
+
+        config, spark = _session(conf_path)
+        result: dict[str, Any] = prove(spark, config, manifest_path=manifest, asset_id=asset_id)
+        if out is not None:
+            out.write_text(json.dumps(result["proof"], indent=2, sort_keys=True))
+            result = {**result, "out": str(out)}
+        return result
+
+    _run(as_json, "proof", job)
+
+
+@main.command("verify-proof")
+@click.argument("proof", type=click.Path(path_type=Path))
+@click.option("--manifest", type=click.Path(path_type=Path), required=True)
+@json_option
+def verify_proof_command(proof: Path, manifest: Path, as_json: bool) -> None:
+    """Check a proof against the manifest's root alone (no Spark, no lake)."""
+
+    def job() -> dict[str, Any]:
+        from consentgate.proofs import verify_proof
+
+        if not proof.is_file():
+            raise ConsentgateError(f"PROOF: file {proof} does not exist")
+        try:
+            document = json.loads(proof.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConsentgateError(f"PROOF: {proof} is not JSON: {exc}") from None
+        result: dict[str, Any] = verify_proof(document, manifest_path=manifest)
+        return result
+
+    result = _run(as_json, "verify-proof", job)
+    if not result.get("ok"):
+        sys.exit(1)
+
+
+@main.command("explain-model")
+@conf_option
+@click.argument("model_version")
+@json_option
+def explain_model_command(conf_path: Path, model_version: str, as_json: bool) -> None:
+    """Which assets trained a model version, under which consent records."""
+
+    def job() -> dict[str, Any]:
+        from consentgate.gate import explain_model
+
+        config, spark = _session(conf_path)
+        result: dict[str, Any] = explain_model(spark, config, model_version=model_version)
+        return result
+
+    _run(as_json, f"model {model_version}", job)
+
+
+@main.command("impact")
+@conf_option
+@as_of_option
+@json_option
+def impact_command(conf_path: Path, as_of: str | None, as_json: bool) -> None:
+    """Gate runs whose assets have since lost consent, with counts per reason."""
+
+    def job() -> dict[str, Any]:
+        from consentgate.gate import impact
+
+        instant = _as_of(as_of)
+        config, spark = _session(conf_path)
+        result: dict[str, Any] = impact(spark, config, as_of=instant)
+        return result
+
+    _run(as_json, "impact", job)
+
+
+@main.command("purge")
+@conf_option
+@as_of_option
+@click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
+@click.option("--no-erase", is_flag=True, help="Remove logically; skip physical erasure.")
+@json_option
+def purge_command(
+    conf_path: Path, as_of: str | None, dry_run: bool, no_erase: bool, as_json: bool
+) -> None:
+    """Remove non-consented rows from every dataset and snapshot, then erase and verify."""
+
+    def job() -> dict[str, Any]:
+        from consentgate.purge import run_purge
+
+        instant = _as_of(as_of)
+        config, spark = _session(conf_path)
+        result: dict[str, Any] = run_purge(
+            spark, config, as_of=instant, dry_run=dry_run, erase=not no_erase
+        )
+        return result
+
+    _run(as_json, "purge", job)
+
+
+@main.command("backfill")
+@conf_option
+@as_of_option
+@click.option("--dry-run", is_flag=True, help="Print the plan and impact; write nothing.")
+@json_option
+def backfill_command(conf_path: Path, as_of: str | None, dry_run: bool, as_json: bool) -> None:
+    """Purge what no longer complies with the current policy and report affected runs."""
+
+    def job() -> dict[str, Any]:
+        from consentgate.purge import run_backfill
+
+        instant = _as_of(as_of)
+        config, spark = _session(conf_path)
+        result: dict[str, Any] = run_backfill(spark, config, as_of=instant, dry_run=dry_run)
+        return result
+
+    _run(as_json, "backfill", job)
+
+
+@main.group("audit")
+def audit_group() -> None:
+    """The append-only, hash-chained audit log."""
+
+
+@audit_group.command("verify")
+@conf_option
+@json_option
+def audit_verify_command(conf_path: Path, as_json: bool) -> None:
+    """Check the audit log's hash chain; exit 1 when it is broken."""
+
+    def job() -> dict[str, Any]:
+        from consentgate.audit import verify_chain
+
+        config, spark = _session(conf_path)
+        result: dict[str, Any] = verify_chain(spark, config)
+        return result
+
+    result = _run(as_json, "audit", job)
+    if not result.get("ok"):
+        sys.exit(1)
+
+
+@main.command("demo")
+@click.option("--lake", "lake_dir", type=click.Path(path_type=Path), default=Path("lake"))
+@click.option("--assets", type=click.IntRange(min=10), default=2000, show_default=True)
+@json_option
+def demo_command(lake_dir: Path, assets: int, as_json: bool) -> None:
+    """The whole story on a demo lake: purge, gate, verify, proofs (through Airflow)."""
+
+    def job() -> dict[str, Any]:
+        from consentgate.story import run_story
+
+        result: dict[str, Any] = run_story(
+            lake=lake_dir.resolve(), airflow_home=Path(".airflow").resolve(), assets=assets
+        )
+        return result
+
+    _run(as_json, "consentgate demo", job)
