@@ -163,7 +163,7 @@ def check_model_version(model_version: str) -> str:
 
 def registry_path(config: Config) -> Path:
     """The registry's Delta table."""
-    return config.state_dir / "registry"
+    return registry_path_at(config.lake_root)
 
 
 def manifests_dir(config: Config) -> Path:
@@ -225,13 +225,23 @@ def _snapshot_from(row: Mapping[str, Any]) -> SnapshotRecord:
     )
 
 
+def registry_path_at(lake_root: Path) -> Path:
+    """The registry of the lake at ``lake_root`` (for checks that start from a manifest)."""
+    return lake_root / "_consentgate" / "registry"
+
+
 def read_entries(config: Config, *, ordered: bool = True) -> list[RegistryEntry]:
     """Every registry entry (sorted by ``seq`` unless ``ordered`` is false); [] when empty.
 
     Raises:
         TableError: the registry exists but cannot be read.
     """
-    path = registry_path(config)
+    return read_entries_at(config.lake_root, ordered=ordered)
+
+
+def read_entries_at(lake_root: Path, *, ordered: bool = True) -> list[RegistryEntry]:
+    """:func:`read_entries` for the lake at ``lake_root``, without a config."""
+    path = registry_path_at(lake_root)
     if not lake.is_table(path):
         return []
     table = lake.open_table(path).to_pyarrow_table()
@@ -386,8 +396,10 @@ __all__ = [
     "manifests_dir",
     "next_link",
     "read_entries",
+    "read_entries_at",
     "registry_lock",
     "registry_path",
+    "registry_path_at",
     "relative_to_lake",
     "snapshot_datasets",
     "snapshot_name",

@@ -1,0 +1,409 @@
+"""Gate manifests: build, write and verify the evidence of one training snapshot.
+
+A manifest answers "which exact assets trained model version X, and under what consent
+terms?" in a form anyone can re-check later without trusting consentgate: RFC 8785 canonical
+JSON sealed with its own SHA-256 (:mod:`consentgate.canonical`), RFC 6962 Merkle roots for the
+allowlist and each snapshot's content (:mod:`consentgate.digest`), a SHA-256 per data file, and
+a link to the previous manifest in the registry (:mod:`consentgate.registry`). The format is
+specified in ``docs/manifest.md``; :data:`FORMAT` names its version.
+
+Layout: ``<lake_root>/_consentgate/manifests/<run_id>/manifest.json`` with the datasheet next to
+it. Every path inside a manifest is relative (tables to ``lake_root``, data files to their
+table), so a lake can be moved or mounted elsewhere and still verify; :func:`lake_root_of` finds
+the lake from the manifest's own location.
+
+Hashing runs on the executors: file digests by a ``mapPartitions`` over the file list, Merkle
+roots through :mod:`consentgate.digest`; only digests and counts reach the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from pyspark.sql import SparkSession
+from pyspark.sql.types import StructType
+
+from consentgate import digest, lake, registry
+from consentgate.canonical import (
+    MANIFEST_DIGEST_FIELD,
+    check_manifest_digest,
+    manifest_bytes,
+    manifest_digest,
+    sha256_file,
+)
+from consentgate.errors import CheckFailed, ConsentgateError
+
+#: Version tag of the manifest format (``docs/manifest.md``).
+FORMAT: Final = "consentgate-manifest/1"
+#: File name of a manifest inside its run directory.
+MANIFEST_FILE: Final = "manifest.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Paths
+
+
+def manifest_dir(config_state_dir: Path, run_id: str) -> Path:
+    """The directory holding one run's manifest and datasheet."""
+    return config_state_dir / "manifests" / run_id
+
+
+def lake_root_of(manifest_path: str | Path) -> Path:
+    """The lake root a manifest belongs to: the parent of the enclosing ``_consentgate``.
+
+    Raises:
+        ConsentgateError: the manifest is not inside a ``_consentgate`` directory.
+    """
+    path = Path(manifest_path).resolve()
+    for parent in path.parents:
+        if parent.name == "_consentgate":
+            return parent.parent
+    raise ConsentgateError(
+        f"MANIFEST: {manifest_path} is not under a lake's _consentgate/manifests directory"
+    )
+
+
+def load_manifest(path: str | Path) -> dict[str, Any]:
+    """Read a manifest file as JSON.
+
+    Raises:
+        ConsentgateError: (exit 2) the file is missing or not a JSON object, naming it.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ConsentgateError(f"MANIFEST: {file} does not exist")
+    try:
+        data = json.loads(file.read_bytes())
+    except ValueError as exc:
+        raise ConsentgateError(f"MANIFEST: {file} is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConsentgateError(f"MANIFEST: {file} is not a JSON object")
+    return data
+
+
+def write_manifest(path: Path, manifest: Mapping[str, Any]) -> str:
+    """Seal ``manifest`` and write its canonical bytes atomically (temp file + rename).
+
+    Returns:
+        The manifest's own SHA-256.
+
+    Raises:
+        ConsentgateError: a manifest already exists at ``path`` (manifests are never rewritten).
+    """
+    if path.exists():
+        raise ConsentgateError(f"{path}: a manifest already exists; manifests are immutable")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = manifest_bytes(manifest)
+    fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, path)  # fails if the target appeared meanwhile: never overwrite
+    finally:
+        os.unlink(tmp)
+    return manifest_digest(manifest)
+
+
+# --------------------------------------------------------------------------------------------
+# Hashing on the executors
+
+
+def _file_hasher() -> Callable[[Iterable[tuple[str, str]]], Iterator[tuple[str, bool, int, str]]]:
+    """Executor-side hasher, built as a closure so it pickles by value (needs only stdlib)."""
+
+    def hash_files(items: Iterable[tuple[str, str]]) -> Iterator[tuple[str, bool, int, str]]:
+        import hashlib as _hashlib
+        import os as _os
+
+        buffer = bytearray(8 << 20)
+        view = memoryview(buffer)
+        for token, full in items:
+            try:
+                size = _os.path.getsize(full)
+                sha = _hashlib.sha256()
+                with open(full, "rb", buffering=0) as handle:
+                    while True:
+                        n = handle.readinto(view)
+                        if not n:
+                            break
+                        sha.update(view[:n])
+                yield token, True, size, sha.hexdigest()
+            except FileNotFoundError:
+                yield token, False, -1, ""
+
+    return hash_files
+
+
+def hash_files(
+    spark: SparkSession, files: Sequence[tuple[str, Path]]
+) -> dict[str, tuple[bool, int, str]]:
+    """SHA-256 and size of each file, computed on the executors.
+
+    Args:
+        spark: Session whose executors read the files (paths must be visible to them).
+        files: ``(token, absolute path)``; the token keys the result.
+
+    Returns:
+        ``token -> (exists, size, sha256 hex)``; one small tuple per file crosses to the driver.
+    """
+    if not files:
+        return {}
+    slices = max(1, min(len(files), spark.sparkContext.defaultParallelism * 2))
+    rdd = spark.sparkContext.parallelize([(t, str(p)) for t, p in files], slices)
+    out = rdd.mapPartitions(_file_hasher()).collect()
+    return {token: (exists, size, sha) for token, exists, size, sha in out}
+
+
+def describe_snapshot(spark: SparkSession, path: Path, version: int) -> dict[str, Any]:
+    """Facts about one committed snapshot table version: rows, content root, schema, files.
+
+    The content root is computed from the table as committed (read back at ``version``), not
+    from the plan that produced it, so the manifest certifies the bytes readers will see.
+    """
+    table = lake.open_table(path, version=version)
+    files = lake.active_files(table)
+    rels = sorted(files.column("path").to_pylist()) if files.num_rows else []
+    digests = hash_files(spark, [(rel, path / rel) for rel in rels])
+    frame = lake.read_table(spark, path, version=version)
+    root, rows = digest.content_merkle_root(frame)
+    file_entries = []
+    for rel in rels:
+        exists, size, sha = digests[rel]
+        if not exists:
+            raise CheckFailed(f"{path}: data file {rel} vanished while hashing")
+        file_entries.append({"path": rel, "size": size, "sha256": sha})
+    return {
+        "version": version,
+        "rows": rows,
+        "content_merkle_root": root,
+        "schema": json.loads(frame.schema.json()),
+        "files": file_entries,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Verification
+
+
+def verify_manifest(spark: SparkSession, path: str | Path) -> dict[str, Any]:
+    """Re-check a published manifest and everything it certifies.
+
+    Checks, each failure becoming one problem that names the dataset and file at fault:
+    the manifest's own SHA-256; its registry entry (digest, path, previous link) and the whole
+    registry chain; for each snapshot the Delta log at the recorded version (the same file set),
+    every data file's existence, size and SHA-256, and the content Merkle root and row count
+    recomputed from those files; the allowlist's Merkle root and asset count recomputed from the
+    stored allowlist leaves.
+
+    Returns:
+        ``{"ok", "problems": [...], "manifest", "run_id", "model_version", "manifest_sha256",
+        "checked": {...}}``.
+    """
+    manifest_path = Path(path).resolve()
+    manifest = load_manifest(manifest_path)
+    root = lake_root_of(manifest_path)
+    problems: list[str] = []
+    label = str(manifest_path)
+    checked: dict[str, Any] = {"files": 0, "snapshots": 0}
+
+    claimed = manifest.get(MANIFEST_DIGEST_FIELD)
+    if not check_manifest_digest(manifest):
+        problems.append(
+            f"manifest {label}: its SHA-256 ({claimed}) does not match its content "
+            f"(recomputed {manifest_digest(manifest)}): it was edited after sealing"
+        )
+    if manifest.get("format") != FORMAT:
+        problems.append(f"manifest {label}: unknown format {manifest.get('format')!r}")
+    if manifest_path.read_bytes() != manifest_bytes(manifest):
+        problems.append(f"manifest {label}: file is not in RFC 8785 canonical form")
+
+    problems.extend(_check_registry(root, manifest_path, manifest))
+    snapshots = manifest.get("snapshots")
+    if not isinstance(snapshots, dict) or not snapshots:
+        problems.append(f"manifest {label}: no snapshots recorded")
+        snapshots = {}
+    try:
+        problems.extend(_check_snapshots(spark, root, snapshots, checked))
+    except (KeyError, TypeError, ValueError) as exc:
+        problems.append(f"manifest {label}: malformed snapshots section: {exc!r}")
+    problems.extend(_check_datasheet(manifest_path, manifest))
+    try:
+        problems.extend(_check_allowlist(spark, root, manifest))
+    except (KeyError, TypeError, ValueError) as exc:
+        problems.append(f"manifest {label}: malformed allowlist section: {exc!r}")
+    return {
+        "ok": not problems,
+        "problems": problems,
+        "manifest": str(manifest_path),
+        "run_id": manifest.get("run_id"),
+        "model_version": manifest.get("model_version"),
+        "manifest_sha256": claimed,
+        "checked": checked,
+    }
+
+
+def _check_registry(root: Path, manifest_path: Path, manifest: Mapping[str, Any]) -> list[str]:
+    problems: list[str] = []
+    where = f"registry {registry.registry_path_at(root)}"
+    try:
+        entries = registry.read_entries_at(root)
+    except ConsentgateError as exc:
+        return [f"{where}: unreadable: {exc}"]
+    problems.extend(f"{where}: {p}" for p in registry.check_chain(entries))
+    run_id = manifest.get("run_id")
+    mine = [e for e in entries if e.run_id == run_id]
+    if len(mine) != 1:
+        problems.append(f"{where}: {len(mine)} entries for run {run_id} (expected exactly 1)")
+        return problems
+    entry = mine[0]
+    recomputed = manifest_digest(manifest)
+    if entry.manifest_sha256 != recomputed:
+        problems.append(
+            f"{where}: entry seq {entry.seq} records manifest SHA-256 {entry.manifest_sha256}, "
+            f"but {manifest_path} hashes to {recomputed}"
+        )
+    rel = manifest_path.relative_to(root.resolve()).as_posix()
+    if entry.manifest_path != rel:
+        problems.append(f"{where}: entry seq {entry.seq} points at {entry.manifest_path}")
+    link = manifest.get("registry", {})
+    if entry.previous_manifest_sha256 != manifest.get("previous_manifest_sha256"):
+        problems.append(
+            f"{where}: entry seq {entry.seq} links to {entry.previous_manifest_sha256}, "
+            f"the manifest to {manifest.get('previous_manifest_sha256')}"
+        )
+    if isinstance(link, Mapping) and link.get("seq") != entry.seq:
+        problems.append(
+            f"{where}: manifest claims registry position {link.get('seq')}, "
+            f"the registry has it at {entry.seq}"
+        )
+    if entry.seq > 0:
+        previous = [e for e in entries if e.seq == entry.seq - 1]
+        if previous:
+            prev_path = root / previous[0].manifest_path
+            try:
+                prev_digest = manifest_digest(load_manifest(prev_path))
+            except ConsentgateError as exc:
+                problems.append(f"{where}: previous manifest unreadable: {exc}")
+            else:
+                if prev_digest != manifest.get("previous_manifest_sha256"):
+                    problems.append(
+                        f"manifest chain: previous manifest {prev_path} hashes to {prev_digest}, "
+                        f"not the {manifest.get('previous_manifest_sha256')} this manifest names"
+                    )
+    return problems
+
+
+def _check_snapshots(
+    spark: SparkSession, root: Path, snapshots: Mapping[str, Any], checked: dict[str, Any]
+) -> list[str]:
+    problems: list[str] = []
+    wanted: list[tuple[str, Path]] = []
+    for name, snap in sorted(snapshots.items()):
+        table_dir = root / snap["path"]
+        for f in snap["files"]:
+            wanted.append((f"{name}\x00{f['path']}", table_dir / f["path"]))
+    digests = hash_files(spark, wanted)
+    checked["files"] = len(wanted)
+    for name, snap in sorted(snapshots.items()):
+        checked["snapshots"] += 1
+        where = f"dataset {name}"
+        table_dir = root / snap["path"]
+        recorded = {f["path"]: f for f in snap["files"]}
+        missing = []
+        for rel, f in sorted(recorded.items()):
+            exists, size, sha = digests[f"{name}\x00{rel}"]
+            if not exists:
+                missing.append(rel)
+                problems.append(f"{where}: file {rel} is missing from {table_dir}")
+            elif size != f["size"] or sha != f["sha256"]:
+                problems.append(
+                    f"{where}: file {rel} has SHA-256 {sha} ({size} bytes), manifest says "
+                    f"{f['sha256']} ({f['size']} bytes)"
+                )
+        try:
+            table = lake.open_table(table_dir, version=int(snap["version"]))
+            files = lake.active_files(table)
+            active = set(files.column("path").to_pylist()) if files.num_rows else set()
+        except ConsentgateError as exc:
+            problems.append(
+                f"{where}: snapshot table unreadable at version {snap['version']}: {exc}"
+            )
+        else:
+            for rel in sorted(active - set(recorded)):
+                problems.append(f"{where}: file {rel} is in the Delta log but not the manifest")
+            for rel in sorted(set(recorded) - active):
+                problems.append(f"{where}: file {rel} is in the manifest but not the Delta log")
+        if missing:
+            problems.append(
+                f"{where}: content Merkle root not recomputable ({len(missing)} missing)"
+            )
+            continue
+        schema = StructType.fromJson(snap["schema"])
+        paths = [str(table_dir / rel) for rel in sorted(recorded)]
+        frame = (
+            spark.read.schema(schema).parquet(*paths)
+            if paths
+            else spark.createDataFrame([], schema)
+        )
+        content_root, rows = digest.content_merkle_root(frame)
+        if rows != snap["rows"]:
+            problems.append(f"{where}: {rows} rows in the files, manifest says {snap['rows']}")
+        if content_root != snap["content_merkle_root"]:
+            problems.append(
+                f"{where}: content Merkle root {content_root} recomputed from the files, "
+                f"manifest says {snap['content_merkle_root']}"
+            )
+    return problems
+
+
+def _check_datasheet(manifest_path: Path, manifest: Mapping[str, Any]) -> list[str]:
+    problems = []
+    sheet = manifest.get("datasheet")
+    if not isinstance(sheet, Mapping):
+        return [f"manifest {manifest_path}: no datasheet recorded"]
+    for kind, item in sorted(sheet.items()):
+        file = manifest_path.parent / str(item.get("path"))
+        if not file.is_file():
+            problems.append(f"datasheet: file {file} is missing")
+        elif sha256_file(file) != item.get("sha256"):
+            problems.append(f"datasheet: file {file} ({kind}) does not match its SHA-256")
+    return problems
+
+
+def _check_allowlist(spark: SparkSession, root: Path, manifest: Mapping[str, Any]) -> list[str]:
+    allowlist = manifest["allowlist"]
+    table_dir = root / allowlist["table"]["path"]
+    where = f"allowlist {table_dir}"
+    try:
+        frame = lake.read_table(spark, table_dir, version=int(allowlist["table"]["version"]))
+    except ConsentgateError as exc:
+        return [f"{where}: unreadable: {exc}"]
+    computed, count = digest.allowlist_merkle_root(frame)
+    problems = []
+    if count != allowlist["asset_count"]:
+        problems.append(f"{where}: {count} leaves, manifest says {allowlist['asset_count']}")
+    if computed != allowlist["merkle_root"]:
+        problems.append(
+            f"{where}: Merkle root {computed} recomputed, manifest says {allowlist['merkle_root']}"
+        )
+    return problems
+
+
+__all__ = [
+    "FORMAT",
+    "MANIFEST_FILE",
+    "describe_snapshot",
+    "hash_files",
+    "lake_root_of",
+    "load_manifest",
+    "manifest_dir",
+    "verify_manifest",
+    "write_manifest",
+]
