@@ -142,4 +142,4 @@ def test_payload_with_raw_ids_is_refused(
 
 def test_unknown_kind_is_refused(spark: SparkSession, tmp_path: Path) -> None:
     with pytest.raises(ConsentgateError, match="kind"):
-        audit.append_event(spark, _config(tmp_path / "l"), kind="oops", run_id="r", payload={})
+        audit.append_event(spark, _config(tmp_path / "l"), kind="Oops!", run_id="r", payload={})

@@ -45,10 +45,12 @@ from consentgate.config import Config
 from consentgate.errors import ConsentgateError
 from consentgate.runtime import iso, now_utc
 
-#: Event kinds the log knows; anything else is refused so typos do not split the history.
+#: Event kinds written by consentgate itself (others may add theirs, e.g. ``airflow_run``).
 KINDS: Final[frozenset[str]] = frozenset(
     {"gate", "purge", "vacuum", "verify", "backfill", "erasure", "recovery", "impact"}
 )
+#: What any kind must look like: lower-case snake case, so kinds stay greppable.
+_KIND = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 SCHEMA: Final = StructType(
     [
@@ -121,19 +123,17 @@ def _locked(config: Config) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _last_entry(spark: SparkSession, path: Path) -> tuple[int, str] | None:
+def _last_entry(path: Path) -> tuple[int, str] | None:
+    """The tail's seq and hash, read with delta-rs: two small columns of a log that grows by
+    one row per event, not with the data, so a Spark job per append would be pure overhead."""
     if not lake.is_table(path):
         return None
-    row = (
-        lake.read_table(spark, path)
-        .select("seq", "entry_sha256")
-        .orderBy(F.col("seq").desc())
-        .limit(1)
-        .collect()
-    )
-    if not row:
+    tail = lake.open_table(path).to_pyarrow_table(columns=["seq", "entry_sha256"])
+    if tail.num_rows == 0:
         return None
-    return int(row[0]["seq"]), str(row[0]["entry_sha256"])
+    rows = tail.to_pylist()
+    last = max(rows, key=lambda r: int(r["seq"]))
+    return int(last["seq"]), str(last["entry_sha256"])
 
 
 def append_event(
@@ -150,7 +150,7 @@ def append_event(
     Args:
         spark: Session used to read the last entry and write the new one.
         config: Locates the audit table (``state_dir/audit``).
-        kind: One of :data:`KINDS`.
+        kind: Lower-case snake case, e.g. one of :data:`KINDS`.
         run_id: The run the event belongs to.
         payload: JSON-able facts: counts, dataset names, versions, hashes. Never raw ids.
         at: Event instant (default: now, UTC).
@@ -159,17 +159,17 @@ def append_event(
         The new entry's SHA-256 (hex).
 
     Raises:
-        ConsentgateError: unknown kind, or a payload that is not JSON or looks like raw ids.
+        ConsentgateError: a malformed kind, or a payload that is not JSON or looks like raw ids.
     """
-    if kind not in KINDS:
-        raise ConsentgateError(f"audit kind {kind!r} is not one of {sorted(KINDS)}")
+    if not _KIND.fullmatch(kind):
+        raise ConsentgateError(f"audit kind {kind!r}: expected lower-case snake case")
     _check_payload(payload)
     payload_json = canonical_json(dict(payload)).decode("utf-8")
     instant = (at or now_utc()).astimezone(dt.UTC)
     stamp = iso(instant)
     path = audit_path(config)
     with _locked(config):
-        last = _last_entry(spark, path)
+        last = _last_entry(path)
         seq, previous = (0, "") if last is None else (last[0] + 1, last[1])
         digest = entry_digest(
             seq=seq, at=stamp, kind=kind, run_id=run_id, payload=payload, previous=previous

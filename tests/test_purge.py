@@ -1,0 +1,201 @@
+"""The purge machinery on real Spark + Delta tables, with a plain "rows to remove" decider.
+
+The consent/lineage decider is exercised end to end in ``test_erasure.py``'s demo-lake test;
+here the decider is a fixed rule so that the expected result is obvious and independent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from consentgate import audit, lake, purge
+from consentgate.config import Config, parse_config
+
+UTC = dt.UTC
+AS_OF = dt.datetime(2026, 6, 1, tzinfo=UTC)
+REVOKED = ("asset-1",)
+
+
+def make_config(root: Path, *, window_hours: int = 0, partitioned: bool = False) -> Config:
+    root.mkdir(parents=True, exist_ok=True)
+    return parse_config(
+        {
+            "lake_root": str(root),
+            "use_cases": {"recommendation": {"accepted_policy_versions": ["2026-03"]}},
+            "datasets": {
+                "emb": {
+                    "path": "derived/emb",
+                    "use_case": "recommendation",
+                    "key": "id",
+                    "asset_column": "asset_id",
+                }
+            },
+            "erasure": {"window_hours": window_hours},
+        },
+        base_dir=root,
+        check_paths=False,
+    )
+
+
+def rows(spark: SparkSession, ids: range, *, files: int) -> DataFrame:
+    """Rows with awkward values (NaN, -0.0, nulls, binaries, nested) to check bit equality."""
+    return (
+        spark.range(ids.start, ids.stop)
+        .select(
+            F.col("id").cast("string").alias("id"),
+            F.concat(F.lit("asset-"), (F.col("id") % 5).cast("string")).alias("asset_id"),
+            F.when(F.col("id") % 3 == 0, F.lit(float("nan")))
+            .when(F.col("id") % 3 == 1, F.lit(-0.0))
+            .otherwise(F.col("id") / 7)
+            .alias("score"),
+            F.array(F.col("id").cast("float"), F.lit(None).cast("float")).alias("vec"),
+            F.when(F.col("id") % 4 == 0, F.lit(None))
+            .otherwise(F.unhex(F.lit("00ff")))
+            .alias("blob"),
+            (F.lit(AS_OF) - F.expr("make_interval(0, 0, 0, 0, 0, 0, id)")).alias("derived_at"),
+            (F.col("id") % 2).cast("string").alias("bucket"),
+        )
+        .repartition(files, "id")
+    )
+
+
+def decide(frame: DataFrame) -> DataFrame:
+    """Remove rows of revoked assets, and id 7 for retention (a second reason)."""
+    revoked = F.col("asset_id").isin(*REVOKED)
+    return frame.where(revoked | (F.col("id") == "7")).select(
+        "id",
+        F.when(revoked, F.lit("revoked")).otherwise(F.lit("retention_expired")).alias("reason"),
+    )
+
+
+def expected_after(frame: DataFrame) -> DataFrame:
+    return frame.where(~F.col("asset_id").isin(*REVOKED) & (F.col("id") != "7"))
+
+
+def build(spark: SparkSession, config: Config, *, partition_by: tuple[str, ...] = ()) -> Path:
+    path = config.dataset_path("emb")
+    lake.write_table(rows(spark, range(40), files=4), path, partition_by=partition_by)
+    return path
+
+
+def purge_emb(spark: SparkSession, config: Config, **kwargs: Any) -> dict[str, Any]:
+    return purge.purge_dataset(
+        spark, config, "emb", as_of=AS_OF, run_id="purge-test", decide=decide, **kwargs
+    )
+
+
+@pytest.mark.parametrize("partition_by", [(), ("bucket",)])
+def test_purge_removes_exactly_and_keeps_rest_bit_for_bit(
+    spark: SparkSession, tmp_path: Path, partition_by: tuple[str, ...]
+) -> None:
+    config = make_config(tmp_path / "lake")
+    path = build(spark, config, partition_by=partition_by)
+    before = lake.read_table(spark, path)
+    before_files = set(lake.active_files(lake.open_table(path)).column("path").to_pylist())
+    holding = {
+        r["_file"]
+        for r in lake.read_table(spark, path, with_file=True)
+        .where(F.col("asset_id").isin(*REVOKED) | (F.col("id") == "7"))
+        .select("_file")
+        .distinct()
+        .collect()
+    }
+    expected = expected_after(before).localCheckpoint()
+
+    result = purge_emb(spark, config)
+
+    assert result["rows_before"] == 40
+    assert result["rows_deleted"] == 9  # 8 rows of asset-1, plus id 7
+    assert result["reasons"] == {"retention_expired": 1, "revoked": 8}
+    assert result["rows_after"] == 31
+    assert result["version_before"] == 0 and result["version_after"] == 1
+    assert result["files_rewritten"] == len(holding)
+    after = lake.read_table(spark, path)
+    # Bit-for-bit: NaN, -0.0, binaries and nested nulls compare exactly (chispa compares rows).
+    assert_df_equality(after, expected, ignore_row_order=True, allow_nan_equality=True)
+    neg_zero = after.where(F.col("score") == 0.0).select(F.expr("cast(score as string)"))
+    assert {r[0] for r in neg_zero.collect()} <= {"-0.0"}
+    after_files = set(lake.active_files(lake.open_table(path)).column("path").to_pylist())
+    assert before_files - after_files == holding  # only files holding removed rows were touched
+    commit = lake.history(path)[0]
+    assert commit["consentgate.run"] == "purge-test"
+    assert json.loads(commit["consentgate.reasons"]) == {"retention_expired": 1, "revoked": 8}
+    assert "asset-1" not in json.dumps(commit)
+    events = audit.events(spark, config, kind="purge")
+    assert events[-1]["payload"]["rows_deleted"] == 9
+    assert events[-1]["payload"]["dataset"] == "emb"
+
+
+def test_second_purge_commits_nothing(spark: SparkSession, tmp_path: Path) -> None:
+    config = make_config(tmp_path / "lake")
+    path = build(spark, config)
+    purge_emb(spark, config)
+    version = lake.table_version(path)
+    entries = audit.verify_chain(spark, config)["entries"]
+    again = purge_emb(spark, config)
+    assert again["rows_deleted"] == 0
+    assert again["files_rewritten"] == 0
+    assert again["commits"] == []
+    assert lake.table_version(path) == version
+    assert audit.verify_chain(spark, config)["entries"] == entries
+
+
+def test_dry_run_writes_nothing(spark: SparkSession, tmp_path: Path) -> None:
+    config = make_config(tmp_path / "lake")
+    path = build(spark, config)
+    on_disk = sorted(p for p in path.rglob("*") if p.is_file())
+    result = purge_emb(spark, config, dry_run=True)
+    assert result["dry_run"] is True
+    assert result["rows_deleted"] == 9
+    assert result["plan"]["reasons"] == {"retention_expired": 1, "revoked": 8}
+    assert result["plan"]["files_affected"] == result["files_rewritten"] > 0
+    assert sorted(p for p in path.rglob("*") if p.is_file()) == on_disk
+    assert lake.table_version(path) == 0
+    assert not audit.audit_path(config).exists()
+
+
+def test_null_keys_are_removed_when_decided(spark: SparkSession, tmp_path: Path) -> None:
+    config = make_config(tmp_path / "lake")
+    path = config.dataset_path("emb")
+    frame = spark.createDataFrame(
+        [(None, "asset-0"), ("1", "asset-0"), (None, "asset-2")], "id string, asset_id string"
+    )
+    lake.write_table(frame.coalesce(1), path)
+
+    def no_lineage(rows_: DataFrame) -> DataFrame:
+        return rows_.where(F.col("id").isNull()).select("id", F.lit("no_lineage").alias("reason"))
+
+    result = purge.purge_dataset(spark, config, "emb", as_of=AS_OF, run_id="r", decide=no_lineage)
+    assert result["rows_deleted"] == 2
+    assert [r.id for r in lake.read_table(spark, path).collect()] == ["1"]
+
+
+def test_unknown_dataset_is_named(spark: SparkSession, tmp_path: Path) -> None:
+    config = make_config(tmp_path / "lake")
+    build(spark, config)
+    with pytest.raises(Exception, match="'nope'"):
+        purge.purge_dataset(spark, config, "nope", as_of=AS_OF, decide=decide)
+
+
+def test_run_purge_reports_every_dataset(spark: SparkSession, tmp_path: Path) -> None:
+    config = make_config(tmp_path / "lake", window_hours=0)
+    build(spark, config)
+    result = purge.run_purge(spark, config, as_of=AS_OF, deciders={"emb": decide})
+    emb = result["datasets"]["emb"]
+    for field in ("rows_before", "rows_deleted", "rows_after", "version_before", "version_after"):
+        assert field in emb
+    assert emb["reasons"] == {"retention_expired": 1, "revoked": 8}
+    assert result["erasure"]["ok"] is True
+    assert result["erasure"]["datasets"]["emb"]["result"] == "verified"
+    assert result["erasure"]["datasets"]["emb"]["keys_checked"] == 9
+    kinds = [e["kind"] for e in audit.events(spark, config)]
+    assert kinds == ["purge", "erasure", "purge"]
+    assert audit.verify_chain(spark, config)["ok"]
