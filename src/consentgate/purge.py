@@ -65,7 +65,8 @@ from consentgate.config import Config, DatasetConfig
 from consentgate.errors import ConflictError, ConsentgateError, TableError
 from consentgate.runtime import iso, new_run_id, now_utc
 
-#: A decider maps a table's rows (its own columns) to the rows to remove: ``[<key>, reason]``.
+#: A decider maps a table's rows (its own columns) to the rows to remove: two columns, the
+#: row key (any name and type; compared as a string) then ``reason``.
 Decider = Callable[[DataFrame], DataFrame]
 
 CRASH_ENV: Final = "CONSENTGATE_PURGE_CRASH_AT"
@@ -220,8 +221,9 @@ def decider_for(
             retention_days=dataset.retention_days,
             derived_at_column=dataset.derived_at_column,
             as_of=as_of,
+            dataset=name,
         )
-        return decisions.where(~F.col("keep")).select(dataset.key, "reason")
+        return decisions.where(~F.col("keep")).select("key", "reason")
 
     return decide
 
@@ -230,18 +232,33 @@ def decider_for(
 # Planning one table
 
 
-def _null_safe_join(left: DataFrame, right: DataFrame, key: str, how: str) -> DataFrame:
-    """Join on ``key`` with null-safe equality: a removed null key removes null-key rows (fail
-    closed) instead of silently matching nothing."""
-    renamed = right.withColumnRenamed(key, "_purge_key")
-    joined = left.join(renamed, left[key].eqNullSafe(renamed["_purge_key"]), how)
-    return joined.drop("_purge_key") if how not in ("left_anti", "left_semi") else joined
+def _as_key(column: Column) -> Column:
+    """Keys are compared as strings (as lineage does), so any key type works the same way."""
+    return column.cast(StringType())
 
 
 def _located(rows: DataFrame, removals: DataFrame, key: str) -> DataFrame:
-    """``[key, _file, reason]`` of every row to remove (one reason per key)."""
-    one_reason = removals.groupBy(key).agg(F.min("reason").alias("reason"))
-    return _null_safe_join(rows.select(key, "_file"), one_reason, key, "inner")
+    """``[key, _file, reason]`` of every row to remove (one reason per key).
+
+    The join is null-safe: a removed null key removes the null-key rows (fail closed) instead
+    of silently matching nothing.
+    """
+    first = removals.columns[0]
+    one_reason = (
+        removals.select(_as_key(F.col(first)).alias("_purge_key"), F.col("reason"))
+        .groupBy("_purge_key")
+        .agg(F.min("reason").alias("reason"))
+    )
+    picked = rows.select(key, "_file")
+    joined = picked.join(one_reason, _as_key(picked[key]).eqNullSafe(one_reason["_purge_key"]))
+    return joined.select(key, "_file", "reason")
+
+
+def _without(source: DataFrame, located: DataFrame, key: str) -> DataFrame:
+    """``source`` minus the rows whose key is in ``located`` (null-safe anti join)."""
+    removed = located.select(_as_key(F.col(key)).alias("_purge_key")).distinct()
+    condition = _as_key(source[key]).eqNullSafe(removed["_purge_key"])
+    return source.join(removed, condition, "left_anti")
 
 
 def plan_table(
@@ -250,8 +267,8 @@ def plan_table(
     """Plan the purge of one table at its latest version.
 
     Returns:
-        The plan and a DataFrame ``[key, _file, reason]`` of the rows to remove (lazy; the
-        caller persists it when it goes on to rewrite).
+        The plan and a DataFrame ``[key, _file, reason]`` of the rows to remove, persisted so
+        that the rewrite does not decide again; the caller unpersists it.
 
     Raises:
         TableError: the table is missing, unreadable, or lacks the key column.
@@ -266,7 +283,7 @@ def plan_table(
     sizes = dict(zip(paths, files.column("size_bytes").to_pylist(), strict=True))
     counts = dict(zip(paths, files.column("num_records").to_pylist(), strict=True))
     rows = lake.read_table(spark, path, version=version, with_file=True)
-    located = _located(rows, decide(rows.drop("_file")), key)
+    located = _located(rows, decide(rows.drop("_file")), key).persist()
     per_file: dict[str, int] = {}
     reasons: dict[str, int] = {}
     for row in located.groupBy("_file", "reason").count().collect():
@@ -311,9 +328,10 @@ def plan_purge(
         decide = (deciders or {}).get(name) or decider_for(
             spark, config, name, dataset, as_of=instant
         )
-        plan, _ = plan_table(
+        plan, located = plan_table(
             spark, name, target_path(config, name, dataset), key=dataset.key, decide=decide
         )
+        located.unpersist()
         out[name] = plan
     return PurgePlan(as_of=instant, datasets=out)
 
@@ -460,6 +478,8 @@ def purge_table(
     while True:
         plan, located = plan_table(spark, name, path, key=key, decide=decide)
         first = first or plan
+        if dry_run or not plan.files:
+            located.unpersist()
         if dry_run:
             return {
                 **_result(plan, plan.rows_before - plan.rows_removed, plan.version),
@@ -475,12 +495,11 @@ def purge_table(
             )
         passes += 1
         attempt = uuid.uuid4().hex
-        located = located.persist()
         try:
             table = lake.open_table(path, version=plan.version)
             affected = [f.path for f in plan.files]
             source = _read_files(spark, table, path, affected)
-            survivors = _null_safe_join(source, located.select(key), key, "left_anti")
+            survivors = _without(source, located, key)
             survivors = survivors.repartition(max(1, len(affected)), "_src").drop("_src")
             parts = list(table.metadata().partition_columns)
             written = lake.write_files(survivors, path, partition_by=parts)
