@@ -290,9 +290,10 @@ def python_root(entries: list[tuple[str, bytes]]) -> str:
 @pytest.mark.parametrize(
     ("chunk_log2", "sizes"),
     [
-        (2, [*range(0, 18), 31, 32, 33]),
-        (3, [7, 8, 9, 15, 16, 17, 24, 25, 63, 64, 65]),
-        (0, [1, 2, 5]),
+        # empty, single, within one chunk, exactly k chunks, one past, partial last chunks
+        (2, [0, 1, 3, 4, 5, 8, 9, 12, 13, 16, 17, 33]),
+        (3, [7, 9, 17, 64, 65]),
+        (0, [5]),
     ],
 )
 def test_spark_root_equals_python_root(
@@ -332,7 +333,8 @@ def test_spark_prove_equals_build_proof(spark: SparkSession) -> None:
     entries = entries_for(present)
     df = leaf_frame(spark, entries)
     root = python_root(entries)
-    for key in ["a000", "a008", "a044", "a007", "a008x", "0", "z", "a0", "a043"]:
+    # first leaf, leaf opening a chunk, last leaf, neighbours in different chunks, below, above
+    for key in ["a000", "a008", "a044", "a007", "0", "z"]:
         proof = merkle.spark_prove(df, key, key_col="k", leaf_col="leaf", chunk_log2=2)
         assert proof == merkle.build_proof(entries, key), key
         assert merkle.verify_proof(proof, root, key_of=key_of)
