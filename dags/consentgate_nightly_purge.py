@@ -1,0 +1,139 @@
+"""
+### consentgate nightly purge
+
+Removes every row whose consent no longer holds (revoked, denied, deleted, expired retention,
+policy lapsed, no lineage) from every derivative Delta table **and every published training
+snapshot**, then erases the removed files physically once the erasure window has passed, and
+proves it in the audit log.
+
+| task | does |
+|---|---|
+| `validate` | finds the config (Variable `consentgate_conf` or env `CONSENTGATE_CONF`), checks it and every input table's schema from the Delta logs; fixes the run's instant and id |
+| `evaluate` | effective consent per asset for every use case a dataset has (decision tables under `_consentgate/evaluations/`) |
+| `plan` | the tables to visit: configured datasets plus registered snapshots (the plan's summary is kept as XCom `plan`) |
+| `purge_dataset` | one mapped instance per table, so a failing table is visible and retryable alone; emits an Asset event for each table it changed |
+| `erase_and_verify` | physical erasure after the window (Delta VACUUM) and its verification |
+| `audit_summary` | records the run's totals in the hash-chained audit log and checks the chain |
+
+**Schedule**: env `CONSENTGATE_PURGE_SCHEDULE` (default `0 2 * * *`, UTC), read when the file
+is parsed because a DAG file must not read the config then; `validate` warns when it differs
+from the config's `airflow.purge_schedule`.
+
+**Params**: `as_of` (ISO-8601, default: run start), `dry_run` (report only), `erase`.
+
+**Execution**: `airflow.mode` in the config: `local` runs each step in the task's process on a
+local SparkSession; `spark-submit` submits `jobs/<step>.py` through the `spark_default`
+connection (`airflow.spark_conn_id`).
+
+Downstream DAGs can schedule on the asset alias `consentgate_purged_datasets` or on a table's
+asset `consentgate/dataset/<name>`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import AssetAlias, Param, dag, task
+
+from consentgate.airflow_tasks import PURGED_ALIAS, default_args, purge_schedule
+
+DEFAULT_ARGS = default_args(retries=2, retry_delay=dt.timedelta(minutes=5))
+
+
+@dag(
+    dag_id="consentgate_nightly_purge",
+    schedule=purge_schedule(),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    doc_md=__doc__,
+    tags=["consentgate", "purge", "consent", "delta"],
+    params={
+        "as_of": Param(
+            None,
+            type=["null", "string"],
+            description="Evaluation instant, ISO-8601 (default: when the run starts, UTC).",
+        ),
+        "dry_run": Param(
+            False, type="boolean", description="Report what would go; change nothing."
+        ),
+        "erase": Param(True, type="boolean", description="Erase physically after the window."),
+    },
+)
+def consentgate_nightly_purge() -> None:
+    """Nightly purge of non-consented rows from every dataset and snapshot."""
+
+    @task(multiple_outputs=False, retries=0)
+    def validate(params: dict[str, Any] | None = None) -> dict[str, Any]:
+        from consentgate import airflow_tasks
+
+        p = params or {}
+        return airflow_tasks.start_run(
+            "purge",
+            as_of=p.get("as_of"),
+            dry_run=bool(p.get("dry_run")),
+            dag_schedule=airflow_tasks.purge_schedule(),
+            extra={"erase": bool(p.get("erase", True))},
+        )
+
+    @task(multiple_outputs=False)
+    def evaluate(run: dict[str, Any]) -> dict[str, Any]:
+        from consentgate import airflow_tasks
+
+        return airflow_tasks.run_step(
+            run, "evaluate", use_cases=run["use_cases"], as_of=run["as_of"]
+        )
+
+    @task
+    def plan(run: dict[str, Any], evaluation: dict[str, Any]) -> list[str]:
+        from consentgate import airflow_tasks
+
+        return airflow_tasks.purge_plan(run)
+
+    @task(
+        multiple_outputs=False,
+        outlets=[AssetAlias(PURGED_ALIAS)],
+        map_index_template="{{ task.op_kwargs['target'] }}",
+    )
+    def purge_dataset(run: dict[str, Any], target: str) -> dict[str, Any]:
+        from consentgate import airflow_tasks
+
+        result = airflow_tasks.run_step(
+            run,
+            "purge_dataset",
+            name=target,
+            as_of=run["as_of"],
+            run_id=run["run_id"],
+            dry_run=run["dry_run"],
+        )
+        airflow_tasks.announce_purge(run, result)
+        return result
+
+    @task(multiple_outputs=False)
+    def erase_and_verify(run: dict[str, Any], purged: list[dict[str, Any]]) -> dict[str, Any]:
+        from consentgate import airflow_tasks
+
+        if run["dry_run"] or not run.get("erase", True):
+            return {"skipped": True, "reason": "dry run" if run["dry_run"] else "erase=false"}
+        return airflow_tasks.run_step(
+            run, "erase", run_id=run["run_id"], targets=[r["name"] for r in purged]
+        )
+
+    @task(multiple_outputs=False)
+    def audit_summary(
+        run: dict[str, Any], purged: list[dict[str, Any]], erasure: dict[str, Any]
+    ) -> dict[str, Any]:
+        from consentgate import airflow_tasks
+
+        return airflow_tasks.record_purge(run, list(purged), erasure)
+
+    run = validate()
+    targets = plan(run, evaluate(run))
+    purged = purge_dataset.partial(run=run).expand(target=targets)
+    erasure = erase_and_verify(run, purged)
+    audit_summary(run, purged, erasure)
+
+
+consentgate_nightly_purge()

@@ -1,0 +1,13 @@
+"""spark-submit entry point: the gate's allowlist and refusals.
+
+Submitted by the Airflow DAGs in ``spark-submit`` mode (see :mod:`consentgate.airflow_tasks`):
+``spark-submit --py-files consentgate.zip jobs/gate_prepare.py --conf FILE --args JSON --result FILE``.
+Prints one JSON object; exits 0, 1 (check failed) or 2 (bad input).
+"""
+
+import sys
+
+from consentgate.airflow_tasks import job_main
+
+if __name__ == "__main__":
+    sys.exit(job_main("gate_prepare"))

@@ -1,0 +1,991 @@
+"""What the Airflow tasks run: one code path for the three DAGs, in two execution modes.
+
+Why this module exists: the DAG files in ``dags/`` must stay thin (Airflow parses them every
+few seconds, so no heavy imports and no I/O at top level) and the same job code must run in
+process on a laptop and on a real Spark cluster. Everything a task does lives here, split in
+two halves:
+
+* **Steps** (:data:`STEPS`) are the units of work, one per DAG task kind: ``evaluate``,
+  ``plan_purge``, ``purge_dataset``, ``erase``, ``audit_summary``, ``gate_prepare``,
+  ``gate_snapshot``, ``gate_publish``, ``gate_verify``, ``backfill``. A step takes a Spark
+  session, the validated :class:`~consentgate.config.Config` and JSON arguments, and returns a
+  small JSON-able dict (it travels as an XCom). Steps never import Airflow, so they also run in
+  a ``spark-submit`` driver that has no Airflow installed.
+* **Task helpers** (:func:`start_run`, :func:`run_step`, :func:`emit_asset_event`) run inside
+  an Airflow task. They find the config, then either run the step in the task's own process on
+  a local SparkSession (``airflow.mode: local``, the default) or build a
+  ``SparkSubmitOperator`` that runs ``jobs/<step>.py`` on the cluster behind the Airflow
+  connection ``airflow.spark_conn_id`` (``airflow.mode: spark-submit``).
+
+The execution mode is read from the config when a task runs, never when the DAG is parsed, so
+switching modes needs no DAG change and parsing does no I/O.
+
+Where the config comes from, first match wins: the Airflow Variable ``consentgate_conf``, then
+the environment variable ``CONSENTGATE_CONF``. The first task of every run (``validate``)
+resolves it once and passes the absolute path to the other tasks in the run context, so one
+run never mixes two configs even if the Variable is changed mid-run.
+
+The nightly purge's schedule comes from the environment variable ``CONSENTGATE_PURGE_SCHEDULE``
+(default ``0 2 * * *``), because the DAG file may not read the config at parse time. The
+``validate`` task compares it with the config's ``airflow.purge_schedule`` and logs a warning
+when they disagree, so a drift is visible in every run's log.
+
+spark-submit mode, what ships where:
+
+* ``py_files``: a zip of the installed ``consentgate`` package, built on demand and cached
+  under the temp directory (or ``CONSENTGATE_PYFILES_DIR``), named by its content hash so a
+  code change always ships a new zip.
+* the application is ``jobs/<step>.py`` from the repository (or ``CONSENTGATE_JOBS_DIR``).
+* the step's JSON arguments go on the command line (``--args``); its JSON result comes back
+  through a result file (``--result``, under ``CONSENTGATE_RESULT_DIR`` or the temp
+  directory) because ``SparkSubmitOperator`` returns nothing. The driver must therefore run
+  where the task runs (client deploy mode, the default) or the result directory must be shared.
+* ``spark.pyspark.python`` / ``spark.pyspark.driver.python`` default to the task's Python;
+  the config's ``spark.conf`` is passed as ``--conf`` and overrides them. ``spark.master`` is
+  ignored in this mode: the master is the Airflow connection's.
+
+A step that fails with a :class:`~consentgate.errors.ConsentgateError` (bad config, bad schema,
+refused gate, failed verification) fails the task *without retries*: it is deterministic and
+retrying would only repeat it. Any other error (a lost executor, a crashed JVM) is left to the
+task's retries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from consentgate.config import Config, load_config
+from consentgate.errors import ConfigError, ConsentgateError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+#: Airflow Variable holding the config path.
+CONF_VARIABLE: Final = "consentgate_conf"
+#: Environment variable holding the config path (used when the Variable is not set).
+CONF_ENV: Final = "CONSENTGATE_CONF"
+#: Environment variable with the nightly purge's cron schedule.
+SCHEDULE_ENV: Final = "CONSENTGATE_PURGE_SCHEDULE"
+#: The nightly purge's schedule when :data:`SCHEDULE_ENV` is not set (02:00 UTC).
+DEFAULT_PURGE_SCHEDULE: Final = "0 2 * * *"
+#: Where ``jobs/*.py`` live when not next to the package's source tree.
+JOBS_DIR_ENV: Final = "CONSENTGATE_JOBS_DIR"
+#: Where the shipped package zip is cached.
+PYFILES_DIR_ENV: Final = "CONSENTGATE_PYFILES_DIR"
+#: Where spark-submit jobs write their JSON result for the task to read.
+RESULT_DIR_ENV: Final = "CONSENTGATE_RESULT_DIR"
+
+#: Environment variable overriding every task's retry count (``dag.test()`` runs set 0).
+RETRIES_ENV: Final = "CONSENTGATE_TASK_RETRIES"
+
+#: Asset alias under which the nightly purge and the backfill announce each dataset they changed.
+PURGED_ALIAS: Final = "consentgate_purged_datasets"
+#: Asset alias under which the gate announces each published training snapshot.
+SNAPSHOT_ALIAS: Final = "consentgate_training_snapshots"
+
+JSON = dict[str, Any]
+Step = Callable[..., JSON]
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def purge_schedule() -> str:
+    """The nightly purge's cron schedule: env ``CONSENTGATE_PURGE_SCHEDULE`` or 02:00 daily.
+
+    Called when the DAG file is parsed, so it reads the environment only (no file I/O).
+    """
+    return os.environ.get(SCHEDULE_ENV, "").strip() or DEFAULT_PURGE_SCHEDULE
+
+
+def default_args(*, retries: int, retry_delay: dt.timedelta) -> dict[str, Any]:
+    """A DAG's ``default_args``; env ``CONSENTGATE_TASK_RETRIES`` overrides the retry count.
+
+    The override exists for ``dag.test()`` runs (tests, ``make demo``): there a retry waits out
+    its delay in the foreground, so an unexpected error would stall the run for minutes.
+    """
+    override = os.environ.get(RETRIES_ENV, "").strip()
+    return {
+        "owner": "consentgate",
+        "retries": int(override) if override.isdigit() else retries,
+        "retry_delay": retry_delay,
+    }
+
+
+def jsonable(value: Any) -> Any:
+    """Turn a step's result into plain JSON types (paths, instants and tuples included).
+
+    XComs and the spark-submit result file both carry JSON; normalising here means a step may
+    return ``Path`` or ``datetime`` values without every caller caring.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [jsonable(v) for v in value]
+        return sorted(items, key=str) if isinstance(value, set | frozenset) else items
+    if isinstance(value, dt.datetime):
+        from consentgate.runtime import iso
+
+        return iso(value if value.tzinfo else value.replace(tzinfo=dt.UTC))
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    to_json = getattr(value, "to_json", None)
+    if callable(to_json):
+        return jsonable(to_json())
+    return str(value)
+
+
+def _instant(text: str | None) -> dt.datetime | None:
+    from consentgate.runtime import parse_instant
+
+    return parse_instant(text, name="as_of") if text else None
+
+
+def _spark(config: Config) -> SparkSession:
+    from consentgate.spark import get_spark
+
+    return get_spark(master=config.spark.master, conf=config.spark.conf)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation (Spark-free: reads Delta logs only, so it always runs in the task's process)
+
+
+def validate(
+    config: Config, *, kind: str, as_of: str | None, dag_schedule: str | None = None
+) -> JSON:
+    """Check the config and every input table's schema before anything reads data.
+
+    Reads only Delta logs (delta-rs), not data files, so it is cheap and needs no Spark; this is
+    what lets a bad config or a renamed column fail the run in seconds instead of after a
+    cluster job was scheduled.
+
+    Args:
+        config: The validated config (its paths were already checked by ``load_config``).
+        kind: ``purge``, ``gate`` or ``backfill``; becomes the run id's prefix.
+        as_of: Evaluation instant as ISO-8601, or None for now (UTC).
+        dag_schedule: The purge DAG's effective schedule, compared with the config's.
+
+    Returns:
+        The run context every later task receives: ``kind``, ``run_id``, ``as_of``, ``mode``,
+        ``use_cases``, ``datasets``, ``snapshots`` and the source tables' Delta ``versions``.
+
+    Raises:
+        ConfigError: the config names a path that is not a Delta table.
+        SchemaError: a table lacks a needed column or has it with another type.
+    """
+    from pyspark.sql.types import StringType, TimestampType
+
+    from consentgate import lake
+    from consentgate.consent import ASSETS_SCHEMA, CONSENT_RECORDS_SCHEMA
+    from consentgate.errors import TableError
+    from consentgate.evaluate import LINEAGE_SCHEMA
+    from consentgate.runtime import iso, new_run_id, now_utc
+
+    instant = _instant(as_of) or now_utc()
+    versions: dict[str, int] = {}
+    expected = {
+        "consent_records": CONSENT_RECORDS_SCHEMA,
+        "assets": ASSETS_SCHEMA,
+        "lineage": LINEAGE_SCHEMA,
+    }
+    for table, schema in expected.items():
+        path = config.table_path(table)  # type: ignore[arg-type]
+        if not lake.is_table(path):
+            raise ConfigError(f"tables.{table}: {path} is not a Delta table")
+        delta = lake.open_table(path)
+        lake.require_schema(lake.spark_schema(delta), schema, table=table)
+        versions[table] = int(delta.version())
+    for name, dataset in config.datasets.items():
+        path = config.dataset_path(name)
+        if not lake.is_table(path):
+            raise ConfigError(f"datasets.{name}.path: {path} is not a Delta table")
+        columns: dict[str, Any] = {dataset.key: StringType()}
+        if dataset.asset_column:
+            columns[dataset.asset_column] = StringType()
+        if dataset.derived_at_column:
+            columns[dataset.derived_at_column] = TimestampType()
+        try:
+            delta = lake.open_table(path)
+            lake.require_schema(lake.spark_schema(delta), columns, table=name)
+        except TableError as exc:
+            raise type(exc)(f"datasets.{name}: {exc}") from None
+        versions[name] = int(delta.version())
+    if kind == "purge" and dag_schedule and dag_schedule != config.airflow.purge_schedule:
+        log.warning(
+            "consentgate_nightly_purge runs on %r (env %s) but the config says "
+            "airflow.purge_schedule=%r; set %s to the config's value and re-parse the DAG",
+            dag_schedule,
+            SCHEDULE_ENV,
+            config.airflow.purge_schedule,
+            SCHEDULE_ENV,
+        )
+    return {
+        "kind": kind,
+        "run_id": new_run_id(kind, at=instant),
+        "as_of": iso(instant),
+        "conf": str(config.source) if config.source else None,
+        "lake_root": str(config.lake_root),
+        "mode": config.airflow.mode,
+        "use_cases": sorted({d.use_case for d in config.datasets.values()}),
+        "datasets": sorted(config.datasets),
+        "versions": versions,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Steps: run in the task's process (local mode) or in a spark-submit driver
+
+
+def step_evaluate(spark: SparkSession, config: Config, *, use_cases: list[str], as_of: str) -> JSON:
+    """Effective consent for each use case (the ``evaluate`` job), summarised per use case.
+
+    One job for all use cases, not one per use case: the source tables are read once and, in
+    spark-submit mode, the cluster pays one application start instead of several.
+    """
+    from consentgate.evaluate import run_evaluate
+
+    instant = _instant(as_of)
+    return {
+        use_case: jsonable(run_evaluate(spark, config, use_case=use_case, as_of=instant))
+        for use_case in use_cases
+    }
+
+
+def step_plan_purge(spark: SparkSession, config: Config, *, as_of: str) -> JSON:
+    """Which tables the purge visits: every configured dataset and registered snapshot.
+
+    Deliberately cheap (config, registry and Delta logs only): each mapped ``purge_dataset``
+    task plans its own table at the table's latest version anyway, because the table may
+    change between this task and that one, so scanning every table here would double the
+    purge's cost for a preview. Rows and versions come from the Delta logs.
+
+    Returns:
+        ``targets`` (the names the mapped task expands over, configured datasets first) and
+        ``plan`` (per table: path, use case, Delta version, rows, files).
+    """
+    from consentgate import lake
+    from consentgate.purge import target_path, targets
+
+    plan: JSON = {"as_of": as_of, "tables": {}}
+    for name, dataset in targets(config).items():
+        path = target_path(config, name, dataset)
+        inventory = lake.table_inventory(path)
+        plan["tables"][name] = {
+            "path": str(path),
+            "use_case": dataset.use_case,
+            "version": lake.table_version(path),
+            "rows": inventory.get("rows"),
+            "files": inventory.get("files"),
+        }
+    return {"targets": _plan_targets(plan["tables"], config), "plan": jsonable(plan)}
+
+
+def _plan_targets(tables: Mapping[str, Any], config: Config) -> list[str]:
+    """The table names a plan covers, configured datasets first, then snapshots by name."""
+    ordered = [n for n in config.datasets if n in tables]
+    return ordered + sorted(n for n in tables if n not in config.datasets)
+
+
+def step_purge_dataset(
+    spark: SparkSession,
+    config: Config,
+    *,
+    name: str,
+    as_of: str,
+    run_id: str,
+    dry_run: bool = False,
+) -> JSON:
+    """Purge one dataset or snapshot (the mapped task's body); adds ``name`` and ``path``."""
+    from consentgate.purge import purge_dataset, target_path, targets
+
+    result = jsonable(
+        purge_dataset(spark, config, name, as_of=_instant(as_of), run_id=run_id, dry_run=dry_run)
+    )
+    path = target_path(config, name, targets(config)[name])
+    return {"name": name, "path": str(path), **result}
+
+
+def step_erase(spark: SparkSession, config: Config, *, run_id: str, targets: list[str]) -> JSON:
+    """Physically erase what purges removed longer ago than the window, and verify it on disk.
+
+    Raises:
+        CheckFailed: a removed key is still present in a file on disk (names the tables).
+    """
+    from consentgate import erasure
+    from consentgate.errors import CheckFailed
+
+    result = jsonable(erasure.erase_and_verify(spark, config, run_id=run_id, datasets=targets))
+    if not result.get("ok"):
+        failed = sorted(
+            n for n, r in result.get("datasets", {}).items() if r.get("result") != "verified"
+        )
+        raise CheckFailed(f"erasure verification failed for {', '.join(failed)}")
+    return result  # type: ignore[no-any-return]
+
+
+def step_audit_summary(
+    spark: SparkSession,
+    config: Config,
+    *,
+    kind: str,
+    run_id: str,
+    as_of: str,
+    datasets: Mapping[str, Mapping[str, Any]],
+    erasure: Mapping[str, Any],
+) -> JSON:
+    """Append the run's summary to the audit log, then check the log's hash chain.
+
+    The entry is the one ``consentgate purge`` writes (same kind, same payload), so the audit
+    trail does not depend on whether a purge ran from the command line or from Airflow.
+    """
+    from consentgate import audit
+    from consentgate.errors import CheckFailed
+
+    summary = {
+        name: {
+            k: result.get(k)
+            for k in ("rows_deleted", "version_before", "version_after", "files_rewritten")
+        }
+        | {"reasons": result.get("reasons", {})}
+        for name, result in datasets.items()
+    }
+    receipts = erasure.get("datasets", {}) if isinstance(erasure, Mapping) else {}
+    entry = audit.append_event(
+        spark,
+        config,
+        kind=kind,
+        run_id=run_id,
+        payload={
+            "as_of": as_of,
+            "datasets": summary,
+            "erasure": {n: r.get("result") for n, r in receipts.items()},
+        },
+    )
+    chain = jsonable(audit.verify_chain(spark, config))
+    if not chain.get("ok"):
+        raise CheckFailed(f"audit log hash chain is broken: {chain.get('problems')}")
+    return {"entry_sha256": entry, "chain": chain}
+
+
+def step_gate_prepare(
+    spark: SparkSession,
+    config: Config,
+    *,
+    use_case: str,
+    model_version: str,
+    datasets: list[str] | None,
+    as_of: str,
+) -> JSON:
+    """Compute the allowlist and fix the gate run's facts; refuses before any snapshot."""
+    from consentgate.gate import prepare_gate
+
+    return jsonable(  # type: ignore[no-any-return]
+        prepare_gate(
+            spark,
+            config,
+            use_case=use_case,
+            model_version=model_version,
+            datasets=datasets,
+            as_of=_instant(as_of),
+        )
+    )
+
+
+def step_gate_snapshot(spark: SparkSession, config: Config, *, run: JSON, dataset: str) -> JSON:
+    """Cut one dataset's training snapshot from the allowlist (the mapped task's body)."""
+    from consentgate.gate import snapshot_dataset
+
+    return jsonable(snapshot_dataset(spark, config, run=run, dataset=dataset))  # type: ignore[no-any-return]
+
+
+def step_gate_publish(
+    spark: SparkSession, config: Config, *, run: JSON, snapshots: list[JSON]
+) -> JSON:
+    """Write the manifest and append it to the registry (the only publishing step)."""
+    from consentgate.gate import publish_gate
+
+    return jsonable(publish_gate(spark, config, run=run, snapshots=snapshots))  # type: ignore[no-any-return]
+
+
+def step_gate_verify(spark: SparkSession, config: Config, *, manifest_path: str) -> JSON:
+    """Re-hash every snapshot file and the manifest itself; a problem fails the run."""
+    from consentgate.errors import CheckFailed
+    from consentgate.manifest import verify_manifest
+
+    report = jsonable(verify_manifest(spark, Path(manifest_path)))
+    if not report.get("ok"):
+        raise CheckFailed(f"manifest {manifest_path} does not verify: {report.get('problems')}")
+    return report  # type: ignore[no-any-return]
+
+
+def step_backfill(spark: SparkSession, config: Config, *, as_of: str, dry_run: bool) -> JSON:
+    """Re-evaluate under the current policy, purge what no longer complies, report impact."""
+    from consentgate.purge import run_backfill
+
+    return jsonable(run_backfill(spark, config, as_of=_instant(as_of), dry_run=dry_run))  # type: ignore[no-any-return]
+
+
+#: Every step a task can run, by the name ``jobs/<name>.py`` is submitted under.
+STEPS: Final[dict[str, Step]] = {
+    "evaluate": step_evaluate,
+    "plan_purge": step_plan_purge,
+    "purge_dataset": step_purge_dataset,
+    "erase": step_erase,
+    "audit_summary": step_audit_summary,
+    "gate_prepare": step_gate_prepare,
+    "gate_snapshot": step_gate_snapshot,
+    "gate_publish": step_gate_publish,
+    "gate_verify": step_gate_verify,
+    "backfill": step_backfill,
+}
+
+
+def run_step_here(step: str, config: Config, args: Mapping[str, Any]) -> JSON:
+    """Run a step in this process on the session the config asks for."""
+    if step not in STEPS:
+        raise ConsentgateError(f"step: unknown step {step!r} (known: {', '.join(STEPS)})")
+    result = STEPS[step](_spark(config), config, **dict(args))
+    return jsonable(result)  # type: ignore[no-any-return]
+
+
+def job_main(step: str, argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``jobs/<step>.py`` under spark-submit.
+
+    Prints one JSON object on stdout and writes the same object to ``--result`` so the Airflow
+    task can read it back: ``{"ok": true, "result": {...}}`` or ``{"ok": false, "error": ...,
+    "error_type": ..., "exit_code": n}``. Exits 0, 1 (check failed) or 2 (bad input) like the
+    command line; anything else propagates (a traceback and a non-zero exit) so Airflow retries.
+    """
+    parser = argparse.ArgumentParser(prog=f"jobs/{step}.py", description=f"consentgate {step}")
+    parser.add_argument("--conf", required=True, help="config file")
+    parser.add_argument("--args", default="{}", help="the step's arguments as a JSON object")
+    parser.add_argument("--result", help="also write the JSON result to this file")
+    ns = parser.parse_args(argv)
+    spark = None
+    try:
+        config = load_config(ns.conf)
+        from consentgate.spark import get_spark
+
+        spark = get_spark(conf=config.spark.conf, app_name=f"consentgate-{step}")
+        if step not in STEPS:
+            raise ConsentgateError(f"step: unknown step {step!r}")
+        outcome: JSON = {
+            "ok": True,
+            "result": jsonable(STEPS[step](spark, config, **json.loads(ns.args))),
+        }
+        code = 0
+    except ConsentgateError as exc:
+        outcome = {
+            "ok": False,
+            "error": str(exc),
+            "error_type": type(exc).__name__,
+            "exit_code": exc.exit_code,
+        }
+        code = exc.exit_code
+    finally:
+        if spark is not None:
+            spark.stop()
+    text = json.dumps(outcome, sort_keys=True)
+    if ns.result:
+        Path(ns.result).write_text(text)
+    print(text, flush=True)
+    return code
+
+
+# --------------------------------------------------------------------------------------------
+# Shipping the code for spark-submit
+
+
+def jobs_dir() -> Path:
+    """The directory holding ``jobs/<step>.py``: ``CONSENTGATE_JOBS_DIR`` or the repository's.
+
+    Raises:
+        ConfigError: neither exists (e.g. the package was installed without its repository).
+    """
+    configured = os.environ.get(JOBS_DIR_ENV)
+    candidate = Path(configured) if configured else Path(__file__).resolve().parents[2] / "jobs"
+    if not candidate.is_dir():
+        raise ConfigError(
+            f"{JOBS_DIR_ENV}: job scripts directory {candidate} does not exist; set it to the "
+            "repository's jobs/ directory"
+        )
+    return candidate
+
+
+def package_zip() -> Path:
+    """A zip of the ``consentgate`` package for ``--py-files``, cached by content hash.
+
+    The zip is deterministic (sorted entries, fixed timestamps), so its name changes exactly
+    when the code does; building it on demand means spark-submit always ships the code the
+    Airflow worker is running, with no separate build step to forget.
+    """
+    package = Path(__file__).resolve().parent
+    files = sorted(
+        p for p in package.rglob("*") if p.is_file() and (p.suffix == ".py" or p.name == "py.typed")
+    )
+    files = [p for p in files if "__pycache__" not in p.parts]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    root = Path(
+        os.environ.get(PYFILES_DIR_ENV) or Path(tempfile.gettempdir()) / "consentgate-pyfiles"
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"consentgate-{digest.hexdigest()[:16]}.zip"
+    if target.is_file():
+        return target
+    fd, tmp_name = tempfile.mkstemp(dir=root, suffix=".zip.tmp")
+    os.close(fd)
+    with zipfile.ZipFile(tmp_name, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for path in files:
+            info = zipfile.ZipInfo(
+                f"consentgate/{path.relative_to(package).as_posix()}",
+                date_time=(1980, 1, 1, 0, 0, 0),
+            )
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, path.read_bytes())
+    os.replace(tmp_name, target)
+    return target
+
+
+def _spark_bin_path() -> str:
+    """PATH with the directory of pyspark's ``spark-submit`` appended, so the hook finds it.
+
+    ``SparkSubmitOperator`` runs ``spark-submit`` from PATH; a venv's ``bin`` is often not on
+    the worker's PATH, and pyspark's own copy is always next to the package.
+    """
+    path = os.environ.get("PATH", "")
+    if shutil.which("spark-submit", path=path):
+        return path
+    extra = [str(Path(sys.executable).parent)]
+    try:
+        import pyspark
+
+        extra.append(str(Path(pyspark.__file__).parent / "bin"))
+    except ImportError:  # pragma: no cover - pyspark is a dependency
+        pass
+    return os.pathsep.join([path, *extra]) if path else os.pathsep.join(extra)
+
+
+def submit_step(step: str, config: Config, args: Mapping[str, Any], context: Any) -> JSON:
+    """Run a step as ``spark-submit jobs/<step>.py`` through ``SparkSubmitOperator``.
+
+    Args:
+        step: A name in :data:`STEPS`.
+        config: The run's config (its ``source`` is passed to the job).
+        args: The step's JSON arguments.
+        context: The running task's Airflow context.
+
+    Raises:
+        AirflowFailException: the job reported a consentgate error (no retry).
+        AirflowException: spark-submit failed otherwise (left to the task's retries).
+    """
+    from airflow.exceptions import AirflowFailException
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+    if config.source is None:
+        raise ConfigError("--conf: spark-submit mode needs the config to come from a file")
+    script = jobs_dir() / f"{step}.py"
+    if not script.is_file():
+        raise ConfigError(f"{JOBS_DIR_ENV}: {script} does not exist")
+    python = sys.executable
+    spark_conf = {
+        "spark.pyspark.python": python,
+        "spark.pyspark.driver.python": python,
+        **config.spark.conf,
+    }
+    result_root = os.environ.get(RESULT_DIR_ENV) or None
+    if result_root:
+        Path(result_root).mkdir(parents=True, exist_ok=True)
+    result_dir = Path(tempfile.mkdtemp(prefix=f"consentgate-{step}-", dir=result_root))
+    result_file = result_dir / "result.json"
+    task_id = getattr(context.get("ti"), "task_id", step) if hasattr(context, "get") else step
+    operator = SparkSubmitOperator(
+        task_id=f"{task_id}__spark_submit",
+        application=str(script),
+        py_files=str(package_zip()),
+        conn_id=config.airflow.spark_conn_id,
+        conf=spark_conf,
+        application_args=[
+            "--conf",
+            str(config.source),
+            "--args",
+            json.dumps(jsonable(dict(args)), sort_keys=True),
+            "--result",
+            str(result_file),
+        ],
+        name=f"consentgate-{step}",
+        env_vars={
+            "PATH": _spark_bin_path(),
+            "PYSPARK_PYTHON": spark_conf["spark.pyspark.python"],
+            "PYSPARK_DRIVER_PYTHON": spark_conf["spark.pyspark.driver.python"],
+        },
+        allow_nested_operators=True,
+    )
+    try:
+        try:
+            operator.execute(context)
+        except Exception:
+            outcome = _read_outcome(result_file)
+            if outcome is not None and not outcome.get("ok"):
+                raise AirflowFailException(
+                    f"{step}: {outcome.get('error_type')}: {outcome.get('error')}"
+                ) from None
+            raise
+        outcome = _read_outcome(result_file)
+        if outcome is None or not outcome.get("ok"):
+            raise AirflowFailException(f"{step}: spark-submit job wrote no result to {result_file}")
+        result: JSON = outcome["result"]
+        return result
+    finally:
+        shutil.rmtree(result_dir, ignore_errors=True)
+
+
+def _read_outcome(path: Path) -> JSON | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# --------------------------------------------------------------------------------------------
+# Task helpers (run inside an Airflow task)
+
+
+def conf_path() -> Path:
+    """The config file: Airflow Variable ``consentgate_conf``, else env ``CONSENTGATE_CONF``.
+
+    Raises:
+        ConfigError: neither is set.
+    """
+    from airflow.sdk import Variable
+
+    value: Any = None
+    try:
+        value = Variable.get(CONF_VARIABLE, default=None)
+    except Exception as exc:  # no metadata DB or API server reachable: fall back to the env
+        log.debug("Airflow Variable %s unavailable: %s", CONF_VARIABLE, exc)
+    if not value:
+        value = os.environ.get(CONF_ENV)
+    if not value:
+        raise ConfigError(
+            f"{CONF_VARIABLE}: set the Airflow Variable {CONF_VARIABLE} or the environment "
+            f"variable {CONF_ENV} to the consentgate config file"
+        )
+    return Path(str(value)).expanduser().resolve()
+
+
+def _fail_fast(exc: ConsentgateError) -> BaseException:
+    from airflow.exceptions import AirflowFailException
+
+    return AirflowFailException(f"{type(exc).__name__}: {exc}")
+
+
+def start_run(
+    kind: str,
+    *,
+    as_of: str | None = None,
+    dry_run: bool = False,
+    dag_schedule: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> JSON:
+    """First task of every DAG run: find and validate the config, fix the run's instant and id.
+
+    Returns:
+        The run context (see :func:`validate`) plus ``conf``, ``dry_run``, ``dag_run_id`` and
+        ``extra``; every later task takes it as its first argument.
+    """
+    from airflow.sdk import get_current_context
+
+    try:
+        path = conf_path()
+        config = load_config(path)
+        run = validate(config, kind=kind, as_of=as_of, dag_schedule=dag_schedule)
+    except ConsentgateError as exc:
+        raise _fail_fast(exc) from exc
+    context = get_current_context()
+    dag_run = context.get("dag_run")
+    run.update(
+        conf=str(path),
+        dry_run=bool(dry_run),
+        dag_run_id=getattr(dag_run, "run_id", None),
+        **dict(extra or {}),
+    )
+    return run
+
+
+def run_step(run: Mapping[str, Any], step: str, **args: Any) -> JSON:
+    """Run one step for a DAG run, in process or via spark-submit as the config says.
+
+    Args:
+        run: The run context from :func:`start_run` (its ``conf`` is used, not the Variable,
+            so one run never mixes configs).
+        step: A name in :data:`STEPS`.
+        **args: The step's JSON arguments.
+    """
+    from airflow.sdk import get_current_context
+
+    try:
+        config = load_config(run["conf"])
+        if config.airflow.mode == "spark-submit":
+            return submit_step(step, config, args, get_current_context())
+        return run_step_here(step, config, args)
+    except ConsentgateError as exc:
+        raise _fail_fast(exc) from exc
+
+
+def emit_asset_event(alias: str, *, name: str, uri: str, extra: Mapping[str, Any]) -> None:
+    """Attach an Asset event to ``alias`` from the running task.
+
+    Assets are attached through an alias because which tables a run changes (or which model
+    version it publishes) is only known at run time; a downstream DAG can schedule on the alias
+    or on a concrete asset such as ``consentgate/dataset/track_embeddings``.
+    """
+    from airflow.sdk import Asset, AssetAlias, get_current_context
+
+    events = get_current_context()["outlet_events"]
+    events[AssetAlias(alias)].add(Asset(name=name, uri=uri), extra=dict(jsonable(extra)))
+
+
+def dataset_asset(name: str, path: str | Path) -> tuple[str, str]:
+    """Asset name and URI for a dataset or snapshot table: ``consentgate/dataset/<name>``."""
+    return f"consentgate/dataset/{name}", Path(path).resolve().as_uri()
+
+
+def snapshot_asset(model_version: str, path: str | Path) -> tuple[str, str]:
+    """Asset name and URI for a model version's training snapshot."""
+    return f"consentgate/snapshot/{model_version}", Path(path).resolve().as_uri()
+
+
+# --------------------------------------------------------------------------------------------
+# DAG-specific task bodies (small: the work is in the steps)
+
+
+def _push_xcom(key: str, value: Any) -> None:
+    from airflow.sdk import get_current_context
+
+    get_current_context()["ti"].xcom_push(key=key, value=value)
+
+
+def purge_plan(run: Mapping[str, Any]) -> list[str]:
+    """The purge's ``plan`` task: the tables to visit, as the list the mapped task expands.
+
+    The plan's summary is pushed as XCom ``plan`` (Airflow cannot map over a dict's key).
+    """
+    plan = run_step(run, "plan_purge", as_of=run["as_of"])
+    _push_xcom("plan", plan.get("plan"))
+    return [str(name) for name in plan["targets"]]
+
+
+def gate_prepare(run: Mapping[str, Any]) -> list[str]:
+    """The gate's ``evaluate`` task: allowlist and refusals, then what the mapped task needs.
+
+    Returns:
+        The datasets to snapshot (what the mapped ``snapshot`` task expands over); the gate
+        run's facts, which every later gate step takes, are pushed as XCom ``gate`` because
+        Airflow cannot map over one key of a dict.
+    """
+    gate = run_step(
+        run,
+        "gate_prepare",
+        use_case=run["use_case"],
+        model_version=run["model_version"],
+        datasets=run.get("requested_datasets"),
+        as_of=run["as_of"],
+    )
+    _push_xcom("gate", gate)
+    return [str(name) for name in gate["datasets"]]
+
+
+def pull_xcom(task_id: str, *, key: str = "return_value") -> Any:
+    """An upstream task's XCom, or None when that task never pushed it (it failed)."""
+    from airflow.sdk import get_current_context
+
+    ti = get_current_context()["ti"]
+    try:
+        return ti.xcom_pull(task_ids=task_id, key=key)
+    except Exception as exc:  # a missing XCom is an outcome here, not an error
+        log.info("no XCom %s from %s: %s", key, task_id, exc)
+        return None
+
+
+def gate_rollback(run: Mapping[str, Any], gate: Mapping[str, Any] | None) -> JSON:
+    """Remove what an unpublished gate run wrote, so the model version can be gated again.
+
+    Runs after the snapshot and manifest tasks whatever their outcome. A published run (its
+    model version is in the registry) is never touched: its snapshots are evidence.
+    """
+    from consentgate import gate as gate_job
+    from consentgate import registry
+
+    try:
+        config = load_config(run["conf"])
+        if registry.find_entry(config, model_version=str(run["model_version"])) is not None:
+            return {"rolled_back": False, "published": True}
+        if gate is None:
+            return {"rolled_back": False, "published": False, "reason": "nothing was written"}
+        rollback = getattr(gate_job, "rollback_gate", None) or gate_job._rollback
+        rollback(config, gate, list(gate["datasets"]))
+    except ConsentgateError as exc:
+        raise _fail_fast(exc) from exc
+    return {"rolled_back": True, "published": False, "run_id": gate["run_id"]}
+
+
+def announce_snapshot(run: Mapping[str, Any], published: Mapping[str, Any]) -> None:
+    """Emit the model version's snapshot Asset, carrying what a training DAG needs to find it."""
+    from consentgate import registry
+
+    config = load_config(run["conf"])
+    model_version = str(published["model_version"])
+    name, uri = snapshot_asset(model_version, registry.snapshots_root(config, model_version))
+    emit_asset_event(
+        SNAPSHOT_ALIAS,
+        name=name,
+        uri=uri,
+        extra={
+            "model_version": model_version,
+            "use_case": published.get("use_case"),
+            "run_id": published.get("run_id"),
+            "manifest_path": published.get("manifest_path"),
+            "manifest_sha256": published.get("manifest_sha256"),
+            "snapshots": published.get("snapshots", {}),
+            "allowlist_assets": published.get("allowlist_assets"),
+        },
+    )
+
+
+def _changed(result: Mapping[str, Any]) -> bool:
+    deleted = result.get("rows_deleted")
+    if isinstance(deleted, int):
+        return deleted > 0
+    return result.get("version_after") not in (None, result.get("version_before"))
+
+
+def announce_purge(run: Mapping[str, Any], result: Mapping[str, Any]) -> bool:
+    """Emit an Asset event for a table the purge changed (never for a dry run or no-op).
+
+    Returns:
+        Whether an event was emitted.
+    """
+    if run.get("dry_run") or not _changed(result):
+        return False
+    name = str(result["name"])
+    path = result.get("path") or _table_path(load_config(run["conf"]), name)
+    asset_name, uri = dataset_asset(name, path)
+    emit_asset_event(
+        PURGED_ALIAS,
+        name=asset_name,
+        uri=uri,
+        extra={
+            "run_id": run["run_id"],
+            "as_of": run["as_of"],
+            "rows_deleted": result.get("rows_deleted"),
+            "version_before": result.get("version_before"),
+            "version_after": result.get("version_after"),
+            "reasons": result.get("reasons", {}),
+        },
+    )
+    return True
+
+
+def _table_path(config: Config, name: str) -> Path:
+    if name in config.datasets:
+        return config.dataset_path(name)
+    from consentgate.registry import snapshot_datasets
+
+    snapshots = snapshot_datasets(config)
+    if name in snapshots:
+        return config.resolve(snapshots[name].path)
+    return config.state_dir / name
+
+
+def _add_counts(into: dict[str, int], counts: Any) -> None:
+    if isinstance(counts, Mapping):
+        for reason, n in counts.items():
+            if isinstance(n, int):
+                into[str(reason)] = into.get(str(reason), 0) + n
+
+
+def purge_summary(
+    run: Mapping[str, Any], purged: Sequence[Mapping[str, Any]], erasure: Mapping[str, Any]
+) -> JSON:
+    """The nightly purge's totals: per table, per reason, and the erasure outcome."""
+    datasets = {str(r["name"]): {k: v for k, v in r.items() if k != "name"} for r in purged}
+    reasons: dict[str, int] = {}
+    rows_deleted = 0
+    for result in purged:
+        _add_counts(reasons, result.get("reasons"))
+        deleted = result.get("rows_deleted")
+        rows_deleted += deleted if isinstance(deleted, int) else 0
+    return {
+        "kind": "purge",
+        "run_id": run["run_id"],
+        "dag_run_id": run.get("dag_run_id"),
+        "as_of": run["as_of"],
+        "dry_run": bool(run.get("dry_run")),
+        "datasets": dict(sorted(datasets.items())),
+        "datasets_changed": sorted(n for n, r in datasets.items() if _changed(r)),
+        "rows_deleted": rows_deleted,
+        "reasons": dict(sorted(reasons.items())),
+        "erasure": dict(erasure),
+    }
+
+
+def record_purge(
+    run: Mapping[str, Any], purged: Sequence[Mapping[str, Any]], erasure: Mapping[str, Any]
+) -> JSON:
+    """The purge's ``audit_summary`` task: totals, and (unless a dry run) the audit entry."""
+    summary = purge_summary(run, purged, erasure)
+    if run.get("dry_run"):
+        return summary
+    recorded = run_step(
+        run,
+        "audit_summary",
+        kind="purge",
+        run_id=run["run_id"],
+        as_of=run["as_of"],
+        datasets=summary["datasets"],
+        erasure=dict(erasure),
+    )
+    return {**summary, "audit": recorded}
+
+
+def backfill_report(run: Mapping[str, Any], result: Mapping[str, Any]) -> JSON:
+    """The backfill's report; emits an Asset event per dataset it changed (none on a dry run)."""
+    datasets = result.get("datasets") if isinstance(result.get("datasets"), Mapping) else {}
+    changed: list[str] = []
+    for name, facts in sorted(dict(datasets or {}).items()):
+        if isinstance(facts, Mapping) and announce_purge(run, {"name": name, **facts}):
+            changed.append(str(name))
+    impact = result.get("impact")
+    runs = impact.get("runs", []) if isinstance(impact, Mapping) else []
+    return {
+        "kind": "backfill",
+        "run_id": run["run_id"],
+        "as_of": run["as_of"],
+        "dry_run": bool(run.get("dry_run")),
+        "datasets_changed": changed,
+        "affected_runs": len(runs) if isinstance(runs, list) else 0,
+        "result": dict(result),
+    }

@@ -1,0 +1,311 @@
+"""Fixtures for the Airflow tests: a migrated metadata DB, a small demo lake, DAG runs, a cluster.
+
+Import the fixtures you use into a test module (``from tests.airflow_fixtures import ...``).
+
+Airflow reads ``AIRFLOW_HOME`` when first imported, so nothing here imports Airflow at module
+level: the session fixture :func:`airflow_home` configures the process first (SQLite DB under
+a temp dir, our ``dags/`` only, no task retries) and every Airflow import happens after it.
+
+The expensive things are built once per session: the pristine demo lake (:func:`pristine_lake`,
+copied for each test that writes) and the local-mode gate + purge runs (:func:`local_runs`),
+which both the local tests and the cluster test (same results required) read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pyspark.sql import SparkSession
+
+from consentgate.airflow_tasks import CONF_ENV
+
+REPO = Path(__file__).resolve().parents[1]
+DAGS = REPO / "dags"
+#: Small, so each Spark step is dominated by fixed costs, not data.
+LAKE_ASSETS = 80
+LAKE_SEED = 11
+#: Every run evaluates at the demo's fixed clock, so local and cluster runs are comparable.
+AS_OF = "2026-11-01T00:00:00Z"
+MODEL_VERSION = "m1"
+USE_CASE = "generative_training"
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A migrated SQLite metadata DB, and this process configured to use it."""
+    from consentgate.story import prepare_airflow
+
+    home = tmp_path_factory.mktemp("airflow_home")
+    saved = dict(os.environ)
+    prepare_airflow(home, dags_dir=DAGS, quiet=True)
+    yield home
+    for key in set(os.environ) - set(saved):
+        del os.environ[key]
+    os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def conf_env(conf: Path) -> Iterator[None]:
+    """Point the DAGs at ``conf`` (env ``CONSENTGATE_CONF``) for the duration."""
+    before = os.environ.get(CONF_ENV)
+    os.environ[CONF_ENV] = str(conf)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(CONF_ENV, None)
+        else:
+            os.environ[CONF_ENV] = before
+
+
+@pytest.fixture(scope="session")
+def pristine_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small demo lake; never written by tests (use :func:`copy_lake`)."""
+    from consentgate.demo import init_demo
+
+    root = tmp_path_factory.mktemp("pristine") / "lake"
+    init_demo(spark, root, assets=LAKE_ASSETS, seed=LAKE_SEED)
+    return root
+
+
+def copy_lake(pristine: Path, target: Path, *, conf: dict[str, Any] | None = None) -> Path:
+    """Copy the lake (Delta logs hold relative paths) and return its conf, amended by ``conf``."""
+    shutil.copytree(pristine, target)
+    conf_path = target / "consentgate.yaml"
+    if conf:
+        data = yaml.safe_load(conf_path.read_text())
+        for key, value in conf.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        conf_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return conf_path
+
+
+def write_conf(conf_path: Path, name: str, **overrides: Any) -> Path:
+    """A sibling conf of the same lake with top-level keys overridden."""
+    data = yaml.safe_load(conf_path.read_text())
+    data.update(overrides)
+    target = conf_path.parent / name
+    target.write_text(yaml.safe_dump(data, sort_keys=False))
+    return target
+
+
+@dataclass
+class Runs:
+    """A gate run and then a nightly purge on one lake."""
+
+    conf: Path
+    gate: Any
+    purge: Any
+
+
+def gate_then_purge(conf: Path) -> Runs:
+    """Gate ``m1`` for generative training, then the nightly purge (which covers the snapshot)."""
+    from consentgate.story import run_dag
+
+    with conf_env(conf):
+        gate = run_dag(
+            "consentgate_pretraining_gate",
+            run_conf={"use_case": USE_CASE, "model_version": MODEL_VERSION, "as_of": AS_OF},
+            dags_dir=DAGS,
+        )
+        purge = run_dag("consentgate_nightly_purge", run_conf={"as_of": AS_OF}, dags_dir=DAGS)
+    return Runs(conf=conf, gate=gate, purge=purge)
+
+
+@pytest.fixture(scope="session")
+def local_runs(
+    airflow_home: Path, pristine_lake: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Runs:
+    """The gate and purge DAGs in ``local`` mode on a copy of the pristine lake."""
+    conf = copy_lake(pristine_lake, tmp_path_factory.mktemp("local") / "lake")
+    return gate_then_purge(conf)
+
+
+def comparable(runs: Runs) -> dict[str, Any]:
+    """What must not depend on the execution mode: counts, reasons, roots, row counts."""
+    from consentgate.manifest import load_manifest
+
+    published = runs.gate.results["verify"]
+    manifest = load_manifest(Path(published["manifest_path"]))
+    snapshots = {
+        name: {"rows": snap.get("rows"), "content_root": snap.get("content_merkle_root")}
+        for name, snap in sorted((manifest.get("snapshots") or {}).items())
+    }
+    purged = {
+        r["name"]: {
+            "rows_before": r["rows_before"],
+            "rows_deleted": r["rows_deleted"],
+            "rows_after": r["rows_after"],
+            "reasons": r["reasons"],
+        }
+        for r in runs.purge.results["purge_dataset"]
+    }
+    return {
+        "gate": {
+            "allowlist_assets": published["allowlist_assets"],
+            "allowlist_root": published["allowlist_root"],
+            "snapshot_rows": published["snapshot_rows"],
+            "exclusions": published["exclusions"],
+            "snapshots": snapshots,
+        },
+        "purge": purged,
+        "purge_reasons": runs.purge.results["audit_summary"]["reasons"],
+        "purge_assets": sorted(e["name"] for e in runs.purge.asset_events),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# A Spark standalone cluster on 127.0.0.1, from the pyspark distribution
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class SparkCluster:
+    """A running standalone master and its workers."""
+
+    master_url: str
+    webui: str
+    processes: list[subprocess.Popen[bytes]]
+    logs: Path
+
+    def state(self) -> dict[str, Any]:
+        """The master's JSON status (workers, running and completed applications)."""
+        with urllib.request.urlopen(f"{self.webui}/json/", timeout=10) as response:
+            value: dict[str, Any] = json.loads(response.read())
+        return value
+
+
+def _wait(predicate: Any, *, timeout: float, what: str, cluster_logs: Path) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception as exc:  # not up yet
+            last = exc
+        time.sleep(1)
+    tails = []
+    for log in sorted(cluster_logs.glob("*.log")):
+        tails.append(f"--- {log.name}\n" + "\n".join(log.read_text().splitlines()[-15:]))
+    raise TimeoutError(f"{what} not ready after {timeout}s ({last})\n" + "\n".join(tails))
+
+
+@contextlib.contextmanager
+def spark_standalone_cluster(
+    root: Path, *, workers: int = 2, cores: int = 1, memory: str = "1g", timeout: float = 180
+) -> Iterator[SparkCluster]:
+    """Start a master and ``workers`` workers from pyspark's ``spark-class``; always stop them.
+
+    Each process runs in its own session so that stopping it (SIGTERM, then SIGKILL after a
+    bounded wait) also reaches the executors a worker launched.
+    """
+    import pyspark
+
+    spark_class = Path(pyspark.__file__).parent / "bin" / "spark-class"
+    logs = root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    port, ui = free_port(), free_port()
+    env = {
+        **os.environ,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "SPARK_LOG_DIR": str(logs),
+        "SPARK_LOCAL_DIRS": str(root / "local"),
+        "SPARK_DAEMON_MEMORY": "256m",
+    }
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, *args: str) -> None:
+        log = (logs / f"{name}.log").open("wb")
+        processes.append(
+            subprocess.Popen(
+                [str(spark_class), *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        )
+
+    cluster = SparkCluster(
+        master_url=f"spark://127.0.0.1:{port}",
+        webui=f"http://127.0.0.1:{ui}",
+        processes=processes,
+        logs=logs,
+    )
+    try:
+        start(
+            "master",
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--webui-port",
+            str(ui),
+        )
+        _wait(
+            lambda: cluster.state().get("status") == "ALIVE",
+            timeout=timeout,
+            what="spark master",
+            cluster_logs=logs,
+        )
+        for i in range(workers):
+            work = root / f"worker-{i}"
+            work.mkdir(parents=True, exist_ok=True)
+            start(
+                f"worker-{i}",
+                "org.apache.spark.deploy.worker.Worker",
+                cluster.master_url,
+                "--host",
+                "127.0.0.1",
+                "--webui-port",
+                str(free_port()),
+                "--cores",
+                str(cores),
+                "--memory",
+                memory,
+                "--work-dir",
+                str(work),
+            )
+        _wait(
+            lambda: int(cluster.state().get("aliveworkers", 0)) >= workers,
+            timeout=timeout,
+            what=f"{workers} spark workers",
+            cluster_logs=logs,
+        )
+        yield cluster
+    finally:
+        for process in reversed(processes):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in reversed(processes):
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
