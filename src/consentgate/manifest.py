@@ -352,7 +352,12 @@ def _check_snapshots(
             if paths
             else spark.createDataFrame([], schema)
         )
-        content_root, rows = digest.content_merkle_root(frame)
+        try:
+            content_root, rows = digest.content_merkle_root(frame)
+        except Exception as exc:  # unreadable bytes are a finding, not a crash (fail closed)
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
+            problems.append(f"{where}: content Merkle root not recomputable: {first}")
+            continue
         if rows != snap["rows"]:
             problems.append(f"{where}: {rows} rows in the files, manifest says {snap['rows']}")
         if content_root != snap["content_merkle_root"]:

@@ -1,0 +1,270 @@
+"""End to end on a small demo lake: two gate runs around a revocation, then every check.
+
+One lake is built per module (Spark is shared by several engineers on two cores): gate ``m1``
+at the demo's "now", revoke one asset that ``m1`` used, gate ``m2`` two days later. Tamper tests
+work on copies of that lake, so they never disturb each other or the happy path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from deltalake import write_deltalake
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from consentgate import gate, lake, registry
+from consentgate.config import Config, load_config
+from consentgate.demo import DEMO_NOW, POLICY_AFTER, init_demo
+from consentgate.errors import CheckFailed, ConsentgateError
+from consentgate.manifest import load_manifest, verify_manifest
+from consentgate.proofs import prove, verify_proof
+from tests.lakes import write_small_lake
+
+pytestmark = pytest.mark.slow
+
+USE_CASE = "recommendation"
+DATASETS = ["stem_embeddings", "track_embeddings"]
+AFTER = DEMO_NOW + dt.timedelta(days=2)
+
+
+@dataclass
+class Gated:
+    root: Path
+    config: Config
+    first: dict[str, Any]
+    second: dict[str, Any]
+    revoked: str
+
+
+def _revoke(spark: SparkSession, config: Config, asset_id: str) -> None:
+    owner = (
+        lake.read_table(spark, config.table_path("assets"))
+        .where(F.col("asset_id") == asset_id)
+        .first()
+    )
+    assert owner is not None
+    row = (
+        str(uuid.uuid4()),
+        owner["owner_user_id"],
+        asset_id,
+        USE_CASE,
+        "revoked",
+        POLICY_AFTER,
+        None,
+        DEMO_NOW + dt.timedelta(days=1),
+        None,
+    )
+    records = lake.read_table(spark, config.table_path("consent_records"))
+    lake.write_table(
+        spark.createDataFrame([row], records.schema),
+        config.table_path("consent_records"),
+        mode="append",
+    )
+
+
+@pytest.fixture(scope="module")
+def gated(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gated]:
+    root = tmp_path_factory.mktemp("gate") / "lake"
+    summary = init_demo(spark, root, assets=120, seed=11)
+    config = load_config(summary.conf_path)
+    first = gate.run_gate(
+        spark, config, use_case=USE_CASE, model_version="m1", datasets=DATASETS, as_of=DEMO_NOW
+    )
+    snap = lake.read_table(spark, first["snapshots"]["snapshot/m1/track_embeddings"])
+    used = snap.select("asset_id").distinct().orderBy("asset_id").first()
+    assert used is not None
+    revoked = str(used["asset_id"])
+    _revoke(spark, config, revoked)
+    second = gate.run_gate(
+        spark, config, use_case=USE_CASE, model_version="m2", datasets=DATASETS, as_of=AFTER
+    )
+    yield Gated(root, config, first, second, revoked)
+
+
+def test_revoked_asset_leaves_the_second_allowlist(spark: SparkSession, gated: Gated) -> None:
+    assert gated.first["allowlist_assets"] == gated.second["allowlist_assets"] + 1
+    for name, path in gated.first["snapshots"].items():
+        assert Path(path).is_dir() and name.startswith("snapshot/m1/")
+    first_rows = lake.read_table(spark, gated.first["snapshots"]["snapshot/m1/track_embeddings"])
+    second_rows = lake.read_table(spark, gated.second["snapshots"]["snapshot/m2/track_embeddings"])
+    assert first_rows.where(F.col("asset_id") == gated.revoked).count() > 0
+    assert second_rows.where(F.col("asset_id") == gated.revoked).count() == 0
+    # Snapshots are registered as datasets of the use case, for the nightly purge.
+    datasets = registry.snapshot_datasets(gated.config)
+    assert set(datasets) == {f"snapshot/{v}/{d}" for v in ("m1", "m2") for d in DATASETS}
+    assert all(d.use_case == USE_CASE for d in datasets.values())
+
+
+def test_both_manifests_verify_and_chain(spark: SparkSession, gated: Gated) -> None:
+    for run in (gated.first, gated.second):
+        report = verify_manifest(spark, run["manifest_path"])
+        assert report["ok"], report["problems"]
+        assert report["checked"]["files"] > 0
+    m1 = load_manifest(gated.first["manifest_path"])
+    m2 = load_manifest(gated.second["manifest_path"])
+    assert m1["previous_manifest_sha256"] is None
+    assert m2["previous_manifest_sha256"] == m1["manifest_sha256"]
+    assert [e.model_version for e in registry.read_entries(gated.config)] == ["m1", "m2"]
+    assert (
+        m1["source_tables"]["consent_records"]["version"]
+        < (m2["source_tables"]["consent_records"]["version"])
+    )
+    for field in ("run_id", "use_case", "model_version", "evaluated_at", "created_at", "versions"):
+        assert m1[field]
+    assert m1["filter"]["accepted_policy_versions"]
+    assert m1["exclusions"]["assets"] and m1["exclusions"]["rows"]
+    snap = m1["snapshots"]["track_embeddings"]
+    assert snap["rows"] > 0 and snap["assets"] > 0 and len(snap["content_merkle_root"]) == 64
+    assert all(len(f["sha256"]) == 64 and f["size"] > 0 for f in snap["files"])
+    sheet_dir = Path(gated.first["manifest_path"]).parent
+    assert (sheet_dir / "exclusions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Opt-in rate per jurisdiction" in (sheet_dir / "datasheet.md").read_text()
+    assert "<table>" in (sheet_dir / "datasheet.html").read_text()
+
+
+def test_proofs(spark: SparkSession, gated: Gated) -> None:
+    m1, m2 = gated.first["manifest_path"], gated.second["manifest_path"]
+    inclusion = prove(spark, gated.config, manifest_path=m1, asset_id=gated.revoked)
+    assert inclusion["included"] is True
+    assert inclusion["proof"]["leaf"]["record"]["asset_id"] == gated.revoked
+    assert verify_proof(inclusion["proof"], manifest_path=m1)["ok"]
+    exclusion = prove(spark, gated.config, manifest_path=m2, asset_id=gated.revoked)
+    assert exclusion["included"] is False
+    assert verify_proof(exclusion["proof"], manifest_path=m2)["ok"]
+    # Checked against the wrong root (the other run's manifest) both fail.
+    assert not verify_proof(inclusion["proof"], manifest_path=m2)["ok"]
+    assert not verify_proof(exclusion["proof"], manifest_path=m1)["ok"]
+    # A never-seen asset gets an exclusion proof too.
+    unknown = prove(spark, gated.config, manifest_path=m1, asset_id="zzzz-not-an-asset")
+    assert unknown["included"] is False
+    assert verify_proof(unknown["proof"], manifest_path=m1)["ok"]
+
+
+def test_explain_model_and_impact(spark: SparkSession, gated: Gated) -> None:
+    m1 = gate.explain_model(spark, gated.config, model_version="m1", limit=None)
+    m2 = gate.explain_model(spark, gated.config, model_version="m2", limit=None)
+    ids1 = {a["asset_id"] for a in m1["assets"]}
+    ids2 = {a["asset_id"] for a in m2["assets"]}
+    assert gated.revoked in ids1 and gated.revoked not in ids2
+    entry = next(a for a in m1["assets"] if a["asset_id"] == gated.revoked)
+    assert entry["consent_record_id"] and entry["policy_version"] and entry["captured_at"]
+    assert m1["assets_total"] == len(ids1) and not m1["truncated"]
+    capped = gate.explain_model(spark, gated.config, model_version="m1", limit=2)
+    assert len(capped["assets"]) == 2 and capped["truncated"]
+    with pytest.raises(ConsentgateError, match="not in the registry"):
+        gate.explain_model(spark, gated.config, model_version="nope")
+
+    report = gate.impact(spark, gated.config, as_of=AFTER)
+    assert report["runs_checked"] == 2
+    assert [r["model_version"] for r in report["runs"]] == ["m1"]
+    assert report["runs"][0]["reasons"] == {"revoked": 1}
+
+
+def test_refusals(spark: SparkSession, gated: Gated) -> None:
+    with pytest.raises(CheckFailed, match="already has snapshots"):
+        gate.run_gate(spark, gated.config, use_case=USE_CASE, model_version="m1", as_of=AFTER)
+    with pytest.raises(ConsentgateError, match="gen_shards") as info:
+        gate.run_gate(
+            spark,
+            gated.config,
+            use_case=USE_CASE,
+            model_version="m3",
+            datasets=["gen_shards"],
+            as_of=AFTER,
+        )
+    assert info.value.exit_code == 2
+    assert not (gated.config.state_dir / "snapshots" / "m3").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Tampering, each on its own copy of the lake
+
+
+def _copy(gated: Gated, tmp_path: Path) -> tuple[Path, Path]:
+    copy = tmp_path / "lake"
+    shutil.copytree(gated.root, copy)
+    rel = Path(gated.first["manifest_path"]).relative_to(gated.root)
+    return copy, copy / rel
+
+
+def _problems(spark: SparkSession, manifest: Path) -> list[str]:
+    report = verify_manifest(spark, manifest)
+    assert not report["ok"]
+    return list(report["problems"])
+
+
+def _first_file(manifest: Path, dataset: str) -> tuple[str, Path]:
+    m = load_manifest(manifest)
+    snap = m["snapshots"][dataset]
+    rel = snap["files"][0]["path"]
+    return rel, manifest.parents[3] / snap["path"] / rel
+
+
+def test_tamper_one_value(spark: SparkSession, gated: Gated, tmp_path: Path) -> None:
+    _, manifest = _copy(gated, tmp_path)
+    rel, file = _first_file(manifest, "track_embeddings")
+    table = pq.read_table(file)
+    models = table.column("model").to_pylist()
+    models[0] = str(models[0]) + "-tampered"
+    index = table.schema.get_field_index("model")
+    pq.write_table(table.set_column(index, table.schema.field(index), [models]), file)
+    # A careful forger also drops Hadoop's checksum sidecar, so the rows really are re-read.
+    file.with_name(f".{file.name}.crc").unlink(missing_ok=True)
+    problems = _problems(spark, manifest)
+    assert any("track_embeddings" in p and rel in p and "SHA-256" in p for p in problems)
+    assert any("track_embeddings" in p and "content Merkle root" in p for p in problems)
+
+
+def test_tamper_deleted_file(spark: SparkSession, gated: Gated, tmp_path: Path) -> None:
+    _, manifest = _copy(gated, tmp_path)
+    rel, file = _first_file(manifest, "stem_embeddings")
+    file.unlink()
+    problems = _problems(spark, manifest)
+    assert any("stem_embeddings" in p and rel in p and "missing" in p for p in problems)
+
+
+def test_tamper_manifest_field(spark: SparkSession, gated: Gated, tmp_path: Path) -> None:
+    _, manifest = _copy(gated, tmp_path)
+    data = json.loads(manifest.read_bytes())
+    data["evaluated_at"] = "2020-01-01T00:00:00.000000Z"
+    manifest.write_text(json.dumps(data))
+    problems = _problems(spark, manifest)
+    assert any(str(manifest) in p and "does not match its content" in p for p in problems)
+
+
+def test_tamper_registry_order(spark: SparkSession, gated: Gated, tmp_path: Path) -> None:
+    copy, manifest = _copy(gated, tmp_path)
+    path = registry.registry_path_at(copy)
+    table = lake.open_table(path).to_pyarrow_table()
+    seqs = table.column("seq").to_pylist()
+    reordered = table.set_column(
+        table.schema.get_field_index("seq"), "seq", [[1 - s for s in seqs]]
+    )
+    shutil.rmtree(path)
+    write_deltalake(str(path), reordered)
+    problems = _problems(spark, manifest)
+    assert any("registry" in p and "previous" in p for p in problems)
+
+
+def test_refused_gate_publishes_nothing(spark: SparkSession, tmp_path: Path) -> None:
+    conf = write_small_lake(spark, tmp_path / "small", records=[])
+    config = load_config(conf)
+    with pytest.raises(CheckFailed, match="0 granted assets") as info:
+        gate.run_gate(spark, config, use_case=USE_CASE, model_version="m1")
+    assert info.value.exit_code == 1
+    state = config.state_dir
+    assert not (state / "snapshots").exists()
+    assert not list((state / "manifests").glob("*")) if (state / "manifests").exists() else True
+    assert registry.read_entries(config) == []
+    assert not any((state / "allowlists").glob("*")) if (state / "allowlists").exists() else True
+    assert not any((state / "gate_runs").glob("*")) if (state / "gate_runs").exists() else True
