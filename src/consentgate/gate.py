@@ -227,13 +227,14 @@ def prepare_gate(
 def _row_sources(
     name: str, rows: DataFrame, *, key: str, asset_column: str | None, edges: DataFrame
 ) -> DataFrame:
-    """``(key, asset_id)``: each row's source assets, by its own column or through lineage.
+    """``key`` (string), ``asset_id`` (null for a row whose lineage is broken), ...: each
+    row's source assets, by its own column or through lineage.
 
     A snapshot's lineage is its source dataset's (:func:`consentgate.registry.lineage_dataset`).
     """
     from consentgate import lineage
 
-    return lineage.source_assets(  # type: ignore[no-any-return]
+    return lineage.source_assets(
         registry.lineage_dataset(name), rows, key=key, asset_column=asset_column, lineage=edges
     )
 
@@ -274,9 +275,10 @@ def surviving_rows(
         retention_days=ds.retention_days,
         derived_at_column=ds.derived_at_column,
         as_of=parse_instant(run["as_of"]),
+        dataset=dataset,
     )
-    keep = decided.where(F.col("keep")).select(ds.key)
-    kept = rows.join(keep, on=ds.key, how="left_semi")
+    keep = decided.where(F.col("keep")).select(F.col("key").alias("_cg_keep"))
+    kept = rows.join(keep, F.col(ds.key).cast("string") == F.col("_cg_keep"), "left_semi")
     return kept, decided, sources
 
 
@@ -317,8 +319,16 @@ def snapshot_dataset(
         for r in decided.groupBy("keep", "reason").count().collect()
     }
     exclusions = {reason: n for (keep, reason), n in sorted(counts.items()) if not keep}
-    keys = lake.read_table(spark, target, version=version).select(ds.key)
-    assets = sources.join(keys, on=ds.key, how="left_semi").select("asset_id").distinct().count()
+    keys = lake.read_table(spark, target, version=version).select(
+        F.col(ds.key).cast("string").alias("key")
+    )
+    assets = (
+        sources.where(F.col("asset_id").isNotNull())
+        .join(keys, on="key", how="left_semi")
+        .select("asset_id")
+        .distinct()
+        .count()
+    )
     return {
         "dataset": dataset,
         "name": registry.snapshot_name(model_version, dataset),
@@ -662,9 +672,13 @@ def explain_model(
         for name, snap in sorted(manifest["snapshots"].items()):
             path = config.resolve(snap["path"])
             frame = lake.read_table(spark, path, version=int(snap["version"]))
-            ids = _row_sources(
-                name, frame, key=snap["key"], asset_column=snap.get("asset_column"), edges=edges
-            ).select("asset_id")
+            ids = (
+                _row_sources(
+                    name, frame, key=snap["key"], asset_column=snap.get("asset_column"), edges=edges
+                )
+                .where(F.col("asset_id").isNotNull())
+                .select("asset_id")
+            )
             used = ids if used is None else used.unionByName(ids)
     except ConsentgateError:
         used, basis = None, "allowlist (a snapshot is no longer readable at its published version)"
