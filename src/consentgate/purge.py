@@ -810,17 +810,10 @@ def run_backfill(
     The impact is computed before the purge so that it describes the snapshots as they were
     when the policy changed (the purge then cleans those snapshots too).
     """
+    from consentgate.gate import impact as run_impact
+
     instant = as_of or now_utc()
-    impact: Any = None
-    try:
-        from consentgate import gate
-    except ImportError:
-        gate = None  # type: ignore[assignment]
-    impact_fn = getattr(gate, "impact", None) if gate is not None else None
-    if impact_fn is not None:
-        impact = impact_fn(spark, config, as_of=instant)
-    else:
-        impact = {"runs": [], "note": "impact report not available (consentgate.gate.impact)"}
+    impact = run_impact(spark, config, as_of=instant)
     result = run_purge(
         spark, config, as_of=instant, dry_run=dry_run, kind="backfill", deciders=deciders
     )
