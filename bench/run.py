@@ -1,0 +1,300 @@
+"""The benchmark runner: ``make bench`` (real scales) and ``make bench-smoke`` (seconds).
+
+    python bench/run.py [--scales 100000,1000000] [--repeats 3] [--scenarios purge,gate,hashing]
+    python bench/run.py --smoke
+    python bench/run.py --render bench/results/2026-11-26.json   # re-render the Markdown only
+
+It builds (or reuses, from ``bench/lakes/``) a demo lake per scale, runs every scenario of
+:mod:`bench.scenarios` ``--repeats`` times and writes ``bench/results/<date>.json`` and
+``docs/benchmarks.md``. The JSON is rewritten after every scenario, so a run that is stopped
+half-way still leaves what it measured. All scales run in one process and one Spark session,
+so the scaling figures compare like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `python bench/run.py` puts bench/, not the repo, on the path
+    sys.path.insert(0, str(REPO))
+
+from bench import report, scenarios  # noqa: E402
+from bench.lakes import LAYOUTS, base_lake  # noqa: E402
+
+SCHEMA = "consentgate-bench/1"
+SCENARIOS = ("hashing", "gate", "purge")
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(float(x)) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat, scratch outputs")
+    p.add_argument("--scales", type=_ints, default=[100_000, 1_000_000], help="assets per lake")
+    p.add_argument(
+        "--repeats", type=_ints, default=[3], help="repeats, one value or one per scale (3,2)"
+    )
+    p.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help="subset of " + ",".join(SCENARIOS)
+    )
+    p.add_argument("--layouts", default=",".join(LAYOUTS), help="purge layouts")
+    p.add_argument("--fraction", type=float, default=0.001, help="revoked fraction, all contenders")
+    p.add_argument(
+        "--sweep",
+        type=_floats,
+        default=[0.0001, 0.01],
+        help="extra revoked fractions, consentgate only, clustered layout",
+    )
+    p.add_argument("--file-mb", type=float, default=1.0, help="target data file size of layouts")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--lakes", type=Path, default=REPO / "bench" / "lakes")
+    p.add_argument("--out", type=Path, default=None, help="results JSON (default results/<date>)")
+    p.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
+    p.add_argument("--master", default="local[*]")
+    p.add_argument("--driver-memory", default="6g")
+    p.add_argument("--render", type=Path, default=None, help="only re-render DOCS from this JSON")
+    if p.parse_known_args(argv)[0].smoke:
+        # Smoke sizes are defaults, so a test can still narrow them (e.g. --sweep "").
+        lakes = REPO / "bench" / "lakes" / "smoke"
+        p.set_defaults(
+            scales=[200],
+            repeats=[1],
+            file_mb=0.01,
+            fraction=0.02,
+            sweep=[0.05],
+            lakes=lakes,
+            out=lakes / "results.json",
+            docs=lakes / "benchmarks.md",
+        )
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = REPO / "bench" / "results" / f"{dt.date.today().isoformat()}.json"
+    if len(args.repeats) not in (1, len(args.scales)):
+        p.error("--repeats: give one value or one per scale")
+    return args
+
+
+# --------------------------------------------------------------------------------------------
+# Machine facts
+
+
+def _cmd(argv: Sequence[str]) -> str | None:
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (done.stdout or done.stderr).strip()
+    return text.splitlines()[0] if text else None
+
+
+def _meminfo_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return platform.processor() or None
+
+
+def machine_facts(spark: Any) -> dict[str, Any]:
+    """Cores, memory, versions and load: what a reader needs to judge the numbers."""
+    from importlib.metadata import version
+
+    conf = spark.sparkContext.getConf()
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": _meminfo_gib(),
+        "cpu": _cpu_model(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "pyspark": version("pyspark"),
+        "deltalake": version("deltalake"),
+        "pyarrow": version("pyarrow"),
+        "java": _cmd(["java", "-version"]),
+        "sha256sum": _cmd(["sha256sum", "--version"]),
+        "spark_master": conf.get("spark.master"),
+        "spark_driver_memory": conf.get("spark.driver.memory", "1g"),
+        "spark_shuffle_partitions": spark.conf.get("spark.sql.shuffle.partitions"),
+        "git_commit": _cmd(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+        "git_dirty": bool(_cmd(["git", "-C", str(REPO), "status", "--porcelain"])),
+        "load_average_start": list(os.getloadavg()),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+
+
+def _session(args: argparse.Namespace) -> Any:
+    from consentgate.spark import get_spark
+
+    cores = os.cpu_count() or 2
+    return get_spark(
+        master=args.master,
+        conf={
+            "spark.ui.enabled": "false",
+            "spark.ui.showConsoleProgress": "false",
+            "spark.driver.memory": args.driver_memory,
+            "spark.sql.shuffle.partitions": str(max(8, 4 * cores)),
+            "spark.sql.adaptive.enabled": "true",
+        },
+        app_name="consentgate-bench",
+    )
+
+
+def _write(out: Path, doc: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    tmp.replace(out)
+
+
+def run(args: argparse.Namespace, spark: Any = None) -> dict[str, Any]:
+    """Run every selected scenario at every scale; returns (and writes) the results."""
+    wanted = {s.strip() for s in args.scenarios.split(",") if s.strip()}
+    unknown = wanted - set(SCENARIOS)
+    if unknown:
+        raise SystemExit(f"--scenarios: unknown {sorted(unknown)} (known: {', '.join(SCENARIOS)})")
+    layouts = [x.strip() for x in args.layouts.split(",") if x.strip()]
+    spark = spark or _session(args)
+    started = time.time()
+
+    def log(message: str) -> None:
+        print(f"[bench {time.time() - started:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+    doc: dict[str, Any] = {
+        "schema": SCHEMA,
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "smoke": bool(args.smoke),
+        "machine": machine_facts(spark),
+        "parameters": {
+            "scales": args.scales,
+            "repeats": args.repeats,
+            "scenarios": sorted(wanted),
+            "layouts": layouts,
+            "revoked_fraction": args.fraction,
+            "sweep_fractions": args.sweep,
+            "file_mb": args.file_mb,
+            "seed": args.seed,
+        },
+        "lakes": {},
+        "results": [],
+    }
+    args.lakes.mkdir(parents=True, exist_ok=True)
+    for i, scale in enumerate(args.scales):
+        repeats = args.repeats[i] if len(args.repeats) > 1 else args.repeats[0]
+        ctx = scenarios.Context(
+            spark=spark, lakes=args.lakes, repeats=repeats, file_mb=args.file_mb, log=log
+        )
+        log(f"scale {scale}: base lake")
+        t0 = time.perf_counter()
+        base = base_lake(spark, args.lakes, assets=scale, seed=args.seed)
+        doc["lakes"][str(scale)] = _lake_facts(base, time.perf_counter() - t0)
+        jobs = _jobs(wanted, layouts, args)
+        for name, kwargs in jobs:
+            t0 = time.perf_counter()
+            try:
+                result = getattr(scenarios, name)(ctx, base, scale=scale, **kwargs)
+                result["status"] = "ok"
+            except Exception as exc:  # one broken scenario must not lose the others
+                log(f"{name} at {scale} failed: {type(exc).__name__}: {exc}")
+                result = {
+                    "scenario": name,
+                    "scale": scale,
+                    "status": "failed",
+                    "error": f"{type(exc).__name__}: {exc}"[:1000],
+                }
+            result["wall_seconds"] = round(time.perf_counter() - t0, 3)
+            doc["results"].append(result)
+            doc["machine"]["load_average_end"] = list(os.getloadavg())
+            _write(args.out, doc)
+            report.write(args.docs, doc, results_path=args.out)
+    doc["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    _write(args.out, doc)
+    report.write(args.docs, doc, results_path=args.out)
+    log(f"wrote {args.out} and {args.docs}")
+    return doc
+
+
+def _jobs(
+    wanted: set[str], layouts: Sequence[str], args: argparse.Namespace
+) -> list[tuple[str, dict[str, Any]]]:
+    """The scenario calls for one scale: (function in :mod:`bench.scenarios`, its arguments),
+    most important first, so that a run stopped early has measured what matters most."""
+    jobs: list[tuple[str, dict[str, Any]]] = []
+    if "purge" in wanted:
+        for layout in layouts:
+            jobs.append(
+                ("purge", {"layout": layout, "fraction": args.fraction, "baselines_too": True})
+            )
+    if "gate" in wanted:
+        jobs.append(("gate", {}))
+    if "hashing" in wanted:
+        jobs.append(("hashing", {}))
+    if "purge" in wanted and "clustered" in layouts:
+        # The revoked-fraction sweep last: the least important figures.
+        for fraction in args.sweep:
+            jobs.append(
+                ("purge", {"layout": "clustered", "fraction": fraction, "baselines_too": False})
+            )
+    return jobs
+
+
+def _lake_facts(base: Path, seconds: float) -> dict[str, Any]:
+    from bench.lakes import conf_of
+    from consentgate import lake
+
+    config = conf_of(base)
+    tables = {
+        name: lake.table_inventory(config.table_path(name))  # type: ignore[arg-type]
+        for name in ("assets", "consent_records", "lineage")
+    }
+    tables.update({n: lake.table_inventory(config.dataset_path(n)) for n in config.datasets})
+    derived = sum(tables[n]["rows"] for n in config.datasets)
+    return {
+        "path": str(base),
+        "tables": tables,
+        "derivative_rows": derived,
+        "build_or_load_seconds": round(seconds, 3),
+    }
+
+
+def main(argv: Sequence[str] | None = None, spark: Any = None) -> dict[str, Any] | None:
+    args = parse_args(argv)
+    if args.render is not None:
+        doc = json.loads(args.render.read_text())
+        report.write(args.docs, doc, results_path=args.render)
+        return doc
+    return run(args, spark)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,436 @@
+"""The benchmark scenarios (issue 7). Each returns one JSON-able result.
+
+How every scenario measures, and why:
+
+* **Same run, paired, rotated.** Within a repeat every contender runs once, on its own clone
+  of the same cached lake, in an order rotated from repeat to repeat (so no one always gets
+  the warm page cache or the freshly-JITted JVM). A comparing figure is the ratio of the two
+  contenders' times *in the same repeat*; we report its median and min-max over repeats, never
+  a ratio of figures from different runs.
+* **Only the job is timed.** Cloning a lake, diffing Delta logs and checking results happen
+  outside the timed region; inside it there is exactly the call a user would make.
+* **Work is measured from the Delta log**, not from what a job says about itself: files and
+  bytes removed from / added to each table's active file set (:func:`bench.lakes.io_diff`).
+* **Results are checked**: every purge contender must delete exactly the rows the independent
+  closure says it must (``rows_ok``), the gate and its bare twin report their row counts, and
+  every hash must equal ``sha256sum``'s. A contender that fails is reported, not hidden.
+* A job that is not importable yet is reported as ``not_measured`` with the reason; its
+  baselines are still measured.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from bench import baselines
+from bench.lakes import (
+    AS_OF,
+    clone_lake,
+    conf_of,
+    io_diff,
+    layout_lake,
+    revoked_lake,
+    snapshot_files,
+)
+from consentgate import lake
+from consentgate.config import Config
+
+GATE_USE_CASE = "generative_training"
+
+
+@dataclass
+class Context:
+    """What every scenario needs: the session, where lakes live, and how often to repeat."""
+
+    spark: SparkSession
+    lakes: Path
+    repeats: int
+    file_mb: float
+    log: Callable[[str], None]
+
+    @property
+    def scratch(self) -> Path:
+        return self.lakes / "_scratch"
+
+
+def stats(samples: Sequence[float | None]) -> dict[str, Any]:
+    """Median and min-max of the measured samples (None samples are failures, counted)."""
+    good = [float(s) for s in samples if s is not None]
+    return {
+        "samples": [None if s is None else round(float(s), 6) for s in samples],
+        "median": round(statistics.median(good), 6) if good else None,
+        "min": round(min(good), 6) if good else None,
+        "max": round(max(good), 6) if good else None,
+        "failed": len(samples) - len(good),
+    }
+
+
+def _rotated(names: Sequence[str], r: int) -> list[str]:
+    k = r % len(names) if names else 0
+    return list(names[k:]) + list(names[:k])
+
+
+def available(module: str, attr: str) -> str | None:
+    """None when ``module.attr`` can be imported and its own imports resolve, else why not."""
+    try:
+        mod = importlib.import_module(module)
+        getattr(mod, attr)
+    except Exception as exc:
+        return f"{module}.{attr} not available: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _purge_ready() -> str | None:
+    why = available("consentgate.purge", "run_purge")
+    # The purge resolves lineage lazily; import what it will need now, not mid-benchmark.
+    return why or available("consentgate.lineage", "row_decisions")
+
+
+def _gate_ready() -> str | None:
+    return available("consentgate.gate", "run_gate") or available(
+        "consentgate.lineage", "row_decisions"
+    )
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+# --------------------------------------------------------------------------------------------
+# Scenarios 1 and 2: purge
+
+
+def purge(
+    ctx: Context, base: Path, *, scale: int, layout: str, fraction: float, baselines_too: bool
+) -> dict[str, Any]:
+    """Purge after revoking ``fraction`` of the assets, on a ``layout`` lake.
+
+    Contenders: consentgate's purge (``run_purge``, erase off: the physical erasure runs after
+    the window and is not part of the nightly rewrite), and with ``baselines_too`` the naive
+    full rewrite and delta-rs MERGE, both given the incremental plan (timed, reported apart).
+    """
+    missing = _purge_ready()
+    result: dict[str, Any] = {
+        "scenario": f"purge_{layout}",
+        "scale": scale,
+        "layout": layout,
+        "file_mb": ctx.file_mb,
+        "revoked_fraction": fraction,
+    }
+    ctx.log(f"purge {layout} {scale} r={fraction:g}: preparing lakes")
+    layout_dir, layout_facts = layout_lake(
+        ctx.spark, ctx.lakes, base, layout=layout, file_mb=ctx.file_mb, steady=missing is None
+    )
+    rev_dir, rev_facts = revoked_lake(ctx.spark, ctx.lakes, layout_dir, fraction=fraction)
+    result["lake"] = {
+        "revoked_assets": rev_facts["revoked_assets"],
+        "steady": layout_facts["steady"],
+        "datasets": rev_facts["datasets"],
+    }
+    expected = {n: int(d["rows"]) for n, d in rev_facts["datasets"].items()}
+    min_bytes = sum(int(d["bytes"]) for d in rev_facts["datasets"].values())
+    min_files = sum(int(d["files"]) for d in rev_facts["datasets"].values())
+    result["minimum"] = {
+        "rows": sum(expected.values()),
+        "files": min_files,
+        "bytes": min_bytes,
+        "files_total": sum(int(d["files_total"]) for d in rev_facts["datasets"].values()),
+        "bytes_total": sum(int(d["bytes_total"]) for d in rev_facts["datasets"].values()),
+    }
+    since = int(rev_facts["records_version_before"])
+
+    def ours(config: Config, trial: Path) -> dict[str, float]:
+        from consentgate.purge import run_purge
+
+        run_purge(ctx.spark, config, as_of=AS_OF, erase=False)
+        return {}
+
+    def with_plan(apply: Callable[[Config, dict[str, Path]], None]) -> Callable[..., Any]:
+        def run(config: Config, trial: Path) -> dict[str, float]:
+            t0 = time.perf_counter()
+            keys = baselines.incremental_plan(
+                ctx.spark, config, since_version=since, out_dir=trial / "_bench_plan"
+            )
+            plan_s = time.perf_counter() - t0
+            apply(config, keys)
+            return {"plan_seconds": plan_s}
+
+        return run
+
+    contenders: dict[str, Callable[[Config, Path], dict[str, float]]] = {}
+    if missing is None:
+        contenders["consentgate"] = ours
+    else:
+        result["not_measured"] = {"consentgate": missing}
+    if baselines_too:
+        contenders["naive_rewrite"] = with_plan(
+            lambda config, keys: baselines.naive_rewrite(ctx.spark, config, keys)
+        )
+        contenders["deltars_merge"] = with_plan(baselines.deltars_merge)
+
+    times: dict[str, list[float | None]] = {c: [] for c in contenders}
+    extra: dict[str, list[float | None]] = {c: [] for c in contenders}
+    io: dict[str, Any] = {}
+    rows_ok: dict[str, bool] = {c: True for c in contenders}
+    errors: dict[str, str] = {}
+    for r in range(ctx.repeats):
+        for name in _rotated(list(contenders), r):
+            trial = clone_lake(rev_dir, ctx.scratch / f"purge-{name}")
+            config = conf_of(trial)
+            before = snapshot_files(config)
+            rows_before = {n: lake.table_inventory(config.dataset_path(n))["rows"] for n in before}
+            ctx.log(f"purge {layout} {scale} r={fraction:g}: {name} repeat {r + 1}")
+            t0 = time.perf_counter()
+            try:
+                facts = contenders[name](config, trial)
+            except Exception as exc:  # a failing contender is a result, not a crash
+                errors[name] = f"{type(exc).__name__}: {exc}"[:500]
+                times[name].append(None)
+                extra[name].append(None)
+                shutil.rmtree(trial, ignore_errors=True)
+                continue
+            times[name].append(time.perf_counter() - t0)
+            extra[name].append(facts.get("plan_seconds"))
+            diff = io_diff(before, config, rows_before)
+            io[name] = diff  # identical across repeats for a deterministic strategy
+            deleted = {n: d["rows_deleted"] for n, d in diff.items()}
+            rows_ok[name] = rows_ok[name] and deleted == expected
+            shutil.rmtree(trial, ignore_errors=True)
+    result["seconds"] = {c: stats(t) for c, t in times.items()}
+    result["plan_seconds"] = {c: stats(t) for c, t in extra.items() if any(extra[c])}
+    result["rows_ok"] = rows_ok
+    if errors:
+        result["errors"] = errors
+    result["io"] = {c: _io_totals(d, min_files, min_bytes) for c, d in io.items()}
+    result["io_per_dataset"] = io
+    ratios: dict[str, Any] = {}
+    for other in ("naive_rewrite", "deltars_merge"):
+        if "consentgate" in times and other in times:
+            ratios[f"consentgate/{other}"] = stats(
+                [_ratio(a, b) for a, b in zip(times["consentgate"], times[other], strict=True)]
+            )
+    result["time_ratios"] = ratios
+    ours_io = result["io"].get("consentgate")
+    result["targets"] = {
+        "bytes_rewritten/minimum": {
+            "target": "<= 1.2",
+            "value": None if ours_io is None else ours_io["bytes_vs_minimum"],
+            "met": None
+            if ours_io is None or ours_io["bytes_vs_minimum"] is None
+            else ours_io["bytes_vs_minimum"] <= 1.2,
+        }
+    }
+    return result
+
+
+def _io_totals(per_dataset: dict[str, Any], min_files: int, min_bytes: int) -> dict[str, Any]:
+    files = sum(d["files_rewritten"] for d in per_dataset.values())
+    size = sum(d["bytes_rewritten"] for d in per_dataset.values())
+    return {
+        "files_rewritten": files,
+        "bytes_rewritten": size,
+        "files_written": sum(d["files_written"] for d in per_dataset.values()),
+        "bytes_written": sum(d["bytes_written"] for d in per_dataset.values()),
+        "rows_deleted": sum(d["rows_deleted"] for d in per_dataset.values()),
+        "files_vs_minimum": None if min_files == 0 else round(files / min_files, 4),
+        "bytes_vs_minimum": None if min_bytes == 0 else round(size / min_bytes, 4),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Scenario 3: gate
+
+
+def gate(ctx: Context, base: Path, *, scale: int) -> dict[str, Any]:
+    """consentgate's gate for generative training against the bare snapshot job."""
+    missing = _gate_ready()
+    result: dict[str, Any] = {"scenario": "gate", "scale": scale, "use_case": GATE_USE_CASE}
+    contenders = ["bare_spark"] if missing else ["consentgate", "bare_spark"]
+    if missing:
+        result["not_measured"] = {"consentgate": missing}
+    times: dict[str, list[float | None]] = {c: [] for c in contenders}
+    rows: dict[str, dict[str, int]] = {}
+    errors: dict[str, str] = {}
+    for r in range(ctx.repeats):
+        for name in _rotated(contenders, r):
+            trial = clone_lake(base, ctx.scratch / f"gate-{name}")
+            config = conf_of(trial)
+            ctx.log(f"gate {scale}: {name} repeat {r + 1}")
+            t0 = time.perf_counter()
+            try:
+                if name == "consentgate":
+                    from consentgate.gate import run_gate
+
+                    out = run_gate(
+                        ctx.spark,
+                        config,
+                        use_case=GATE_USE_CASE,
+                        model_version=f"bench-{r}",
+                        as_of=AS_OF,
+                    )
+                    elapsed = time.perf_counter() - t0
+                    rows[name] = {
+                        Path(p).name: int(lake.table_inventory(p)["rows"])
+                        for p in out["snapshots"].values()
+                    }
+                else:
+                    rows[name] = baselines.bare_gate(
+                        ctx.spark,
+                        config,
+                        use_case=GATE_USE_CASE,
+                        as_of=AS_OF,
+                        out_dir=trial / "_bench_bare",
+                    )
+                    elapsed = time.perf_counter() - t0
+                times[name].append(elapsed)
+            except Exception as exc:
+                errors[name] = f"{type(exc).__name__}: {exc}"[:500]
+                times[name].append(None)
+            shutil.rmtree(trial, ignore_errors=True)
+    result["seconds"] = {c: stats(t) for c, t in times.items()}
+    result["rows"] = rows
+    if errors:
+        result["errors"] = errors
+    ratio = None
+    if "consentgate" in times:
+        ratio = stats(
+            [_ratio(a, b) for a, b in zip(times["consentgate"], times["bare_spark"], strict=True)]
+        )
+        result["time_ratios"] = {"consentgate/bare_spark": ratio}
+    result["targets"] = {
+        "consentgate/bare_spark": {
+            "target": "< 1.5",
+            "value": None if ratio is None else ratio["median"],
+            "met": None if ratio is None or ratio["median"] is None else ratio["median"] < 1.5,
+        }
+    }
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Scenario 4: manifest hashing
+
+
+def data_files(config: Config) -> list[Path]:
+    """Absolute paths of every active data file of every configured dataset."""
+    out: list[Path] = []
+    for name in sorted(config.datasets):
+        root = config.dataset_path(name)
+        out.extend(
+            root / p
+            for p in sorted(lake.active_files(lake.open_table(root)).column("path").to_pylist())
+        )
+    return out
+
+
+def hashing(ctx: Context, base: Path, *, scale: int) -> dict[str, Any]:
+    """Per-file SHA-256 (consentgate's, in the driver and on the executors) against
+    ``sha256sum`` (one process and one per core), and the content Merkle root of the largest
+    dataset against a bare Spark scan of it."""
+    from consentgate import canonical, digest, manifest
+
+    config = conf_of(base)
+    files = data_files(config)
+    total = sum(f.stat().st_size for f in files)
+    cores = os.cpu_count() or 1
+    for f in files:  # warm the page cache for everyone: we measure hashing, not the disk
+        with open(f, "rb") as handle:
+            while handle.read(8 << 20):
+                pass
+    reference = baselines.sha256sum(files)
+    contenders: dict[str, Callable[[], dict[str, str]]] = {
+        "consentgate.sha256_file": lambda: {str(f): canonical.sha256_file(f) for f in files},
+        "sha256sum": lambda: baselines.sha256sum(files),
+        "consentgate.hash_files (spark)": lambda: {
+            token: sha
+            for token, (_, _, sha) in manifest.hash_files(
+                ctx.spark, [(str(f), f) for f in files]
+            ).items()
+        },
+        f"sha256sum x{cores}": lambda: baselines.sha256sum(files, processes=cores),
+    }
+    times: dict[str, list[float | None]] = {c: [] for c in contenders}
+    agree: dict[str, bool] = {c: True for c in contenders}
+    for r in range(ctx.repeats):
+        for name in _rotated(list(contenders), r):
+            ctx.log(f"hashing {scale}: {name} repeat {r + 1}")
+            t0 = time.perf_counter()
+            got = contenders[name]()
+            times[name].append(time.perf_counter() - t0)
+            agree[name] = agree[name] and got == reference
+    result: dict[str, Any] = {
+        "scenario": "hashing",
+        "scale": scale,
+        "files": len(files),
+        "bytes": total,
+        "seconds": {c: stats(t) for c, t in times.items()},
+        "mb_per_second": {
+            c: stats([None if t is None else total / t / 1e6 for t in ts])
+            for c, ts in times.items()
+        },
+        "digests_agree": agree,
+    }
+    # Throughput ratio ours / sha256sum == their time / our time, paired per repeat.
+    seq = stats(
+        [
+            _ratio(b, a)
+            for a, b in zip(times["consentgate.sha256_file"], times["sha256sum"], strict=True)
+        ]
+    )
+    par = stats(
+        [
+            _ratio(b, a)
+            for a, b in zip(
+                times["consentgate.hash_files (spark)"], times[f"sha256sum x{cores}"], strict=True
+            )
+        ]
+    )
+    result["throughput_ratios"] = {
+        "consentgate.sha256_file/sha256sum": seq,
+        f"consentgate.hash_files/sha256sum x{cores}": par,
+    }
+
+    # The row-digest Merkle root against the scan floor, on the dataset with the most rows.
+    name = max(config.datasets, key=lambda n: lake.table_inventory(config.dataset_path(n))["rows"])
+    path = config.dataset_path(name)
+    mtimes: dict[str, list[float | None]] = {"content_merkle_root": [], "bare_scan": []}
+    for r in range(ctx.repeats):
+        for which in _rotated(list(mtimes), r):
+            ctx.log(f"merkle {scale}: {which} repeat {r + 1}")
+            t0 = time.perf_counter()
+            if which == "content_merkle_root":
+                digest.content_merkle_root(lake.read_table(ctx.spark, path))
+            else:
+                baselines.bare_scan(ctx.spark, path)
+            mtimes[which].append(time.perf_counter() - t0)
+    merkle_ratio = stats(
+        [
+            _ratio(a, b)
+            for a, b in zip(mtimes["content_merkle_root"], mtimes["bare_scan"], strict=True)
+        ]
+    )
+    result["merkle"] = {
+        "dataset": name,
+        "rows": lake.table_inventory(path)["rows"],
+        "bytes": lake.table_inventory(path)["bytes"],
+        "seconds": {c: stats(t) for c, t in mtimes.items()},
+        "time_ratios": {"content_merkle_root/bare_scan": merkle_ratio},
+    }
+    result["targets"] = {
+        "consentgate.sha256_file/sha256sum (throughput)": {
+            "target": ">= 0.8",
+            "value": seq["median"],
+            "met": None if seq["median"] is None else seq["median"] >= 0.8,
+        }
+    }
+    return result

@@ -1,0 +1,107 @@
+"""A tiny run of the benchmark runner, so that ``make bench`` keeps working between real runs.
+
+It runs every scenario once on a 100-asset demo lake, in the test session's Spark, and checks
+that the results are complete and mean something: every scenario present with numbers and
+ratios, every purge contender deleting exactly the rows it must, consentgate's purge at the
+copy-on-write minimum, every digest equal to ``sha256sum``'s, and the Markdown rendered.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from pyspark.sql import SparkSession
+
+from bench import run
+
+pytestmark = pytest.mark.slow
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x >= 0
+
+
+def _measured(stats: dict[str, Any]) -> bool:
+    return stats["failed"] == 0 and all(_number(stats[k]) for k in ("median", "min", "max"))
+
+
+@pytest.fixture(scope="module")
+def results(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench")
+    run.main(
+        [
+            "--smoke",
+            "--scales",
+            "100",
+            "--fraction",
+            "0.03",
+            "--sweep",
+            "",
+            "--lakes",
+            str(out / "lakes"),
+            "--out",
+            str(out / "results.json"),
+            "--docs",
+            str(out / "benchmarks.md"),
+        ],
+        spark=spark,
+    )
+    doc = json.loads((out / "results.json").read_text())
+    doc["_markdown"] = (out / "benchmarks.md").read_text()
+    return doc
+
+
+def test_every_scenario_ran(results: dict[str, Any]) -> None:
+    by_name = {r["scenario"]: r for r in results["results"]}
+    assert set(by_name) == {"purge_clustered", "purge_scattered", "gate", "hashing"}
+    failed = {
+        n: r.get("error") or r.get("errors")
+        for n, r in by_name.items()
+        if r["status"] != "ok" or r.get("errors")
+    }
+    assert not failed
+    assert results["machine"]["cores"] >= 1 and results["machine"]["pyspark"]
+    assert results["lakes"]["100"]["derivative_rows"] > 0
+
+
+@pytest.mark.parametrize("layout", ["clustered", "scattered"])
+def test_purge_measures_contenders_against_the_minimum(
+    results: dict[str, Any], layout: str
+) -> None:
+    r = next(x for x in results["results"] if x["scenario"] == f"purge_{layout}")
+    assert r["minimum"]["rows"] > 0 and r["minimum"]["bytes"] > 0
+    assert set(r["seconds"]) == {"consentgate", "naive_rewrite", "deltars_merge"}
+    assert all(_measured(s) for s in r["seconds"].values())
+    # Every contender deleted exactly the rows the independent lineage closure names.
+    assert all(r["rows_ok"].values()), r["rows_ok"]
+    # consentgate touches only files that hold removed rows; the naive rewrite touches all.
+    ours = r["io"]["consentgate"]
+    assert ours["bytes_vs_minimum"] is not None and ours["bytes_vs_minimum"] <= 1.2
+    assert r["targets"]["bytes_rewritten/minimum"]["met"] is True
+    naive = r["io"]["naive_rewrite"]
+    assert naive["bytes_rewritten"] == r["minimum"]["bytes_total"]
+    assert set(r["time_ratios"]) == {"consentgate/naive_rewrite", "consentgate/deltars_merge"}
+    assert all(_measured(s) and s["median"] > 0 for s in r["time_ratios"].values())
+
+
+def test_gate_and_hashing_have_numbers_and_ratios(results: dict[str, Any]) -> None:
+    gate = next(x for x in results["results"] if x["scenario"] == "gate")
+    assert all(_measured(s) for s in gate["seconds"].values())
+    assert _measured(gate["time_ratios"]["consentgate/bare_spark"])
+    assert sum(gate["rows"]["consentgate"].values()) > 0
+
+    hashing = next(x for x in results["results"] if x["scenario"] == "hashing")
+    assert hashing["files"] > 0 and hashing["bytes"] > 0
+    assert all(hashing["digests_agree"].values())
+    assert all(_measured(s) for s in hashing["throughput_ratios"].values())
+    assert _measured(hashing["merkle"]["time_ratios"]["content_merkle_root/bare_scan"])
+
+
+def test_markdown_has_every_section(results: dict[str, Any]) -> None:
+    md = results["_markdown"]
+    for heading in ("## Machine", "## Targets", "## 1-2. Purge", "## 3. Gate", "## 4. Manifest"):
+        assert heading in md
+    assert "## Not measured" not in md
