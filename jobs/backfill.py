@@ -1,7 +1,7 @@
 """spark-submit entry point: re-evaluate under the current policy, purge, report impact.
 
 Submitted by the Airflow DAGs in ``spark-submit`` mode (see :mod:`consentgate.airflow_tasks`):
-``spark-submit --py-files consentgate.zip jobs/backfill.py --conf FILE --args JSON --result FILE``.
+``spark-submit --py-files consentgate.zip jobs/backfill.py --conf FILE --args-file FILE --result FILE``.
 Prints one JSON object; exits 0, 1 (check failed) or 2 (bad input).
 """
 

@@ -1,7 +1,7 @@
-"""spark-submit entry point: effective consent per asset for one use case.
+"""spark-submit entry point: effective consent per asset for each use case the datasets have.
 
 Submitted by the Airflow DAGs in ``spark-submit`` mode (see :mod:`consentgate.airflow_tasks`):
-``spark-submit --py-files consentgate.zip jobs/evaluate.py --conf FILE --args JSON --result FILE``.
+``spark-submit --py-files consentgate.zip jobs/evaluate.py --conf FILE --args-file FILE --result FILE``.
 Prints one JSON object; exits 0, 1 (check failed) or 2 (bad input).
 """
 

@@ -36,9 +36,9 @@ spark-submit mode, what ships where:
   under the temp directory (or ``CONSENTGATE_PYFILES_DIR``), named by its content hash so a
   code change always ships a new zip.
 * the application is ``jobs/<step>.py`` from the repository (or ``CONSENTGATE_JOBS_DIR``).
-* the step's JSON arguments go on the command line (``--args``); its JSON result comes back
-  through a result file (``--result``, under ``CONSENTGATE_RESULT_DIR`` or the temp
-  directory) because ``SparkSubmitOperator`` returns nothing. The driver must therefore run
+* the step's JSON arguments go in a file (``--args-file``) and its JSON result comes back
+  through a result file (``--result``), both under ``CONSENTGATE_RESULT_DIR`` or the temp
+  directory, because ``SparkSubmitOperator`` returns nothing and arguments can be large. The driver must therefore run
   where the task runs (client deploy mode, the default) or the result directory must be shared.
 * ``spark.pyspark.python`` / ``spark.pyspark.driver.python`` default to the task's Python;
   the config's ``spark.conf`` is passed as ``--conf`` and overrides them. ``spark.master`` is
@@ -269,7 +269,7 @@ def step_evaluate(spark: SparkSession, config: Config, *, use_cases: list[str], 
     }
 
 
-def step_plan_purge(spark: SparkSession, config: Config, *, as_of: str) -> JSON:
+def step_plan_purge(spark: SparkSession | None, config: Config, *, as_of: str) -> JSON:
     """Which tables the purge visits: every configured dataset and registered snapshot.
 
     Deliberately cheap (config, registry and Delta logs only): each mapped ``purge_dataset``
@@ -458,11 +458,17 @@ STEPS: Final[dict[str, Step]] = {
 }
 
 
+#: Steps that read only configs and Delta logs (no Spark): they run in the task's process in
+#: every mode, since a spark-submit would cost an application start to read a few small files.
+DRIVER_STEPS: Final = frozenset({"plan_purge"})
+
+
 def run_step_here(step: str, config: Config, args: Mapping[str, Any]) -> JSON:
-    """Run a step in this process on the session the config asks for."""
+    """Run a step in this process on the session the config asks for (none for driver steps)."""
     if step not in STEPS:
         raise ConsentgateError(f"step: unknown step {step!r} (known: {', '.join(STEPS)})")
-    result = STEPS[step](_spark(config), config, **dict(args))
+    spark = None if step in DRIVER_STEPS else _spark(config)
+    result = STEPS[step](spark, config, **dict(args))
     return jsonable(result)  # type: ignore[no-any-return]
 
 
@@ -477,6 +483,7 @@ def job_main(step: str, argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"jobs/{step}.py", description=f"consentgate {step}")
     parser.add_argument("--conf", required=True, help="config file")
     parser.add_argument("--args", default="{}", help="the step's arguments as a JSON object")
+    parser.add_argument("--args-file", help="read the step's JSON arguments from this file")
     parser.add_argument("--result", help="also write the JSON result to this file")
     ns = parser.parse_args(argv)
     spark = None
@@ -487,10 +494,8 @@ def job_main(step: str, argv: Sequence[str] | None = None) -> int:
         spark = get_spark(conf=config.spark.conf, app_name=f"consentgate-{step}")
         if step not in STEPS:
             raise ConsentgateError(f"step: unknown step {step!r}")
-        outcome: JSON = {
-            "ok": True,
-            "result": jsonable(STEPS[step](spark, config, **json.loads(ns.args))),
-        }
+        args = json.loads(Path(ns.args_file).read_text() if ns.args_file else ns.args)
+        outcome: JSON = {"ok": True, "result": jsonable(STEPS[step](spark, config, **args))}
         code = 0
     except ConsentgateError as exc:
         outcome = {
@@ -619,6 +624,10 @@ def submit_step(step: str, config: Config, args: Mapping[str, Any], context: Any
         Path(result_root).mkdir(parents=True, exist_ok=True)
     result_dir = Path(tempfile.mkdtemp(prefix=f"consentgate-{step}-", dir=result_root))
     result_file = result_dir / "result.json"
+    # Arguments go in a file, not on the command line: the gate's publish step carries every
+    # snapshot file's digest, which can outgrow ARG_MAX and would flood the submit log.
+    args_file = result_dir / "args.json"
+    args_file.write_text(json.dumps(jsonable(dict(args)), sort_keys=True))
     task_id = getattr(context.get("ti"), "task_id", step) if hasattr(context, "get") else step
     operator = SparkSubmitOperator(
         task_id=f"{task_id}__spark_submit",
@@ -629,8 +638,8 @@ def submit_step(step: str, config: Config, args: Mapping[str, Any], context: Any
         application_args=[
             "--conf",
             str(config.source),
-            "--args",
-            json.dumps(jsonable(dict(args)), sort_keys=True),
+            "--args-file",
+            str(args_file),
             "--result",
             str(result_file),
         ],
@@ -735,20 +744,21 @@ def start_run(
     return run
 
 
-def run_step(run: Mapping[str, Any], step: str, **args: Any) -> JSON:
+def run_step(run: Mapping[str, Any], step: str, /, **args: Any) -> JSON:
     """Run one step for a DAG run, in process or via spark-submit as the config says.
 
     Args:
         run: The run context from :func:`start_run` (its ``conf`` is used, not the Variable,
             so one run never mixes configs).
         step: A name in :data:`STEPS`.
-        **args: The step's JSON arguments.
+        **args: The step's JSON arguments (``run`` and ``step`` are positional-only so that a
+            step may take an argument named ``run``, as the gate's steps do).
     """
     from airflow.sdk import get_current_context
 
     try:
         config = load_config(run["conf"])
-        if config.airflow.mode == "spark-submit":
+        if config.airflow.mode == "spark-submit" and step not in DRIVER_STEPS:
             return submit_step(step, config, args, get_current_context())
         return run_step_here(step, config, args)
     except ConsentgateError as exc:

@@ -42,6 +42,8 @@ DAG_IDS: Final = (
     "consentgate_pretraining_gate",
     "consentgate_policy_backfill",
 )
+#: Spark settings for the story's session (no progress bars over the summary).
+QUIET_SPARK_CONF: Final = {"spark.ui.showConsoleProgress": "false"}
 #: Bound on ``airflow db migrate`` (SQLite takes a few seconds).
 MIGRATE_TIMEOUT_S: Final = 600
 
@@ -317,15 +319,17 @@ def run_story(
         CheckFailed: a DAG run failed (which task, and its state, are in the message).
     """
     from consentgate.demo import CONF_FILE, init_demo
+    from consentgate.spark import get_spark
 
     prepare_airflow(airflow_home)
     root = Path(lake).resolve()
     conf_path = root / CONF_FILE
+    # One session for the whole story, without console progress bars: every task reuses it
+    # (dag.test() runs the tasks in this process), so the summary is not buried in bars.
+    spark = get_spark(app_name="consentgate-demo", conf=QUIET_SPARK_CONF)
     built = False
     if not conf_path.exists():
-        from consentgate.spark import get_spark
-
-        init_demo(get_spark(), root, assets=assets, seed=seed)
+        init_demo(spark, root, assets=assets, seed=seed)
         built = True
     os.environ[CONF_ENV] = str(conf_path)
     common = {"as_of": as_of} if as_of else {}

@@ -1,0 +1,173 @@
+"""Whole DAG runs with ``dag.test()`` on a small demo lake, in ``local`` mode.
+
+Each DAG run is real Airflow (metadata DB, XComs, mapped tasks, asset events), real Spark and
+real Delta tables; only the scheduler is replaced by ``dag.test()``'s in-process loop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyspark.sql import SparkSession
+
+from consentgate import lake
+from tests.airflow_fixtures import (
+    AS_OF,
+    DAGS,
+    MODEL_VERSION,
+    USE_CASE,
+    Runs,
+    airflow_home,
+    conf_env,
+    copy_lake,
+    local_runs,
+    pristine_lake,
+    write_conf,
+)
+
+__all__ = ["airflow_home", "local_runs", "pristine_lake"]
+
+pytestmark = pytest.mark.slow
+
+
+def lake_files(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under the lake with its size and modification time."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_gate_publishes_a_verifying_manifest_and_an_asset(
+    spark: SparkSession, local_runs: Runs
+) -> None:
+    from consentgate import registry
+    from consentgate.config import load_config
+    from consentgate.manifest import verify_manifest
+
+    gate = local_runs.gate
+    assert gate.ok, gate.task_states
+    assert set(gate.task_states) >= {"validate", "evaluate", "manifest", "verify", "rollback"}
+    datasets = gate.results["evaluate"]
+    assert datasets == ["gen_shards", "stems"]  # every dataset of the use case
+    assert [s["dataset"] for s in gate.results["snapshot"]] == datasets  # one mapped task each
+    published = gate.results["verify"]
+    assert published["verification"]["ok"] is True
+    assert published["model_version"] == MODEL_VERSION and published["use_case"] == USE_CASE
+    manifest = Path(published["manifest_path"])
+    assert manifest.is_file()
+    assert verify_manifest(spark, manifest)["ok"] is True  # re-checked outside Airflow too
+    config = load_config(local_runs.conf)
+    entry = registry.find_entry(config, model_version=MODEL_VERSION)
+    assert entry is not None and entry.manifest_sha256 == published["manifest_sha256"]
+    assert gate.results["rollback"]["published"] is True  # rollback never touches a published run
+    for name, path in published["snapshots"].items():
+        assert lake.table_inventory(path)["rows"] == published["snapshot_rows"][name]
+    assert [e["name"] for e in gate.asset_events] == [f"consentgate/snapshot/{MODEL_VERSION}"]
+    extra = gate.asset_events[0]["extra"]
+    assert extra["manifest_sha256"] == published["manifest_sha256"]
+    assert extra["manifest_path"] == published["manifest_path"]
+
+
+def test_nightly_purge_removes_rows_from_datasets_and_snapshots(
+    spark: SparkSession, local_runs: Runs
+) -> None:
+    from consentgate import audit
+    from consentgate.config import load_config
+
+    purge = local_runs.purge
+    assert purge.ok, purge.task_states
+    config = load_config(local_runs.conf)
+    results = {r["name"]: r for r in purge.results["purge_dataset"]}
+    snapshot_names = {f"snapshot/{MODEL_VERSION}/gen_shards", f"snapshot/{MODEL_VERSION}/stems"}
+    # one mapped task per configured dataset and per registered snapshot
+    assert set(results) == set(config.datasets) | snapshot_names
+    assert purge.results["plan"] == [*config.datasets, *sorted(snapshot_names)]
+    for name in config.datasets:
+        result = results[name]
+        assert result["rows_deleted"] > 0, name  # the demo lake plants withdrawals everywhere
+        assert result["rows_after"] == result["rows_before"] - result["rows_deleted"]
+        assert sum(result["reasons"].values()) == result["rows_deleted"]
+        assert lake.table_inventory(config.dataset_path(name))["rows"] == result["rows_after"]
+        assert lake.table_version(config.dataset_path(name)) == result["version_after"]
+    # the snapshot was cut at the same instant under the same rules: nothing left to remove
+    for name in snapshot_names:
+        assert results[name]["rows_deleted"] == 0
+    summary = purge.results["audit_summary"]
+    assert summary["rows_deleted"] == sum(r["rows_deleted"] for r in results.values())
+    assert summary["audit"]["chain"]["ok"] is True
+    assert purge.results["erase_and_verify"]["ok"] is True
+    # an Asset event for each table the purge changed, and only those
+    changed = sorted(n for n, r in results.items() if r["rows_deleted"] > 0)
+    assert sorted(e["name"] for e in purge.asset_events) == [
+        f"consentgate/dataset/{n}" for n in changed
+    ]
+    assert all(e["task_id"] == "purge_dataset" for e in purge.asset_events)
+    # the same audit entry as `consentgate purge` writes
+    entries = audit.events(spark, config, kind="purge")
+    assert entries and entries[-1]["run_id"] == summary["run_id"]
+    assert audit.verify_chain(spark, config)["ok"] is True
+
+
+def test_refused_gate_fails_the_run_and_publishes_nothing(
+    local_runs: Runs, airflow_home: Path
+) -> None:
+    from consentgate import registry
+    from consentgate.config import load_config
+    from consentgate.story import run_dag
+
+    refusing = write_conf(local_runs.conf, "refusing.yaml", gate={"min_allowlist_assets": 10**9})
+    config = load_config(refusing)
+    before = registry.read_entries(config)
+    manifests = sorted(p.name for p in registry.manifests_dir(config).glob("*"))
+    with conf_env(refusing):
+        outcome = run_dag(
+            "consentgate_pretraining_gate",
+            run_conf={"use_case": USE_CASE, "model_version": "m-refused", "as_of": AS_OF},
+            dags_dir=DAGS,
+        )
+    assert outcome.state == "failed"
+    assert outcome.task_states["validate"] == "success"  # the config is fine: the gate refused
+    assert outcome.task_states["evaluate"] == "failed"
+    assert outcome.task_states["verify"] == "upstream_failed"
+    assert outcome.task_states["manifest"] == "upstream_failed"
+    assert outcome.asset_events == []
+    assert registry.read_entries(config) == before
+    assert sorted(p.name for p in registry.manifests_dir(config).glob("*")) == manifests
+    assert not registry.snapshots_root(config, "m-refused").exists()
+
+
+def test_policy_backfill_dry_run_reports_and_writes_nothing(
+    airflow_home: Path, pristine_lake: Path, tmp_path: Path
+) -> None:
+    from consentgate.story import run_dag
+
+    conf = copy_lake(pristine_lake, tmp_path / "lake")
+    root = conf.parent
+    before = lake_files(root)
+    with conf_env(conf):
+        outcome = run_dag("consentgate_policy_backfill", run_conf={"as_of": AS_OF}, dags_dir=DAGS)
+    assert outcome.ok, outcome.task_states
+    report: dict[str, Any] = outcome.results["report"]
+    assert report["dry_run"] is True  # the default
+    datasets = report["result"]["datasets"]
+    assert datasets and all(r["rows_deleted"] > 0 for r in datasets.values())
+    assert all(r["version_after"] == r["version_before"] for r in datasets.values())
+    assert report["datasets_changed"] == [] and outcome.asset_events == []
+    assert lake_files(root) == before  # not a byte written to the lake
+
+
+def test_missing_config_fails_fast_without_retries(airflow_home: Path, tmp_path: Path) -> None:
+    from consentgate.story import run_dag
+
+    with conf_env(tmp_path / "nope.yaml"):
+        outcome = run_dag("consentgate_policy_backfill", dags_dir=DAGS)
+    assert outcome.state == "failed"
+    assert outcome.task_states == {
+        "validate": "failed",
+        "backfill": "upstream_failed",
+        "report": "upstream_failed",
+    }
