@@ -20,8 +20,9 @@ Decisions (see README, "Lake layer"):
 * Every commit carries ``consentgate.txn`` (a random id) in its commit info so the committed
   version can be found in the history even when other writers commit concurrently.
 * Statistics for timestamps are widened to millisecond bounds (min floored, max ceiled), as
-  Delta readers compare at millisecond precision; strings are stored in full; floats, binaries,
-  booleans and nested columns get only null counts.
+  Delta readers compare at millisecond precision. Strings get no min/max at all: bounds of id
+  columns would write raw asset and user ids into the log, which outlives VACUUM. Floats,
+  binaries, booleans and nested columns get only null counts.
 """
 
 from __future__ import annotations
@@ -415,7 +416,9 @@ def _stat_bounds(column: Any, lo: Any, hi: Any) -> tuple[Any, Any] | None:
     if isinstance(lo, dt.date):
         return lo.isoformat(), hi.isoformat()
     if isinstance(lo, str):
-        return lo, hi
+        # Never: string bounds of key and id columns would put raw asset and user ids into
+        # the Delta log, which outlives VACUUM, so a purged id would survive erasure there.
+        return None
     is_integer = isinstance(lo, int) and not isinstance(lo, bool)
     if is_integer and physical in ("INT32", "INT64") and "Decimal" not in logical:
         return lo, hi
@@ -595,7 +598,20 @@ def _partition_lookup(table: DeltaTable, parts: Sequence[str]) -> dict[str, dict
     files = active_files(table)
     paths = files.column("path").to_pylist()
     columns = {c: files.column(f"partition.{c}").to_pylist() for c in parts}
-    return {p: {c: columns[c][i] for c in parts} for i, p in enumerate(paths)}
+    return {p: {c: _partition_string(columns[c][i]) for c in parts} for i, p in enumerate(paths)}
+
+
+def _partition_string(value: Any) -> str | None:
+    """A typed partition value (as delta-rs reports it) in the log's string serialisation."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dt.datetime):
+        return _as_utc(value).strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return str(value)
 
 
 # --------------------------------------------------------------------------------------------
