@@ -27,14 +27,8 @@ from consentgate.consent import (
     ignored_record_counts,
 )
 from consentgate.errors import ConsentgateError
+from consentgate.lineage import LINEAGE_SCHEMA
 from consentgate.runtime import iso, new_run_id, now_utc
-
-LINEAGE_SCHEMA: dict[str, DataType] = {
-    "child_dataset": StringType(),
-    "child_key": StringType(),
-    "parent_dataset": StringType(),
-    "parent_key": StringType(),
-}
 
 #: Columns of the decisions table ``evaluate`` writes (DESIGN.md, command line).
 DECISION_COLUMNS = (
