@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from consentgate.airflow_tasks import CONF_ENV, RETRIES_ENV
+from consentgate.airflow_tasks import CONF_ENV, CONF_VARIABLE, RETRIES_ENV
 from consentgate.errors import CheckFailed, ConsentgateError
 
 #: Environment variable naming the DAGs folder when not the repository's ``dags/``.
@@ -70,7 +70,7 @@ def airflow_environment(
     """The environment that makes Airflow self-contained under ``airflow_home``.
 
     SQLite metadata DB, our DAGs only (no examples), no retries in ``dag.test()`` runs (a retry
-    would wait out its delay in the foreground), and warnings-only logging when ``quiet``.
+    would wait out its delay in the foreground), and errors-only logging when ``quiet``.
     """
     home = Path(airflow_home).resolve()
     env = {
@@ -81,7 +81,7 @@ def airflow_environment(
         RETRIES_ENV: "0",
     }
     if quiet:
-        env["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
+        env["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "ERROR"
     return env
 
 
@@ -331,6 +331,9 @@ def run_story(
     if not conf_path.exists():
         init_demo(spark, root, assets=assets, seed=seed)
         built = True
+    # As an operator would: the Airflow Variable consentgate_conf (here through Airflow's
+    # environment-variable secrets backend), with CONSENTGATE_CONF as the fallback.
+    os.environ[f"AIRFLOW_VAR_{CONF_VARIABLE.upper()}"] = str(conf_path)
     os.environ[CONF_ENV] = str(conf_path)
     common = {"as_of": as_of} if as_of else {}
 
