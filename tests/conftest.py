@@ -16,6 +16,7 @@ def spark() -> Iterator[SparkSession]:
         master="local[2]",
         conf={
             "spark.ui.enabled": "false",
+            "spark.ui.showConsoleProgress": "false",
             "spark.sql.shuffle.partitions": "4",
             "spark.default.parallelism": "4",
             "spark.driver.memory": "2g",

@@ -4,6 +4,7 @@ independent (pure-Python) computation of which rows must survive."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -217,7 +218,18 @@ def test_demo_lake_revocations_flow_through_every_derivative(
     # Revoke a set of granted assets for every use case (records appended by their owners).
     records_path = config.table_path("consent_records")
     assets_df = lake.read_table(spark, config.table_path("assets"))
-    victims = assets_df.where(F.col("deleted_at").isNull()).orderBy("asset_id").limit(6)
+    # Six assets by id, plus three that trained m1, so the snapshot loses rows too.
+    from consentgate.gate import explain_model
+
+    m1_assets = [a["asset_id"] for a in explain_model(spark, config, model_version="m1")["assets"]]
+    assert m1_assets
+    victims = (
+        assets_df.where(F.col("deleted_at").isNull())
+        .orderBy("asset_id")
+        .limit(6)
+        .unionByName(assets_df.where(F.col("asset_id").isin(m1_assets[:3])))
+        .distinct()
+    )
     revoked_at = as_of - dt.timedelta(hours=1)
     revocations = (
         victims.crossJoin(
@@ -294,3 +306,17 @@ def test_demo_lake_revocations_flow_through_every_derivative(
             lake.table_version(purge.target_path(config, name, purge.targets(config)[name]))
             == versions[name]
         )
+
+    # The m1 manifest still verifies: the snapshot files its purge erased are reported as
+    # erased (removed by a purge commit in the snapshot's own history), not as tampering.
+    from consentgate.manifest import verify_manifest
+
+    verified = verify_manifest(spark, gated["manifest_path"])
+    assert verified["ok"], verified["problems"]
+    snapshot_deleted = sum(
+        result["datasets"][n]["rows_deleted"] for n in names if n.startswith("snapshot/m1/")
+    )
+    assert snapshot_deleted > 0
+    assert verified["erased"], "purged snapshot files must be listed as erased"
+    recorded = json.loads(Path(gated["manifest_path"]).read_text())["snapshots"]
+    assert {e["dataset"] for e in verified["erased"]} <= set(recorded)

@@ -245,6 +245,7 @@ def verify_manifest(spark: SparkSession, path: str | Path) -> dict[str, Any]:
         "run_id": manifest.get("run_id"),
         "model_version": manifest.get("model_version"),
         "manifest_sha256": claimed,
+        "erased": checked.pop("erased", []),
         "checked": checked,
     }
 
@@ -317,9 +318,15 @@ def _check_snapshots(
         table_dir = root / snap["path"]
         recorded = {f["path"]: f for f in snap["files"]}
         missing = []
+        purged = _purged_files(table_dir, after=int(snap["version"]))
         for rel, f in sorted(recorded.items()):
             exists, size, sha = digests[f"{name}\x00{rel}"]
-            if not exists:
+            if not exists and rel in purged:
+                checked.setdefault("erased", []).append(
+                    {"dataset": name, "file": rel, "removed_in_version": purged[rel]}
+                )
+                missing.append(rel)
+            elif not exists:
                 missing.append(rel)
                 problems.append(f"{where}: file {rel} is missing from {table_dir}")
             elif size != f["size"] or sha != f["sha256"]:
@@ -341,9 +348,13 @@ def _check_snapshots(
             for rel in sorted(set(recorded) - active):
                 problems.append(f"{where}: file {rel} is in the manifest but not the Delta log")
         if missing:
-            problems.append(
-                f"{where}: content Merkle root not recomputable ({len(missing)} missing)"
-            )
+            unexplained = [rel for rel in missing if rel not in purged]
+            if unexplained:
+                problems.append(
+                    f"{where}: content Merkle root not recomputable ({len(unexplained)} missing)"
+                )
+            # Files a purge removed were erased on purpose (the creator's right to erasure
+            # outranks re-hashing); their digests in the manifest remain the record of use.
             continue
         schema = StructType.fromJson(snap["schema"])
         paths = [str(table_dir / rel) for rel in sorted(recorded)]
@@ -366,6 +377,37 @@ def _check_snapshots(
                 f"manifest says {snap['content_merkle_root']}"
             )
     return problems
+
+
+def _purged_files(table_dir: Path, *, after: int) -> dict[str, int]:
+    """Files that a ``consentgate.purge`` commit after version ``after`` removed from a table.
+
+    A snapshot stays the record of what a model was trained on, but the nightly purge removes
+    rows whose consent was later withdrawn and then erases their files. Verification must tell
+    that lawful erasure (visible in the snapshot's own Delta history as a purge commit that
+    removed the file) from tampering (a file that vanished without such a commit).
+    """
+    try:
+        latest = lake.table_version(table_dir)
+        entries = lake.history(table_dir)
+    except ConsentgateError:
+        return {}
+    purge_versions = sorted(
+        int(e["version"])
+        for e in entries
+        if e.get("consentgate.operation") == "consentgate.purge" and after < int(e["version"])
+    )
+    removed: dict[str, int] = {}
+    for version in purge_versions:
+        if version > latest:
+            continue
+        before = lake.active_files(lake.open_table(table_dir, version=version - 1))
+        now = lake.active_files(lake.open_table(table_dir, version=version))
+        old = set(before.column("path").to_pylist()) if before.num_rows else set()
+        new = set(now.column("path").to_pylist()) if now.num_rows else set()
+        for rel in old - new:
+            removed.setdefault(rel, version)
+    return removed
 
 
 def _check_datasheet(manifest_path: Path, manifest: Mapping[str, Any]) -> list[str]:
