@@ -43,6 +43,7 @@ Planted content, per asset ``i`` (rates are the constants below):
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import uuid
 from collections.abc import Mapping
@@ -64,6 +65,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from consentgate import lake as lake_io
 from consentgate.config import load_config
 from consentgate.errors import TableError
 
@@ -111,6 +113,9 @@ OWNER_BLOCK = 16
 P_NEW_OWNER = 0.25
 P_ASSET_JURISDICTION_NULL = 0.03
 P_ACCOUNT_DELETED = 0.02
+#: Owner key that always deleted their account, owning at least assets 16 and 17 (so that even
+#: a small lake has a multi-track account deletion): ``demo_uuid(seed, "user", 16)``.
+PLANTED_DELETED_ACCOUNT = 16
 P_ASSET_DELETED = 0.03
 
 #: Share of (asset, use case) pairs with any consent record at all.
@@ -574,6 +579,8 @@ class _Model:
         mask = self.rng.hash("owner_starts", block).bitwiseAND(
             self.rng.hash("owner_starts_2", block)
         )
+        # The planted account deletion's owner keeps at least its first two tracks.
+        mask = F.when(block == PLANTED_DELETED_ACCOUNT, mask.bitwiseAND(F.lit(~2))).otherwise(mask)
         upto = F.pow(F.lit(2.0), pos + 1).cast("long") - 2  # bits 1..pos
         return block + F.bit_count(mask.bitwiseAND(upto)).cast("long")
 
@@ -592,7 +599,9 @@ class _Model:
         idx = F.col(i)
         df = df.withColumn(f"{p}uk", self.owner_key(idx))
         uk = F.col(f"{p}uk")
-        account_deleted = rng.uniform("account_deleted", uk) < P_ACCOUNT_DELETED
+        account_deleted = (rng.uniform("account_deleted", uk) < P_ACCOUNT_DELETED) | (
+            uk == PLANTED_DELETED_ACCOUNT
+        )
         account_deleted_s = _between(
             F.lit(_epoch(ACCOUNT_DELETIONS_START)),
             F.lit(_NOW_S),
@@ -615,9 +624,18 @@ class _Model:
             f"{p}end_s", F.coalesce(F.col(f"{p}deleted_s"), F.lit(_NOW_S))
         )
 
+    @functools.cached_property
+    def asset_frame(self) -> DataFrame:
+        """Every asset index with its attributes; shared by the tables built on assets.
+
+        Built once per model: constructing Spark expressions costs a Py4J round trip each,
+        and the derivative tables all start from this frame.
+        """
+        return self.with_assets(self.range(self.n, "i"))
+
     def assets(self) -> DataFrame:
         rng = self.rng
-        df = self.with_assets(self.range(self.n, "i"))
+        df = self.asset_frame
         jurisdiction = F.when(
             rng.uniform("asset_jurisdiction_null", F.col("i")) < P_ASSET_JURISDICTION_NULL,
             F.lit(None).cast("string"),
@@ -696,7 +714,7 @@ class _Model:
 
     def _owner_events(self) -> DataFrame:
         rng = self.rng
-        pairs = self.with_assets(self.range(self.n, "i")).withColumn(
+        pairs = self.asset_frame.withColumn(
             "uc", F.explode(F.array(*[F.lit(x).cast("long") for x in range(len(USE_CASES))]))
         )
         pairs = self.with_consent_pair(pairs)
@@ -820,9 +838,7 @@ class _Model:
 
     def track_embeddings(self) -> DataFrame:
         rng = self.rng
-        df = self.with_assets(self.range(self.n, "i")).where(
-            rng.uniform("embedded", F.col("i")) < P_EMBEDDED
-        )
+        df = self.asset_frame.where(rng.uniform("embedded", F.col("i")) < P_EMBEDDED)
         df = df.withColumn("d1", self._derived("embedding_at", F.col("i")))
         reembed = (
             (F.col("d1") < _epoch(REEMBED_AT))
@@ -870,9 +886,7 @@ class _Model:
     def segment_spectrograms(self) -> DataFrame:
         rng = self.rng
         i = F.col("i")
-        df = self.with_assets(self.range(self.n, "i")).where(
-            rng.uniform("spectrograms", i) < P_SPECTROGRAMS
-        )
+        df = self.asset_frame.where(rng.uniform("spectrograms", i) < P_SPECTROGRAMS)
         segments = SEGMENTS_MIN + rng.below(SEGMENTS_MAX - SEGMENTS_MIN + 1, "segments", i)
         df = df.withColumn("d", self._derived("spectrogram_at", i)).withColumn(
             "s", F.explode(F.sequence(F.lit(0).cast("long"), segments - 1))
@@ -923,10 +937,11 @@ class _Model:
             STEMS_MIN + self.rng.below(STEMS_MAX - STEMS_MIN + 1, "stem_count", i),
         ).otherwise(F.lit(0).cast("long"))
 
+    @functools.cached_property
     def stems_frame(self) -> DataFrame:
         """One row per (asset ``i``, stem ``s``) with the stem's derivation instant ``d``."""
         i = F.col("i")
-        df = self.with_assets(self.range(self.n, "i")).withColumn("cnt", self.stem_count(i))
+        df = self.asset_frame.withColumn("cnt", self.stem_count(i))
         df = df.where(F.col("cnt") > 0).withColumn("d", self._derived("stems_at", i))
         return df.withColumn("s", F.explode(F.sequence(F.lit(0).cast("long"), F.col("cnt") - 1)))
 
@@ -934,7 +949,7 @@ class _Model:
         rng = self.rng
         i, s = F.col("i"), F.col("s")
         duration = F.round(60.0 + rng.uniform("duration", i) * 360.0, 3)
-        main = self.stems_frame().select(
+        main = self.stems_frame.select(
             rng.uuid("stem", i, s).alias("stem_id"),
             F.element_at(F.array(*[F.lit(x) for x in STEM_TYPES]), (s + 1).cast("int")).alias(
                 "stem_type"
@@ -955,15 +970,16 @@ class _Model:
         )
         return main.unionByName(orphans)
 
+    @functools.cached_property
     def stem_embedding_frame(self) -> DataFrame:
         i, s = F.col("i"), F.col("s")
-        return self.stems_frame().where(self.rng.uniform("stem_embedded", i, s) < P_STEM_EMBEDDED)
+        return self.stems_frame.where(self.rng.uniform("stem_embedded", i, s) < P_STEM_EMBEDDED)
 
     def stem_embeddings(self) -> DataFrame:
         rng = self.rng
         i, s = F.col("i"), F.col("s")
         d = _between(F.col("d"), F.col("end_s"), 0.2 * rng.uniform("stem_embedding_at", i, s))
-        main = self.stem_embedding_frame().select(
+        main = self.stem_embedding_frame.select(
             rng.uuid("stem_embedding", i, s).alias("stem_embedding_id"),
             rng.floats("stem_vector", EMBEDDING_DIM, i, s).alias("vector"),
             _ts(d).alias("derived_at"),
@@ -985,6 +1001,7 @@ class _Model:
         )
         return main.unionByName(orphans)
 
+    @functools.cached_property
     def samples_frame(self) -> DataFrame:
         """Training samples seeded by stems: (i, s) plus parents and the derivation instant.
 
@@ -993,7 +1010,7 @@ class _Model:
         """
         rng = self.rng
         i, s = F.col("i"), F.col("s")
-        df = self.stems_frame().where(rng.uniform("sample", i, s) < P_SAMPLE)
+        df = self.stems_frame.where(rng.uniform("sample", i, s) < P_SAMPLE)
         # The nearest separated track among the next few indexes (wrapping), if any.
         neighbour: Column = F.lit(None).cast("long")
         for j in range(MASHUP_SEARCH, 0, -1):
@@ -1020,7 +1037,7 @@ class _Model:
     def gen_shards(self) -> DataFrame:
         rng = self.rng
         i, s = F.col("i"), F.col("s")
-        main = self.samples_frame().select(
+        main = self.samples_frame.select(
             rng.uuid("sample", i, s).alias("sample_id"),
             rng.below(SHARDS, "shard", i, s).cast("int").alias("shard"),
             self._tokens(F.lit("sample"), i, s).alias("tokens"),
@@ -1055,20 +1072,20 @@ class _Model:
     def lineage(self) -> DataFrame:
         rng = self.rng
         i, s = F.col("i"), F.col("s")
-        stems_fr = self.stems_frame()
+        stems_fr = self.stems_frame
         stem_edges = stems_fr.select(
             F.lit("stems").alias("child_dataset"),
             rng.uuid("stem", i, s).alias("child_key"),
             F.lit("assets").alias("parent_dataset"),
             rng.uuid("asset", i).alias("parent_key"),
         )
-        emb_edges = self.stem_embedding_frame().select(
+        emb_edges = self.stem_embedding_frame.select(
             F.lit("stem_embeddings").alias("child_dataset"),
             rng.uuid("stem_embedding", i, s).alias("child_key"),
             F.lit("stems").alias("parent_dataset"),
             rng.uuid("stem", i, s).alias("parent_key"),
         )
-        samples = self.samples_frame()
+        samples = self.samples_frame
         cnt = F.col("cnt")
         parents = F.array(
             F.struct(i.alias("pi"), s.alias("ps")),
@@ -1241,8 +1258,6 @@ def init_demo(spark: SparkSession, lake: Path, *, assets: int = 2000, seed: int 
     Raises:
         TableError: ``lake`` already holds a demo conf or one of the tables.
     """
-    from consentgate import lake as lake_io
-
     root = Path(lake).resolve()
     conf_path = root / CONF_FILE
     if conf_path.exists():
