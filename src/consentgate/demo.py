@@ -1154,7 +1154,7 @@ def generate(spark: SparkSession, *, assets: int, seed: int) -> dict[str, DataFr
 
     Args:
         spark: The session whose executors do the work.
-        assets: Number of assets (tracks); other tables scale with it (about 4.5 consent
+        assets: Number of assets (tracks); other tables scale with it (about 3.8 consent
             records, 8 spectrogram segments, 1.4 stems per asset).
         seed: Any integer; the same ``(assets, seed)`` always yields the same rows.
 
