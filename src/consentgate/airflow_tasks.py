@@ -196,7 +196,7 @@ def validate(
     from consentgate import lake
     from consentgate.consent import ASSETS_SCHEMA, CONSENT_RECORDS_SCHEMA
     from consentgate.errors import TableError
-    from consentgate.evaluate import LINEAGE_SCHEMA
+    from consentgate.lineage import LINEAGE_SCHEMA
     from consentgate.runtime import iso, new_run_id, now_utc
 
     instant = _instant(as_of) or now_utc()
