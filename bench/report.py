@@ -53,7 +53,7 @@ def _met(t: Mapping[str, Any]) -> str:
 def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[str]:
     head = list(header)
     out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
     return [*out, ""]
 
 
@@ -140,7 +140,7 @@ def render(doc: Mapping[str, Any], *, results_path: Path | None = None) -> str:
     lines += _hashing(results)
     lines += _scaling(results, lakes)
     lines += _findings(results)
-    lines += _unmeasured(results)
+    lines += _unmeasured(results, p)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -453,8 +453,27 @@ def _advice(purges: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _unmeasured(results: list[dict[str, Any]]) -> list[str]:
+def _planned(p: Mapping[str, Any]) -> list[tuple[str, int, float | None]]:
+    """(scenario, scale, revoked fraction) of every result the run's parameters asked for."""
+    out: list[tuple[str, int, float | None]] = []
+    wanted = set(p.get("scenarios", []))
+    for scale in p.get("scales", []):
+        if "purge" in wanted:
+            for layout in p.get("layouts", []):
+                out.append((f"purge_{layout}", scale, p.get("revoked_fraction")))
+            if "clustered" in p.get("layouts", []):
+                out += [("purge_clustered", scale, f) for f in p.get("sweep_fractions", [])]
+        out += [(s, scale, None) for s in ("gate", "hashing") if s in wanted]
+    return out
+
+
+def _unmeasured(results: list[dict[str, Any]], p: Mapping[str, Any]) -> list[str]:
     rows = []
+    done = {(r["scenario"], int(r["scale"]), r.get("revoked_fraction")) for r in results}
+    for scenario, scale, fraction in _planned(p):
+        if (scenario, int(scale), fraction) not in done:
+            label = scenario + ("" if fraction is None else f" (revoked {fraction:g})")
+            rows.append([label, f"{scale:,}", "everything", "not run: the run stopped before it"])
     for r in results:
         for who, why in r.get("not_measured", {}).items():
             rows.append([r["scenario"], f"{r['scale']:,}", who, why])

@@ -209,26 +209,31 @@ def run(args: argparse.Namespace, spark: Any = None) -> dict[str, Any]:
         "results": [],
     }
     args.lakes.mkdir(parents=True, exist_ok=True)
-    for i, scale in enumerate(args.scales):
-        repeats = args.repeats[i] if len(args.repeats) > 1 else args.repeats[0]
-        ctx = scenarios.Context(
-            spark=spark, lakes=args.lakes, repeats=repeats, file_mb=args.file_mb, log=log
-        )
-        log(f"scale {scale}: base lake")
-        t0 = time.perf_counter()
-        base = base_lake(spark, args.lakes, assets=scale, seed=args.seed)
-        doc["lakes"][str(scale)] = _lake_facts(base, time.perf_counter() - t0)
-        jobs = _jobs(wanted, layouts, args)
-        for name, kwargs in jobs:
+    bases: dict[int, Path] = {}
+    # Job-major order: each scenario at every scale before the next scenario, so that a run
+    # stopped early has the most important figures at both scales. Lakes are built lazily.
+    for name, kwargs in _jobs(wanted, layouts, args):
+        for i, scale in enumerate(args.scales):
+            if scale not in bases:
+                log(f"scale {scale}: base lake")
+                t0 = time.perf_counter()
+                bases[scale] = base_lake(spark, args.lakes, assets=scale, seed=args.seed)
+                doc["lakes"][str(scale)] = _lake_facts(bases[scale], time.perf_counter() - t0)
+            repeats = args.repeats[i] if len(args.repeats) > 1 else args.repeats[0]
+            ctx = scenarios.Context(
+                spark=spark, lakes=args.lakes, repeats=repeats, file_mb=args.file_mb, log=log
+            )
             t0 = time.perf_counter()
             try:
-                result = getattr(scenarios, name)(ctx, base, scale=scale, **kwargs)
+                result = getattr(scenarios, name)(ctx, bases[scale], scale=scale, **kwargs)
                 result["status"] = "ok"
             except Exception as exc:  # one broken scenario must not lose the others
-                log(f"{name} at {scale} failed: {type(exc).__name__}: {exc}")
+                label = f"purge_{kwargs['layout']}" if name == "purge" else name
+                log(f"{label} at {scale} failed: {type(exc).__name__}: {exc}")
                 result = {
-                    "scenario": name,
+                    "scenario": label,
                     "scale": scale,
+                    **({"revoked_fraction": kwargs["fraction"]} if "fraction" in kwargs else {}),
                     "status": "failed",
                     "error": f"{type(exc).__name__}: {exc}"[:1000],
                 }
