@@ -142,3 +142,20 @@ def test_inventory_reads_only_the_log(spark: SparkSession, tmp_path: Path) -> No
     tables = json.loads(stdout)["tables"]
     assert tables["assets"]["rows"] == 3
     assert tables["track_embeddings"]["version"] == 0
+
+
+def test_init_demo_json_then_inventory_agree(spark: SparkSession, tmp_path: Path) -> None:
+    lake_dir = tmp_path / "demo"
+    code, stdout, _ = run("init-demo", "--lake", str(lake_dir), "--assets", "40", "--json")
+    assert code == 0
+    summary = json.loads(stdout)
+    assert Path(summary["conf_path"]) == lake_dir / "consentgate.yaml"
+    assert summary["rows"]["assets"] == 40
+    code, stdout, _ = run("inventory", "--conf", summary["conf_path"], "--json")
+    assert code == 0
+    tables = json.loads(stdout)["tables"]
+    assert {name: t["rows"] for name, t in tables.items()} == summary["rows"]
+    # A second init into the same directory is refused: the lake is never overwritten.
+    code, _, stderr = run("init-demo", "--lake", str(lake_dir), "--assets", "40")
+    assert code == 2
+    assert "not empty" in stderr

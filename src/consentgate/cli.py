@@ -135,7 +135,8 @@ def init_demo_command(lake_dir: Path, assets: int, seed: int, as_json: bool) -> 
         spark.sparkContext.setLogLevel("ERROR")
         with stderr.status(f"generating a demo lake of {assets} assets"):
             summary = init_demo(spark, lake_dir, assets=assets, seed=seed)
-        return {"conf_path": str(summary.conf_path), "rows": dict(summary.rows)}
+        result: dict[str, Any] = summary.to_json()
+        return result
 
     _run(as_json, "demo lake", job)
 
@@ -390,16 +391,31 @@ def audit_verify_command(conf_path: Path, as_json: bool) -> None:
 @main.command("demo")
 @click.option("--lake", "lake_dir", type=click.Path(path_type=Path), default=Path("lake"))
 @click.option("--assets", type=click.IntRange(min=10), default=2000, show_default=True)
+@click.option(
+    "--as-of",
+    "as_of",
+    default=None,
+    help="Evaluation instant (default: the demo lake's fixed 'now', for reproducible numbers).",
+)
 @json_option
-def demo_command(lake_dir: Path, assets: int, as_json: bool) -> None:
+def demo_command(lake_dir: Path, assets: int, as_of: str | None, as_json: bool) -> None:
     """The whole story on a demo lake: purge, gate, verify, proofs (through Airflow)."""
+    try:
+        from consentgate.demo import DEMO_NOW
+        from consentgate.runtime import iso, parse_instant
+        from consentgate.story import render, run_story
 
-    def job() -> dict[str, Any]:
-        from consentgate.story import run_story
-
-        result: dict[str, Any] = run_story(
-            lake=lake_dir.resolve(), airflow_home=Path(".airflow").resolve(), assets=assets
+        instant = iso(parse_instant(as_of) if as_of else DEMO_NOW)
+        summary: dict[str, Any] = run_story(
+            lake=lake_dir.resolve(),
+            airflow_home=Path(".airflow").resolve(),
+            assets=assets,
+            as_of=instant,
         )
-        return result
-
-    _run(as_json, "consentgate demo", job)
+    except ConsentgateError as exc:
+        _fail(exc, as_json=as_json)
+        return
+    if as_json:
+        click.echo(json.dumps(summary, sort_keys=True, default=str))
+    else:
+        click.echo(render(summary))
