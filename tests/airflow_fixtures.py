@@ -46,10 +46,16 @@ USE_CASE = "generative_training"
 
 @pytest.fixture(scope="session")
 def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A migrated SQLite metadata DB, and this process configured to use it."""
+    """A migrated SQLite metadata DB, and this process configured to use it.
+
+    One directory for the whole test session: Airflow reads AIRFLOW_HOME once per process, so
+    every test module that imports this fixture must get the same home (migrating it again is
+    idempotent).
+    """
     from consentgate.story import prepare_airflow
 
-    home = tmp_path_factory.mktemp("airflow_home")
+    home = tmp_path_factory.getbasetemp() / "airflow_home"
+    home.mkdir(exist_ok=True)
     saved = dict(os.environ)
     prepare_airflow(home, dags_dir=DAGS, quiet=True)
     yield home
