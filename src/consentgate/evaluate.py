@@ -23,24 +23,13 @@ from consentgate.config import Config
 from consentgate.consent import (
     ASSETS_SCHEMA,
     CONSENT_RECORDS_SCHEMA,
+    EFFECTIVE_CONSENT_COLUMNS,
     effective_consent,
     ignored_record_counts,
 )
 from consentgate.errors import ConsentgateError
 from consentgate.lineage import LINEAGE_SCHEMA
 from consentgate.runtime import iso, new_run_id, now_utc
-
-#: Columns of the decisions table ``evaluate`` writes (DESIGN.md, command line).
-DECISION_COLUMNS = (
-    "asset_id",
-    "use_case",
-    "decision",
-    "reason",
-    "consent_record_id",
-    "policy_version",
-    "captured_at",
-    "jurisdiction",
-)
 
 
 @dataclass(frozen=True)
@@ -114,7 +103,7 @@ def decisions(
         use_cases={use_case: config.use_cases[use_case]},
         as_of=as_of,
         extra_asset_ids=referenced_asset_ids(spark, config, sources),
-    ).select(*DECISION_COLUMNS)
+    ).select(*EFFECTIVE_CONSENT_COLUMNS)
 
 
 def run_evaluate(
