@@ -199,3 +199,127 @@ def test_run_purge_reports_every_dataset(spark: SparkSession, tmp_path: Path) ->
     kinds = [e["kind"] for e in audit.events(spark, config)]
     assert kinds == ["purge", "erasure", "purge"]
     assert audit.verify_chain(spark, config)["ok"]
+
+
+# --------------------------------------------------------------------------------------------
+# The run's own decisions (consent + lineage decided once), on a lake with consent tables
+
+
+def _small_lake(spark: SparkSession, root: Path) -> Config:
+    """``tests/lakes.py``'s lake: e1 (a1 granted), e2 (a2 revoked), e3 (a3: not the owner's
+    record, so no consent record)."""
+    from consentgate.config import load_config
+    from tests.lakes import write_small_lake
+
+    return load_config(write_small_lake(spark, root))
+
+
+def _late_revocation_of_a1(spark: SparkSession, config: Config) -> None:
+    """A record revoking a1, captured before ``AS_OF`` but landing after the run decided: it
+    belongs to the next run, so it proves the run does not evaluate consent again."""
+    from tests.lakes import RECORDS_DDL, T0
+
+    late = [
+        (
+            "r9",
+            "u1",
+            "a1",
+            "recommendation",
+            "revoked",
+            "2026-03",
+            None,
+            T0 + dt.timedelta(days=2),
+            None,
+        )
+    ]
+    lake.write_table(
+        spark.createDataFrame(late, RECORDS_DDL),
+        config.table_path("consent_records"),
+        mode="append",
+    )
+
+
+def _keys(spark: SparkSession, path: Path) -> set[str]:
+    return {r["embedding_id"] for r in lake.read_table(spark, path).collect()}
+
+
+def test_run_decisions_relocate_appended_rows_without_deciding_consent_again(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    from tests.lakes import T0
+
+    config = _small_lake(spark, tmp_path / "lake")
+    path = config.dataset_path("track_embeddings")
+    run = purge.decide_run(spark, config, as_of=AS_OF)
+    try:
+        decided = run.tables["track_embeddings"]
+        assert decided.plan.reasons == {"no_consent_record": 1, "revoked": 1}
+        assert decided.plan.version == 0
+        # Another writer appends rows (one of a revoked asset) after the run decided.
+        appended = spark.createDataFrame(
+            [("e4", "a2", T0), ("e5", "a1", T0)],
+            "embedding_id string, asset_id string, derived_at timestamp",
+        )
+        lake.write_table(appended, path, mode="append")
+        _late_revocation_of_a1(spark, config)
+
+        result = purge.purge_dataset(
+            spark, config, "track_embeddings", as_of=AS_OF, run_id="purge-run", run=run
+        )
+    finally:
+        run.release()
+    # e4 was decided with the run's consent (a2 revoked); e1/e5 keep the run's grant of a1.
+    assert _keys(spark, path) == {"e1", "e5"}
+    assert result["rows_deleted"] == 3
+    assert result["reasons"] == {"no_consent_record": 1, "revoked": 2}
+    assert result["version_before"] == 1 and len(result["commits"]) == 1
+    commit = lake.history(path)[0]
+    # No raw id as a value anywhere in the commit (ids this short occur inside hex digests).
+    assert not any(f'"{raw}"' in json.dumps(commit) for raw in ("a1", "a2", "e2", "e4"))
+
+
+def test_materialised_plan_is_what_a_task_in_another_process_purges_with(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    from tests.test_purge_concurrency import in_thread
+
+    config = _small_lake(spark, tmp_path / "lake")
+    path = config.dataset_path("track_embeddings")
+    on_disk = sorted(p for p in path.rglob("*") if p.is_file())
+
+    plan = purge.plan_purge(spark, config, as_of=AS_OF, run_id="purge-airflow")
+
+    assert plan.datasets["track_embeddings"].reasons == {"no_consent_record": 1, "revoked": 1}
+    assert sorted(p for p in path.rglob("*") if p.is_file()) == on_disk  # planning wrote no data
+    root = purge.run_dir(config, "purge-airflow")
+    assert (root / "plan.json").is_file()
+    # Work tables hold digests only: no raw asset id or key is at rest under purge_runs/.
+    for table in ("consent", "t0000"):
+        for row in lake.read_table(spark, root / table).collect():
+            digest = row["asset_id"] if table == "consent" else row["key_sha256"]
+            assert len(digest) == 64 and set(digest) <= set("0123456789abcdef")
+
+    # Meanwhile: a compaction rewrites every file (so every row is re-located through the
+    # hashed consent of the plan) and a late record arrives (which the plan must not see).
+    def compact() -> None:
+        version = lake.table_version(path)
+        frame = lake.read_table(spark, path, version=version)
+        files = lake.active_files(lake.open_table(path)).column("path").to_pylist()
+        written = lake.write_files(frame.coalesce(1), path)
+        lake.replace_files(path, read_version=version, remove=files, add=written)
+
+    in_thread(compact)
+    _late_revocation_of_a1(spark, config)
+
+    result = purge.purge_dataset(
+        spark, config, "track_embeddings", as_of=AS_OF, run_id="purge-airflow"
+    )
+    assert _keys(spark, path) == {"e1"}
+    assert result["rows_deleted"] == 2 and result["reasons"] == {
+        "no_consent_record": 1,
+        "revoked": 1,
+    }
+    # Another as_of is another run: its plan is not reused.
+    assert purge.load_run(spark, config, "purge-airflow", as_of=AS_OF + dt.timedelta(1)) is None
+    purge.discard_run(config, "purge-airflow")
+    assert not root.exists()

@@ -1,21 +1,25 @@
 """The purge: remove every row whose consent no longer holds from every derivative Delta table
 and every registered training snapshot, touching only the data files that hold such rows.
 
-Per table, in steps that Airflow can map over (``plan_purge`` once, ``purge_dataset`` per table,
-then :mod:`consentgate.erasure`):
+Per run, then per table (Airflow maps over the tables; see :func:`plan_purge` and
+:func:`purge_dataset`), then :mod:`consentgate.erasure`:
 
-1. **Plan** at the table's latest version ``v``: a *decider* turns the table's rows into the
-   rows to remove, ``(key, reason)`` (consent + lineage + retention, see :func:`decider_for`).
-   Those keys are joined back to the rows' data files (``lake.read_table(with_file=True)``,
-   i.e. Spark's ``_metadata.file_path``), so the plan is exact: only files that really hold a
-   removed row are touched, which is the minimum any file-level rewrite can do. Only the
-   decision columns (key, asset column, derived_at) are read for the whole table: Parquet is
-   columnar, so embeddings and blobs are never read outside the affected files. Only per-file
-   and per-reason counts reach the driver.
-2. **Rewrite**: executors read just the affected files, drop the removed keys (anti join) and
-   write the survivors with :func:`lake.write_files` (new files, invisible until committed).
-   Values are copied through Spark's Parquet reader and writer with the table's own schema,
-   so every surviving row comes out bit-for-bit equal.
+1. **Decide once per run** (:func:`decide_run`): effective consent is evaluated once for every
+   configured use case, and the lineage closure is walked once for all lineage-traced tables
+   together (stems, stem embeddings, shards and their snapshots share every hop). Each table,
+   pinned at its latest version ``v``, is then decided in one pass over its decision columns
+   (key, asset column, derived_at, and Spark's ``_metadata.file_path``): Parquet is columnar,
+   so embeddings and blobs are never read outside the affected files. The result is, per
+   table, the rows to remove *located* in their data files (``key_sha256, _file, reason``), so
+   the plan is exact: only files that really hold a removed row are touched, the minimum any
+   file-level rewrite can do. Only per-file and per-reason counts reach the driver. In one
+   process the located rows stay persisted on the executors; for tasks in other processes
+   :func:`plan_purge` with a ``run_id`` materialises them as small Delta work tables under
+   ``state_dir/purge_runs/<run_id>/`` (digests only, never raw ids).
+2. **Rewrite**: executors read just the affected files, drop the removed keys (anti join on
+   the key digest, broadcast when few) and write the survivors with :func:`lake.write_files`
+   (new files, invisible until committed). Values are copied through Spark's Parquet reader
+   and writer with the table's own schema, so every surviving row comes out bit-for-bit equal.
 3. **Record keys**: the removed keys, hashed (SHA-256 of ``"k:" + key``; ``"n:"`` for a null
    key), are appended to a key table under ``state_dir/purge_keys/<dataset>`` tagged with the
    attempt id, *before* the commit, so that a crash after the commit can never lose them. The
@@ -23,10 +27,13 @@ then :mod:`consentgate.erasure`):
 4. **Commit** one Delta transaction (remove the affected files, add the rewritten ones) based
    on ``v``, with commit metadata: run id, attempt id, counts per reason, the use case's policy,
    ``as_of``. No raw ids. If another writer removed one of our files since ``v`` (a
-   compaction), delta-rs refuses, our new files are deleted and the plan is redone from the new
-   snapshot, up to ``max_retries`` times, then :class:`ConflictError`. Concurrent appends do
-   not conflict; when anyone committed between ``v`` and our commit, the table is planned once
-   more so that appended rows of withdrawn assets are removed in the same run.
+   compaction), delta-rs refuses, our new files are deleted and the rows are *re-located* at
+   the new snapshot, up to ``max_retries`` times, then :class:`ConflictError`. Re-locating
+   never re-evaluates consent: files are immutable, so decided files still active keep their
+   decision, and only files added since (a compaction's output, an append) are read and
+   decided with the run's consent. Concurrent appends do not conflict; when anyone committed
+   between ``v`` and our commit, the table is re-located once more so that appended rows of
+   withdrawn assets are removed in the same run.
 5. **Audit**: one ``purge`` entry per committed table (counts, versions, attempt ids).
 
 Crash safety: files written but not committed are orphans, invisible to readers, erased by
@@ -42,6 +49,7 @@ Idempotence: a table with nothing to remove gets no commit at all.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import fcntl
 import json
@@ -54,6 +62,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import unquote
 
 from deltalake import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -63,10 +72,12 @@ from pyspark.sql.types import StringType, StructField, StructType, TimestampType
 from consentgate import audit, lake
 from consentgate.config import Config, DatasetConfig
 from consentgate.errors import ConflictError, ConsentgateError, TableError
-from consentgate.runtime import iso, new_run_id, now_utc
+from consentgate.runtime import iso, new_run_id, now_utc, parse_instant
 
 #: A decider maps a table's rows (its own columns) to the rows to remove: two columns, the
-#: row key (any name and type; compared as a string) then ``reason``.
+#: row key (any name and type; compared as a string) then ``reason``. The default decision
+#: (consent + lineage + retention, :func:`decide_run`) is not a decider: it is made once per
+#: run, not per table and pass.
 Decider = Callable[[DataFrame], DataFrame]
 
 CRASH_ENV: Final = "CONSENTGATE_PURGE_CRASH_AT"
@@ -77,6 +88,20 @@ _META_RUN: Final = "consentgate.run"
 _META_REASONS: Final = "consentgate.reasons"
 _META_ROWS: Final = "consentgate.rows_deleted"
 _META_DATASET: Final = "consentgate.dataset"
+
+#: Columns of a located removal: the removed row's key digest (:func:`key_digest`), its data
+#: file (relative to the table, as in the log) and the reason. One row per removed row.
+KEY_SHA: Final = "key_sha256"
+LOCATED_COLUMNS: Final = (KEY_SHA, "_file", "reason")
+#: Lineage walks give up after this many edges (lineage.source_assets' default).
+_MAX_HOPS: Final = 32
+#: The synthetic root node of the run's single lineage walk, and the separator between a
+#: dataset and a key in its node keys (NUL: in no dataset name).
+_ROOT: Final = "__consentgate_purge_roots__"
+_SEP: Final = "\x00"
+_PLAN_FILE: Final = "plan.json"
+#: Removed keys broadcast to the rewrite's anti join up to this many (64-byte digests).
+_BROADCAST_ROWS: Final = 1_000_000
 
 KEY_TABLE_SCHEMA: Final = StructType(
     [
@@ -157,7 +182,7 @@ class PurgePlan:
 
 
 # --------------------------------------------------------------------------------------------
-# Targets and deciders
+# Targets
 
 
 def targets(config: Config) -> dict[str, DatasetConfig]:
@@ -180,56 +205,8 @@ def target_path(config: Config, name: str, dataset: DatasetConfig) -> Path:
     return config.resolve(dataset.path)
 
 
-def decider_for(
-    spark: SparkSession, config: Config, name: str, dataset: DatasetConfig, *, as_of: dt.datetime
-) -> Decider:
-    """The consent + lineage + retention decider for one table (DESIGN.md "Effective consent").
-
-    A row is removed unless every source asset is granted for the dataset's use case and the
-    row is inside retention; rows without a path to an asset are removed (``no_lineage``).
-    """
-    from consentgate import lineage
-    from consentgate.consent import effective_consent
-    from consentgate.registry import lineage_dataset
-
-    records = lake.read_table(spark, config.table_path("consent_records"))
-    assets = lake.read_table(spark, config.table_path("assets"))
-    edges = lake.read_table(spark, config.table_path("lineage"))
-    use_cases = {dataset.use_case: config.use_cases[dataset.use_case]}
-
-    def decide(rows: DataFrame) -> DataFrame:
-        sources = lineage.source_assets(
-            lineage_dataset(name),
-            rows,
-            key=dataset.key,
-            asset_column=dataset.asset_column,
-            lineage=edges,
-        )
-        consent = effective_consent(
-            records,
-            assets,
-            use_cases=use_cases,
-            as_of=as_of,
-            extra_asset_ids=sources.select("asset_id").where(F.col("asset_id").isNotNull()),
-        )
-        decisions = lineage.row_decisions(
-            rows,
-            sources,
-            consent,
-            key=dataset.key,
-            use_case=dataset.use_case,
-            retention_days=dataset.retention_days,
-            derived_at_column=dataset.derived_at_column,
-            as_of=as_of,
-            dataset=name,
-        )
-        return decisions.where(~F.col("keep")).select("key", "reason")
-
-    return decide
-
-
 # --------------------------------------------------------------------------------------------
-# Planning one table
+# Locating rows to remove
 
 
 def _as_key(column: Column) -> Column:
@@ -237,65 +214,92 @@ def _as_key(column: Column) -> Column:
     return column.cast(StringType())
 
 
-def _located(rows: DataFrame, removals: DataFrame, key: str) -> DataFrame:
-    """``[key, _file, reason]`` of every row to remove (one reason per key).
+def key_digest(column: Column) -> Column:
+    """SHA-256 of a key as stored in the key table: ``"k:" + key``, or ``"n:"`` for null."""
+    text = F.when(column.isNull(), F.lit("n:")).otherwise(
+        F.concat(F.lit("k:"), column.cast("string"))
+    )
+    return F.sha2(text, 256)
 
-    The join is null-safe: a removed null key removes the null-key rows (fail closed) instead
-    of silently matching nothing.
+
+def _located(rows: DataFrame, removals: DataFrame, key: str, *, unique: bool = False) -> DataFrame:
+    """:data:`LOCATED_COLUMNS` of every row of ``rows`` (which carry ``_file``) to remove.
+
+    ``removals`` is a decider's output (the key, any name and type, then ``reason``); a key
+    listed twice keeps its smallest reason, unless the caller knows keys are ``unique``. The
+    join is null-safe: a removed null key removes the null-key rows (fail closed) instead of
+    silently matching nothing. Only removed rows' keys are hashed.
     """
     first = removals.columns[0]
-    one_reason = (
-        removals.select(_as_key(F.col(first)).alias("_purge_key"), F.col("reason"))
-        .groupBy("_purge_key")
-        .agg(F.min("reason").alias("reason"))
-    )
+    one_reason = removals.select(_as_key(F.col(first)).alias("_purge_key"), F.col("reason"))
+    if not unique:
+        one_reason = one_reason.groupBy("_purge_key").agg(F.min("reason").alias("reason"))
     picked = rows.select(key, "_file")
     joined = picked.join(one_reason, _as_key(picked[key]).eqNullSafe(one_reason["_purge_key"]))
-    return joined.select(key, "_file", "reason")
+    return joined.select(key_digest(F.col(key)).alias(KEY_SHA), "_file", "reason")
 
 
-def _without(source: DataFrame, located: DataFrame, key: str) -> DataFrame:
-    """``source`` minus the rows whose key is in ``located`` (null-safe anti join)."""
-    removed = located.select(_as_key(F.col(key)).alias("_purge_key")).distinct()
-    condition = _as_key(source[key]).eqNullSafe(removed["_purge_key"])
-    return source.join(removed, condition, "left_anti")
+def _located_hashed(rows: DataFrame, removals: DataFrame, key: str) -> DataFrame:
+    """Like :func:`_located`, but ``removals`` are already hashed (``key_sha256, reason``):
+    used for the few rows of files added since a decision, matched against earlier ones."""
+    one_reason = removals.groupBy(KEY_SHA).agg(F.min("reason").alias("reason"))
+    picked = rows.select(key_digest(F.col(key)).alias(KEY_SHA), "_file")
+    return picked.join(one_reason, KEY_SHA).select(*LOCATED_COLUMNS)
 
 
-def plan_table(
-    spark: SparkSession, name: str, path: Path, *, key: str, decide: Decider
-) -> tuple[DatasetPlan, DataFrame]:
-    """Plan the purge of one table at its latest version.
+def _hashed_removals(removals: DataFrame) -> DataFrame:
+    """A decider's output as ``key_sha256, reason``."""
+    first = removals.columns[0]
+    return removals.select(key_digest(F.col(first)).alias(KEY_SHA), F.col("reason"))
 
-    Returns:
-        The plan and a DataFrame ``[key, _file, reason]`` of the rows to remove, persisted so
-        that the rewrite does not decide again; the caller unpersists it.
 
-    Raises:
-        TableError: the table is missing, unreadable, or lacks the key column.
+def _without(source: DataFrame, located: DataFrame, key: str, *, small: bool) -> DataFrame:
+    """``source`` minus the rows whose key is in ``located`` (anti join on the key digest,
+    which is null-safe by construction: a null key hashes as ``"n:"``).
+
+    Only the rows of the affected files are hashed; the removed keys are broadcast when the
+    plan says they are few, so the rewrite shuffles nothing but the survivors' layout.
     """
-    table = lake.open_table(path)
-    version = int(table.version())
-    schema = lake.spark_schema(table)
-    if key not in schema.fieldNames():
-        raise TableError(f"dataset {name}: key column {key!r} is not in table {path}")
+    removed = located.select(KEY_SHA)  # duplicates are harmless to an anti join
+    if small:
+        removed = F.broadcast(removed)
+    hashed = source.withColumn("_purge_sha", key_digest(source[key]))
+    kept = hashed.join(removed, hashed["_purge_sha"] == removed[KEY_SHA], "left_anti")
+    return kept.drop("_purge_sha")
+
+
+def _summarise(
+    name: str,
+    path: Path,
+    table: DeltaTable,
+    located: DataFrame,
+    *,
+    counted: Sequence[tuple[str, str, int]] | None = None,
+) -> DatasetPlan:
+    """Count ``located`` per file and reason (only those counts reach the driver; or take
+    them from ``counted``, ``(file, reason, rows)`` already collected with other tables') and
+    check that every file it names is active in ``table``'s snapshot."""
     files = lake.active_files(table)
     paths = files.column("path").to_pylist()
     sizes = dict(zip(paths, files.column("size_bytes").to_pylist(), strict=True))
     counts = dict(zip(paths, files.column("num_records").to_pylist(), strict=True))
-    rows = lake.read_table(spark, path, version=version, with_file=True)
-    located = _located(rows, decide(rows.drop("_file")), key).persist()
     per_file: dict[str, int] = {}
     reasons: dict[str, int] = {}
-    for row in located.groupBy("_file", "reason").count().collect():
-        per_file[row["_file"]] = per_file.get(row["_file"], 0) + int(row["count"])
-        reasons[row["reason"]] = reasons.get(row["reason"], 0) + int(row["count"])
+    if counted is None:
+        counted = [
+            (row["_file"], row["reason"], int(row["count"]))
+            for row in located.groupBy("_file", "reason").count().collect()
+        ]
+    for file, reason, count in counted:
+        per_file[file] = per_file.get(file, 0) + count
+        reasons[reason] = reasons.get(reason, 0) + count
     unknown = sorted(set(per_file) - set(sizes))
     if unknown:
         raise TableError(f"dataset {name}: rows located in files not in the log: {unknown[:3]}")
-    plan = DatasetPlan(
+    return DatasetPlan(
         name=name,
         path=str(path),
-        version=version,
+        version=int(table.version()),
         rows_before=int(sum(int(c or 0) for c in counts.values())),
         files_total=len(paths),
         bytes_total=int(sum(int(s) for s in sizes.values())),
@@ -304,7 +308,442 @@ def plan_table(
             FilePlan(p, int(sizes[p]), int(counts[p] or 0), n) for p, n in sorted(per_file.items())
         ),
     )
-    return plan, located
+
+
+def _open_checked(name: str, path: Path, key: str, *, version: int | None = None) -> DeltaTable:
+    table = lake.open_table(path, version=version)
+    if key not in lake.spark_schema(table).fieldNames():
+        raise TableError(f"dataset {name}: key column {key!r} is not in table {path}")
+    return table
+
+
+def plan_table(
+    spark: SparkSession, name: str, path: Path, *, key: str, decide: Decider
+) -> tuple[DatasetPlan, DataFrame]:
+    """Plan the purge of one table at its latest version with an explicit decider.
+
+    Returns:
+        The plan and a DataFrame (:data:`LOCATED_COLUMNS`) of the rows to remove, persisted
+        so that the rewrite does not decide again; the caller unpersists it.
+
+    Raises:
+        TableError: the table is missing, unreadable, or lacks the key column.
+    """
+    table = _open_checked(name, path, key)
+    rows = lake.read_table(spark, path, version=int(table.version()), with_file=True)
+    located = _located(rows, decide(rows.drop("_file")), key).persist()
+    return _summarise(name, path, table, located), located
+
+
+# --------------------------------------------------------------------------------------------
+# Deciding once per run
+
+
+@dataclass
+class Decided:
+    """One table's removals, decided at one version and located in its files.
+
+    Attributes:
+        plan: Counts and affected files at ``plan.version``.
+        located: :data:`LOCATED_COLUMNS` of the rows to remove (persisted or a work table).
+        covered: The data files whose every row has been decided: the snapshot's files at
+            ``plan.version``, later minus files others removed and plus files we wrote. A
+            file outside this set (a concurrent append or compaction) is decided on its own.
+    """
+
+    plan: DatasetPlan
+    located: DataFrame
+    covered: frozenset[str]
+
+
+@dataclass
+class RunDecisions:
+    """A run's decisions: effective consent for every use case, evaluated once, and per table
+    the rows to remove, located in its files.
+
+    ``consent`` is what rows appended or rewritten by others during the run are decided with,
+    so a conflict re-locates rows but never re-evaluates consent. When loaded from a work
+    table its ``asset_id`` holds SHA-256 digests (``hashed_assets``): no raw id is ever at
+    rest under ``purge_runs/``.
+    """
+
+    as_of: dt.datetime
+    consent: DataFrame | None
+    hashed_assets: bool
+    tables: dict[str, Decided] = field(default_factory=dict)
+    _owned: list[DataFrame] = field(default_factory=list)
+
+    def release(self) -> None:
+        """Unpersist everything this run cached (executor memory; nothing on the driver)."""
+        for frame in self._owned:
+            frame.unpersist()
+        self._owned.clear()
+
+
+def _consent(
+    spark: SparkSession, config: Config, as_of: dt.datetime, use_cases: Sequence[str]
+) -> DataFrame:
+    """Effective consent of every asset for ``use_cases`` (those of the tables being
+    decided: all of them for a whole run), in one evaluation.
+
+    No ``extra_asset_ids``: :func:`lineage.row_decisions` already treats an asset missing from
+    the consent frame as ``asset_unknown``, so feeding it every derivative's asset ids (one
+    more scan of every table) would change no decision.
+    """
+    from consentgate.consent import effective_consent
+
+    records = lake.read_table(spark, config.table_path("consent_records"))
+    assets = lake.read_table(spark, config.table_path("assets"))
+    chosen = {u: config.use_cases[u] for u in sorted(set(use_cases))}
+    return effective_consent(records, assets, use_cases=chosen, as_of=as_of).select(
+        "asset_id", "use_case", "decision", "reason"
+    )
+
+
+def _closure(edges: DataFrame, seeds: Mapping[str, Sequence[DataFrame]]) -> DataFrame:
+    """Source assets of the keys of every lineage-traced table, in one lineage walk.
+
+    Each seed key ``k`` of lineage dataset ``d`` gets a synthetic edge from a root node
+    ``(ROOT, d + NUL + k)`` to ``(d, k)``; :func:`lineage.source_assets` then walks all of
+    them together, so stems, stem embeddings, shards and their snapshots share every hop's
+    Spark jobs (a walk through ``stems`` is not repeated per child dataset), and a key shared
+    by a dataset and its snapshots is traced once. The extra first hop is why ``max_hops`` is
+    one more than the default: fail-closed results (cycle, missing edge, hop bound, each with
+    the node where tracing broke) are exactly those of a walk started at ``(d, k)``.
+
+    Returns:
+        :data:`lineage.SOURCE_COLUMNS` with ``key`` = ``d + NUL + k``; persisted by the caller.
+    """
+    from consentgate import lineage
+
+    nodes: DataFrame | None = None
+    for dataset, frames in seeds.items():
+        for frame in frames:
+            part = frame.select(
+                F.lit(dataset).alias("parent_dataset"), F.col("key").alias("parent_key")
+            )
+            nodes = part if nodes is None else nodes.unionByName(part)
+    assert nodes is not None  # callers pass at least one seed
+    roots = (
+        nodes.where(F.col("parent_key").isNotNull())
+        .distinct()
+        .select(
+            F.lit(_ROOT).alias("child_dataset"),
+            F.concat("parent_dataset", F.lit(_SEP), "parent_key").alias("child_key"),
+            "parent_dataset",
+            "parent_key",
+        )
+    )
+    walk = edges.select(*lineage.LINEAGE_SCHEMA).unionByName(roots)
+    return lineage.source_assets(
+        _ROOT,
+        roots.select(F.col("child_key").alias("key")),
+        key="key",
+        asset_column=None,
+        lineage=walk,
+        max_hops=_MAX_HOPS + 1,
+    )
+
+
+def _closure_of(closure: DataFrame, dataset: str) -> DataFrame:
+    """One lineage dataset's rows of :func:`_closure`, with its own keys."""
+    prefix = dataset + _SEP
+    return closure.where(F.col("key").startswith(prefix)).select(
+        F.col("key").substr(len(prefix) + 1, 1 << 30).alias("key"),
+        "asset_id",
+        "lineage_problem",
+        "problem_dataset",
+        "problem_key",
+    )
+
+
+def _hash_assets(sources: DataFrame) -> DataFrame:
+    return sources.withColumn("asset_id", F.sha2(F.col("asset_id"), 256))
+
+
+def _decide_rows(
+    rows: DataFrame,
+    sources: DataFrame,
+    consent: DataFrame,
+    *,
+    name: str,
+    dataset: DatasetConfig,
+    as_of: dt.datetime,
+) -> DataFrame:
+    """The rows to remove among ``rows`` (which carry ``_file``), located: consent + lineage +
+    retention exactly as gate decides (:func:`lineage.row_decisions`)."""
+    from consentgate import lineage
+
+    decisions = lineage.row_decisions(
+        rows,
+        sources,
+        consent,
+        key=dataset.key,
+        use_case=dataset.use_case,
+        retention_days=dataset.retention_days,
+        derived_at_column=dataset.derived_at_column,
+        as_of=as_of,
+        dataset=name,
+    )
+    removed = decisions.where(~F.col("keep")).select("key", "reason")
+    return _located(rows, removed, dataset.key, unique=True)
+
+
+def _direct_sources(
+    name: str, dataset: DatasetConfig, rows: DataFrame, edges: DataFrame
+) -> DataFrame:
+    from consentgate import lineage
+    from consentgate.registry import lineage_dataset
+
+    return lineage.source_assets(
+        lineage_dataset(name),
+        rows,
+        key=dataset.key,
+        asset_column=dataset.asset_column,
+        lineage=edges,
+        max_hops=_MAX_HOPS,
+    )
+
+
+def decide_run(
+    spark: SparkSession,
+    config: Config,
+    *,
+    as_of: dt.datetime,
+    names: Sequence[str] | None = None,
+) -> RunDecisions:
+    """Decide, once for the whole run, which rows of which tables must go.
+
+    Effective consent is evaluated once for every configured use case; the lineage closure
+    once for every lineage-traced table (see :func:`_closure`); then per table one pass over
+    its decision columns (key, asset column, derived_at and Spark's file path: Parquet is
+    columnar, embeddings and blobs are never read) yields the rows to remove with their data
+    file. Each table is pinned at its current version before anything is read, so the
+    closure's keys and the decided rows are the same rows. Only per-file and per-reason
+    counts reach the driver; the located rows stay persisted on the executors.
+
+    Args:
+        spark: Session.
+        config: The lake.
+        as_of: Evaluation instant.
+        names: Tables to decide (default every target).
+
+    Raises:
+        TableError: a table is missing, unreadable, or lacks its key column.
+    """
+    from consentgate.registry import lineage_dataset
+
+    all_targets = targets(config)
+    chosen = list(names) if names is not None else list(all_targets)
+    if not chosen:  # every table has its own decider: consent is not needed (nor read)
+        return RunDecisions(as_of=as_of, consent=None, hashed_assets=False)
+    use_cases = [all_targets[n].use_case for n in chosen]
+    consent = _consent(spark, config, as_of, use_cases).persist()
+    run = RunDecisions(as_of=as_of, consent=consent, hashed_assets=False, _owned=[consent])
+    edges = lake.read_table(spark, config.table_path("lineage"))
+    pinned: dict[str, tuple[DeltaTable, DataFrame]] = {}
+    for name in chosen:
+        dataset = all_targets[name]
+        path = target_path(config, name, dataset)
+        table = _open_checked(name, path, dataset.key)
+        rows = lake.read_table(spark, path, version=int(table.version()), with_file=True)
+        pinned[name] = (table, rows)
+    seeds: dict[str, list[DataFrame]] = {}
+    for name in chosen:
+        dataset = all_targets[name]
+        if dataset.asset_column is None:
+            keys = pinned[name][1].select(_as_key(F.col(dataset.key)).alias("key"))
+            seeds.setdefault(lineage_dataset(name), []).append(keys)
+    closure: DataFrame | None = None
+    if seeds:
+        closure = _closure(edges, seeds).persist()
+        run._owned.append(closure)
+    # Every table's decision in one Spark job: one persisted frame tagged by table, one
+    # collect of the per-(table, file, reason) counts. Independent tables' stages then run
+    # side by side instead of one small job after another.
+    tagged: DataFrame | None = None
+    for i, name in enumerate(chosen):
+        dataset = all_targets[name]
+        table, rows = pinned[name]
+        if dataset.asset_column is None:
+            assert closure is not None
+            sources = _closure_of(closure, lineage_dataset(name))
+        else:
+            sources = _direct_sources(name, dataset, rows, edges)
+        located = _decide_rows(rows, sources, consent, name=name, dataset=dataset, as_of=as_of)
+        part = located.select(F.lit(i).alias("_table"), *LOCATED_COLUMNS)
+        tagged = part if tagged is None else tagged.unionByName(part)
+    assert tagged is not None
+    tagged = tagged.persist()
+    run._owned.append(tagged)
+    counted: dict[int, list[tuple[str, str, int]]] = {i: [] for i in range(len(chosen))}
+    for row in tagged.groupBy("_table", "_file", "reason").count().collect():
+        counted[int(row["_table"])].append((row["_file"], row["reason"], int(row["count"])))
+    for i, name in enumerate(chosen):
+        dataset = all_targets[name]
+        table = pinned[name][0]
+        located = tagged.where(F.col("_table") == F.lit(i)).select(*LOCATED_COLUMNS)
+        path = target_path(config, name, dataset)
+        plan = _summarise(name, path, table, located, counted=counted[i])
+        covered = frozenset(lake.active_files(table).column("path").to_pylist())
+        run.tables[name] = Decided(plan=plan, located=located, covered=covered)
+    return run
+
+
+def _relocate(
+    spark: SparkSession,
+    config: Config,
+    name: str,
+    dataset: DatasetConfig,
+    decided: Decided,
+    run: RunDecisions,
+) -> tuple[Decided, DataFrame | None]:
+    """Bring a decision up to the table's latest version without re-evaluating consent.
+
+    Files are immutable, so rows of files still active are where they were decided; only
+    files added since (a concurrent append, a compaction's output) are read, traced through
+    the current lineage table and decided with the run's consent, and matched against the
+    keys already removed (fail closed should a rewritten row reappear elsewhere).
+
+    Returns:
+        The decision at the latest version, and the newly persisted frame to release (or
+        None when nothing changed).
+    """
+    path = target_path(config, name, dataset)
+    table = _open_checked(name, path, dataset.key)
+    if int(table.version()) == decided.plan.version:
+        return decided, None
+    active = lake.active_files(table).column("path").to_pylist()
+    still = {f.path for f in decided.plan.files} & set(active)
+    located = decided.located.where(F.col("_file").isin(*sorted(still))) if still else None
+    added = sorted(set(active) - decided.covered)
+    if added:
+        assert run.consent is not None  # a run that decided this table evaluated consent
+        rows = _read_files(spark, table, path, added)
+        edges = lake.read_table(spark, config.table_path("lineage"))
+        sources = _direct_sources(name, dataset, rows, edges)
+        if run.hashed_assets:
+            sources = _hash_assets(sources)
+        fresh = _decide_rows(
+            rows, sources, run.consent, name=name, dataset=dataset, as_of=run.as_of
+        ).select(KEY_SHA, "reason")
+        earlier = decided.located.select(KEY_SHA, "reason")
+        new = _located_hashed(rows, fresh.unionByName(earlier), dataset.key)
+        located = new if located is None else located.unionByName(new)
+    if located is None:
+        located = decided.located.where(F.lit(False))
+    located = located.persist()
+    plan = _summarise(name, path, table, located)
+    return Decided(plan=plan, located=located, covered=frozenset(active)), located
+
+
+# --------------------------------------------------------------------------------------------
+# Work tables: a run's decisions shared with purge tasks in other processes
+
+
+def run_dir(config: Config, run_id: str) -> Path:
+    """Where a run's materialised decisions live (``state_dir/purge_runs/<run_id>``)."""
+    return config.state_dir / "purge_runs" / _safe(run_id)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "__" for c in name)
+
+
+def materialise(spark: SparkSession, config: Config, run: RunDecisions, run_id: str) -> Path:
+    """Write a run's decisions as small Delta work tables so that ``purge_dataset`` tasks in
+    other processes (Airflow's mapped tasks) read them instead of deciding again.
+
+    Only digests are written: removed keys as ``key_digest`` and consent's asset ids as
+    SHA-256, so nothing under ``purge_runs/`` can outlive an erasure as a raw id. The plan
+    (``plan.json``) is written last: a directory without it is an incomplete plan, ignored.
+    """
+    root = run_dir(config, run_id)
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    consent = run.consent
+    if consent is None:
+        raise ConsentgateError("materialise: the run decided no table")
+    if not run.hashed_assets:
+        consent = _hash_assets(consent)
+    lake.write_table(consent, root / "consent", commit_metadata={_META_RUN: run_id})
+    tables: dict[str, Any] = {}
+    for i, (name, decided) in enumerate(run.tables.items()):
+        sub = f"t{i:04d}"
+        lake.write_table(
+            decided.located.select(*LOCATED_COLUMNS).coalesce(1),
+            root / sub,
+            commit_metadata={_META_RUN: run_id, _META_DATASET: name},
+        )
+        tables[name] = {
+            "work_table": sub,
+            "plan": _plan_state(decided.plan),
+            "covered": sorted(decided.covered),
+        }
+    state = {"run_id": run_id, "as_of": iso(run.as_of), "tables": tables}
+    tmp = root / "plan.json.tmp"
+    tmp.write_text(json.dumps(state, sort_keys=True))
+    tmp.replace(root / _PLAN_FILE)
+    return root
+
+
+def _plan_state(plan: DatasetPlan) -> dict[str, Any]:
+    return {
+        "name": plan.name,
+        "path": plan.path,
+        "version": plan.version,
+        "rows_before": plan.rows_before,
+        "files_total": plan.files_total,
+        "bytes_total": plan.bytes_total,
+        "reasons": plan.reasons,
+        "files": [[f.path, f.size_bytes, f.rows, f.rows_removed] for f in plan.files],
+    }
+
+
+def _plan_from_state(state: Mapping[str, Any]) -> DatasetPlan:
+    return DatasetPlan(
+        name=str(state["name"]),
+        path=str(state["path"]),
+        version=int(state["version"]),
+        rows_before=int(state["rows_before"]),
+        files_total=int(state["files_total"]),
+        bytes_total=int(state["bytes_total"]),
+        reasons={str(k): int(v) for k, v in state["reasons"].items()},
+        files=tuple(FilePlan(str(p), int(s), int(r), int(n)) for p, s, r, n in state["files"]),
+    )
+
+
+def load_run(
+    spark: SparkSession, config: Config, run_id: str, *, as_of: dt.datetime | None = None
+) -> RunDecisions | None:
+    """A run's materialised decisions, or None if the run has no complete plan (or one made
+    for another ``as_of``, which must not be reused)."""
+    root = run_dir(config, run_id)
+    plan_file = root / _PLAN_FILE
+    if not plan_file.is_file():
+        return None
+    state = json.loads(plan_file.read_text())
+    instant = parse_instant(state["as_of"])
+    if as_of is not None and iso(as_of) != iso(instant):
+        return None
+    run = RunDecisions(
+        as_of=instant,
+        consent=lake.read_table(spark, root / "consent"),
+        hashed_assets=True,
+    )
+    for name, entry in state["tables"].items():
+        run.tables[name] = Decided(
+            plan=_plan_from_state(entry["plan"]),
+            located=lake.read_table(spark, root / entry["work_table"]),
+            covered=frozenset(entry["covered"]),
+        )
+    return run
+
+
+def discard_run(config: Config, run_id: str) -> None:
+    """Remove a run's work tables (call once every table of the run is purged)."""
+    shutil.rmtree(run_dir(config, run_id), ignore_errors=True)
 
 
 def plan_purge(
@@ -313,26 +752,48 @@ def plan_purge(
     *,
     as_of: dt.datetime | None = None,
     deciders: Mapping[str, Decider] | None = None,
+    run_id: str | None = None,
 ) -> PurgePlan:
-    """Plan the purge of every configured dataset and registered snapshot; writes nothing.
+    """Plan the purge of every configured dataset and registered snapshot.
+
+    Consent and lineage are decided once for all tables (:func:`decide_run`). With ``run_id``
+    the decisions are also materialised under :func:`run_dir` for the run's
+    ``purge_dataset`` tasks (which then neither evaluate consent nor walk lineage again);
+    without it nothing is written.
 
     Args:
         spark: Session.
         config: The lake.
         as_of: Evaluation instant (default now, UTC).
-        deciders: Override the consent decider per table name (tests and tools).
+        deciders: Override the consent decider per table name (tests and tools); such
+            tables are planned with their decider and not materialised (a decider is code,
+            which each task applies itself).
+        run_id: Materialise the decisions for this run.
     """
     instant = as_of or now_utc()
-    out: dict[str, DatasetPlan] = {}
-    for name, dataset in targets(config).items():
-        decide = (deciders or {}).get(name) or decider_for(
-            spark, config, name, dataset, as_of=instant
-        )
-        plan, located = plan_table(
-            spark, name, target_path(config, name, dataset), key=dataset.key, decide=decide
-        )
-        located.unpersist()
-        out[name] = plan
+    custom = dict(deciders or {})
+    names = list(targets(config))
+    run = decide_run(spark, config, as_of=instant, names=[n for n in names if n not in custom])
+    try:
+        out: dict[str, DatasetPlan] = {}
+        for name in names:
+            if name in custom:
+                dataset = targets(config)[name]
+                plan, located = plan_table(
+                    spark,
+                    name,
+                    target_path(config, name, dataset),
+                    key=dataset.key,
+                    decide=custom[name],
+                )
+                located.unpersist()
+                out[name] = plan
+            else:
+                out[name] = run.tables[name].plan
+        if run_id is not None:
+            materialise(spark, config, run, run_id)
+    finally:
+        run.release()
     return PurgePlan(as_of=instant, datasets=out)
 
 
@@ -343,8 +804,9 @@ def plan_purge(
 def _read_files(
     spark: SparkSession, table: DeltaTable, root: Path, rels: Sequence[str]
 ) -> DataFrame:
-    """Read only the given data files of a snapshot, with partition values re-attached and
-    ``_src`` (the physical file) kept so the survivors can be laid out file by file."""
+    """Read only the given data files of a snapshot, with partition values re-attached,
+    ``_src`` (the physical file) kept so the survivors can be laid out file by file, and
+    ``_file`` (its path relative to the table, as in the log) to locate rows in it."""
     schema = lake.spark_schema(table)
     parts = list(table.metadata().partition_columns)
     data_schema = StructType([f for f in schema.fields if f.name not in parts])
@@ -357,23 +819,26 @@ def _read_files(
             groups.setdefault(tuple(c[i] for c in columns), []).append(rel)
     frames: list[DataFrame] = []
     for values, group in groups.items():
-        frame = spark.read.schema(data_schema).parquet(*[str(root / r) for r in group])
+        frame = spark.read.schema(data_schema).parquet(*[str(root / unquote(r)) for r in group])
         extra: list[Column] = [
             F.lit(v).cast(schema[n].dataType).alias(n) for n, v in zip(parts, values, strict=True)
         ]
-        frames.append(frame.select("*", *extra, F.col("_metadata.file_path").alias("_src")))
+        src = F.col("_metadata.file_path")
+        frames.append(
+            frame.select("*", *extra, src.alias("_src"), _relative_file(src, root).alias("_file"))
+        )
     result = frames[0]
     for frame in frames[1:]:
         result = result.unionByName(frame)
-    return result.select(*schema.fieldNames(), "_src")
+    return result.select(*schema.fieldNames(), "_src", "_file")
 
 
-def key_digest(column: Column) -> Column:
-    """SHA-256 of a key as stored in the key table: ``"k:" + key``, or ``"n:"`` for null."""
-    text = F.when(column.isNull(), F.lit("n:")).otherwise(
-        F.concat(F.lit("k:"), column.cast("string"))
-    )
-    return F.sha2(text, 256)
+def _relative_file(file_uri: Column, root: Path) -> Column:
+    """Spark's ``_metadata.file_path`` (``file:/abs/path``, URL-encoded) as the root-relative,
+    decoded path the log's add actions carry (what ``lake.read_table(with_file=True)`` gives)."""
+    prefix = root.resolve().as_posix().rstrip("/") + "/"
+    bare = F.url_decode(F.regexp_replace(file_uri, r"^file:(//)?", ""))
+    return F.substring(bare, len(prefix) + 1, 1 << 20)
 
 
 def key_table_path(config: Config, name: str) -> Path:
@@ -388,12 +853,11 @@ def _record_keys(
     name: str,
     located: DataFrame,
     *,
-    key: str,
     attempt: str,
     run_id: str,
 ) -> None:
     frame = located.select(
-        key_digest(F.col(key)).alias("key_sha256"),
+        F.col(KEY_SHA).alias("key_sha256"),
         F.col("reason"),
         F.lit(attempt).alias("attempt"),
         F.lit(run_id).alias("run_id"),
@@ -450,13 +914,19 @@ def purge_table(
     name: str,
     dataset: DatasetConfig,
     *,
-    decide: Decider,
+    decide: Decider | None = None,
+    decided: Decided | None = None,
+    run: RunDecisions | None = None,
     as_of: dt.datetime,
     run_id: str,
     dry_run: bool = False,
     max_retries: int = 3,
 ) -> dict[str, Any]:
-    """Purge one table with a given decider (see the module docstring for the steps).
+    """Purge one table (see the module docstring for the steps).
+
+    Decisions come either from ``decide`` (an explicit decider, applied to the whole table
+    at every pass) or from ``decided`` (the run's decision for this table, made once) with
+    ``run`` (whose consent decides rows others add meanwhile); one of the two is required.
 
     Returns:
         ``rows_before, rows_deleted, rows_after, version_before, version_after, reasons{},
@@ -466,6 +936,44 @@ def purge_table(
     Raises:
         ConflictError: still conflicting after ``max_retries`` re-plans (names the table).
     """
+    if decide is None and (decided is None or run is None):
+        raise ConsentgateError(f"dataset {name}: purge_table needs a decider or a decision")
+    owned: list[DataFrame] = []
+    try:
+        return _purge_passes(
+            spark,
+            config,
+            name,
+            dataset,
+            decide=decide,
+            decided=decided,
+            run=run,
+            owned=owned,
+            as_of=as_of,
+            run_id=run_id,
+            dry_run=dry_run,
+            max_retries=max_retries,
+        )
+    finally:
+        for frame in owned:
+            frame.unpersist()
+
+
+def _purge_passes(
+    spark: SparkSession,
+    config: Config,
+    name: str,
+    dataset: DatasetConfig,
+    *,
+    decide: Decider | None,
+    decided: Decided | None,
+    run: RunDecisions | None,
+    owned: list[DataFrame],
+    as_of: dt.datetime,
+    run_id: str,
+    dry_run: bool,
+    max_retries: int,
+) -> dict[str, Any]:
     path = target_path(config, name, dataset)
     key = dataset.key
     reasons: dict[str, int] = {}
@@ -476,10 +984,16 @@ def purge_table(
     first: DatasetPlan | None = None
     passes = 0
     while True:
-        plan, located = plan_table(spark, name, path, key=key, decide=decide)
+        if decide is not None:
+            plan, located = plan_table(spark, name, path, key=key, decide=decide)
+            owned.append(located)
+        else:
+            assert decided is not None and run is not None
+            decided, fresh = _relocate(spark, config, name, dataset, decided, run)
+            if fresh is not None:
+                owned.append(fresh)
+            plan, located = decided.plan, decided.located
         first = first or plan
-        if dry_run or not plan.files:
-            located.unpersist()
         if dry_run:
             return {
                 **_result(plan, plan.rows_before - plan.rows_removed, plan.version),
@@ -495,17 +1009,14 @@ def purge_table(
             )
         passes += 1
         attempt = uuid.uuid4().hex
-        try:
-            table = lake.open_table(path, version=plan.version)
-            affected = [f.path for f in plan.files]
-            source = _read_files(spark, table, path, affected)
-            survivors = _without(source, located, key)
-            survivors = survivors.repartition(max(1, len(affected)), "_src").drop("_src")
-            parts = list(table.metadata().partition_columns)
-            written = lake.write_files(survivors, path, partition_by=parts)
-            _record_keys(spark, config, name, located, key=key, attempt=attempt, run_id=run_id)
-        finally:
-            located.unpersist()
+        table = lake.open_table(path, version=plan.version)
+        affected = [f.path for f in plan.files]
+        source = _read_files(spark, table, path, affected).drop("_file")
+        survivors = _without(source, located, key, small=plan.rows_removed <= _BROADCAST_ROWS)
+        survivors = survivors.repartition(max(1, len(affected)), "_src").drop("_src")
+        parts = list(table.metadata().partition_columns)
+        written = lake.write_files(survivors, path, partition_by=parts)
+        _record_keys(spark, config, name, located, attempt=attempt, run_id=run_id)
         attempts.append(attempt)
         metadata = {
             _META_OPERATION: OPERATION,
@@ -544,6 +1055,14 @@ def purge_table(
             )
             continue
         _crash_point("after_commit")
+        if decided is not None:
+            # Our commit replaced the affected files by survivors only: every row of the
+            # table at this version is decided, and none of the decided removals is left.
+            decided = Decided(
+                plan=dataclasses.replace(decided.plan, version=result.version, files=()),
+                located=decided.located.where(F.lit(False)),
+                covered=(decided.covered - set(affected)) | {f.path for f in written},
+            )
         commits.append(result.version)
         for reason, count in plan.reasons.items():
             reasons[reason] = reasons.get(reason, 0) + count
@@ -605,6 +1124,27 @@ def _result(plan: DatasetPlan, rows_after: int, version_after: int) -> dict[str,
 # Recovery: what a crashed run left behind
 
 
+def _audited_attempts(config: Config, name: str) -> set[str]:
+    """Attempts of table ``name`` that have a ``purge`` or ``recovery`` audit entry.
+
+    Read with delta-rs (two small columns of a log that grows with runs, not with data): a
+    Spark job per table and run would be pure overhead.
+    """
+    path = audit.audit_path(config)
+    if not lake.is_table(path):
+        return set()
+    log = lake.open_table(path).to_pyarrow_table(columns=["kind", "payload_json"])
+    known: set[str] = set()
+    for kind, text in zip(
+        log.column("kind").to_pylist(), log.column("payload_json").to_pylist(), strict=True
+    ):
+        if kind in ("purge", "recovery"):
+            payload = json.loads(text)
+            if payload.get("dataset") == name:
+                known.add(str(payload.get("attempt")))
+    return known
+
+
 def reconcile(spark: SparkSession, config: Config, name: str, path: Path) -> list[dict[str, Any]]:
     """Record in the audit log what crashed purges of this table did.
 
@@ -617,11 +1157,7 @@ def reconcile(spark: SparkSession, config: Config, name: str, path: Path) -> lis
     Returns:
         The recovery payloads written.
     """
-    known: set[str] = set()
-    for event in audit.events(spark, config):
-        payload = event["payload"]
-        if event["kind"] in ("purge", "recovery") and payload.get("dataset") == name:
-            known.add(str(payload.get("attempt")))
+    known = _audited_attempts(config, name)
     committed: dict[str, dict[str, Any]] = {}
     if lake.is_table(path):
         for entry in lake.history(path):
@@ -688,8 +1224,15 @@ def purge_dataset(
     dry_run: bool = False,
     max_retries: int = 3,
     decide: Decider | None = None,
+    run: RunDecisions | None = None,
 ) -> dict[str, Any]:
     """Purge one configured dataset or registered snapshot (the Airflow mapped task's body).
+
+    Where the decisions come from, cheapest first: ``run`` (the caller decided the whole run
+    in this process), the run's work tables (:func:`plan_purge` with this ``run_id`` and
+    ``as_of`` materialised them, possibly in another process), else this table is decided
+    here on its own. Either way consent is evaluated at most once, and conflicts re-locate
+    rows instead of deciding again.
 
     Args:
         spark: Session.
@@ -700,34 +1243,56 @@ def purge_dataset(
         dry_run: Plan only; write nothing (not even recovery entries).
         max_retries: Re-plans allowed after conflicting concurrent commits.
         decide: Override the consent decider (tests and tools).
+        run: This run's decisions, from :func:`decide_run`.
 
     Raises:
         ConsentgateError: unknown dataset name.
         ConflictError: the table kept conflicting with concurrent writers.
     """
     instant = as_of or now_utc()
-    run = run_id or new_run_id("purge", at=instant)
+    run_name = run_id or new_run_id("purge", at=instant)
     all_targets = targets(config)
     if name not in all_targets:
         raise ConsentgateError(f"dataset {name!r}: not configured and not a registered snapshot")
     dataset = all_targets[name]
-    decider = decide or decider_for(spark, config, name, dataset, as_of=instant)
-    if dry_run:
-        return purge_table(
-            spark, config, name, dataset, decide=decider, as_of=instant, run_id=run, dry_run=True
-        )
-    with _table_lock(config, name):
-        recovered = reconcile(spark, config, name, target_path(config, name, dataset))
-        result = purge_table(
-            spark,
-            config,
-            name,
-            dataset,
-            decide=decider,
-            as_of=instant,
-            run_id=run,
-            max_retries=max_retries,
-        )
+    own: RunDecisions | None = None
+    if decide is None:
+        if run is None or name not in run.tables:
+            run = load_run(spark, config, run_id, as_of=instant) if run_id else None
+        if run is None or name not in run.tables:
+            run = own = decide_run(spark, config, as_of=instant, names=[name])
+    try:
+        decided = None if decide is not None or run is None else run.tables[name]
+        if dry_run:
+            return purge_table(
+                spark,
+                config,
+                name,
+                dataset,
+                decide=decide,
+                decided=decided,
+                run=run,
+                as_of=instant,
+                run_id=run_name,
+                dry_run=True,
+            )
+        with _table_lock(config, name):
+            recovered = reconcile(spark, config, name, target_path(config, name, dataset))
+            result = purge_table(
+                spark,
+                config,
+                name,
+                dataset,
+                decide=decide,
+                decided=decided,
+                run=run,
+                as_of=instant,
+                run_id=run_name,
+                max_retries=max_retries,
+            )
+    finally:
+        if own is not None:
+            own.release()
     result["recovered"] = len(recovered)
     return result
 
@@ -745,6 +1310,9 @@ def run_purge(
 ) -> dict[str, Any]:
     """The whole nightly purge: every table, then erasure and its verification.
 
+    Consent and lineage are decided once for every table (:func:`decide_run`), in this
+    process, before any table is rewritten; each table is then purged from that decision.
+
     Returns:
         ``{"run_id", "as_of", "dry_run", "datasets": {name: {...}}, "erasure": {...}}`` as
         ``consentgate purge --json`` prints it.
@@ -752,21 +1320,30 @@ def run_purge(
     from consentgate import erasure
 
     instant = as_of or now_utc()
-    run = run_id or new_run_id(kind, at=instant)
+    run_name = run_id or new_run_id(kind, at=instant)
+    custom = dict(deciders or {})
+    names = list(targets(config))
+    decisions = decide_run(
+        spark, config, as_of=instant, names=[n for n in names if n not in custom]
+    )
     datasets: dict[str, Any] = {}
-    for name in targets(config):
-        datasets[name] = purge_dataset(
-            spark,
-            config,
-            name,
-            as_of=instant,
-            run_id=run,
-            dry_run=dry_run,
-            decide=(deciders or {}).get(name),
-        )
+    try:
+        for name in names:
+            datasets[name] = purge_dataset(
+                spark,
+                config,
+                name,
+                as_of=instant,
+                run_id=run_name,
+                dry_run=dry_run,
+                decide=custom.get(name),
+                run=decisions,
+            )
+    finally:
+        decisions.release()
     erased: dict[str, Any] = {}
     if erase and not dry_run:
-        erased = erasure.erase_and_verify(spark, config, run_id=run, datasets=list(datasets))
+        erased = erasure.erase_and_verify(spark, config, run_id=run_name, datasets=list(datasets))
     summary = {
         name: {
             k: result[k]
@@ -780,7 +1357,7 @@ def run_purge(
             spark,
             config,
             kind=kind,
-            run_id=run,
+            run_id=run_name,
             payload={
                 "as_of": iso(instant),
                 "datasets": summary,
@@ -788,7 +1365,7 @@ def run_purge(
             },
         )
     return {
-        "run_id": run,
+        "run_id": run_name,
         "as_of": iso(instant),
         "dry_run": dry_run,
         "datasets": datasets,

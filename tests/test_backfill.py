@@ -1,0 +1,231 @@
+"""Backfill after a policy change, on a small demo lake, against an independent computation.
+
+The lake is first gated (three models: generative training, recommendation, moderation) and
+purged to compliance under the demo policy. Then the config changes the way an operator
+would: recommendation no longer accepts the 2025-01 terms, and generative training newly
+blocks BR (on this seed, some but not all of the surviving stems, and every shard, come from
+BR assets). ``run_backfill`` must then remove exactly the rows that no longer comply (the
+pure-Python model in ``tests/consent_model.py`` and ``tests/test_erasure._expected_keys``
+decide independently), leave every other row bit for bit, write nothing at all on a dry run,
+and list in ``impact`` exactly the gate runs whose allowlists hold assets that lost consent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from chispa import assert_df_equality
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from consentgate import audit, lake, purge
+from consentgate.config import Config, load_config
+from tests import consent_model
+from tests.test_erasure import _expected_keys, _utc
+
+#: Models gated before the policy change, by use case.
+MODELS = {"generative_training": "gen-1", "recommendation": "rec-1", "moderation": "mod-1"}
+
+
+def _change_policy(conf_path: Path) -> Config:
+    """Edit the conf file as an operator would, and load it (validated)."""
+    conf = yaml.safe_load(conf_path.read_text())
+    conf["use_cases"]["recommendation"]["accepted_policy_versions"] = ["2026-03"]
+    conf["use_cases"]["generative_training"]["jurisdictions"] = {"deny": ["EU", "BR"]}
+    conf_path.write_text(yaml.safe_dump(conf, sort_keys=False))
+    return load_config(conf_path)
+
+
+@pytest.fixture(scope="module")
+def compliant_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo lake with three gate runs, purged to compliance under the demo policy."""
+    from consentgate.demo import DEMO_NOW, init_demo
+    from consentgate.gate import run_gate
+
+    root = tmp_path_factory.mktemp("backfill") / "lake"
+    summary = init_demo(spark, root, assets=80, seed=11)
+    conf = yaml.safe_load(summary.conf_path.read_text())
+    conf["erasure"] = {"window_hours": 0}
+    summary.conf_path.write_text(yaml.safe_dump(conf, sort_keys=False))
+    config = load_config(summary.conf_path)
+    for use_case, model in MODELS.items():
+        run_gate(spark, config, use_case=use_case, model_version=model, as_of=DEMO_NOW)
+    purge.run_purge(spark, config, as_of=DEMO_NOW)
+    return root
+
+
+@pytest.fixture
+def lake_copy(compliant_lake: Path, tmp_path: Path) -> Iterator[Path]:
+    """A private copy of the compliant lake (every path in it is relative to the lake)."""
+    copy = tmp_path / "lake"
+    shutil.copytree(compliant_lake, copy)
+    yield copy
+
+
+def _granted(
+    spark: SparkSession, config: Config, use_case: str, as_of: dt.datetime
+) -> dict[str, str]:
+    """Independent decision per asset for ``use_case``: asset id -> reason (``granted`` too)."""
+    records = [
+        consent_model.Record(
+            **{
+                **r.asDict(),
+                "captured_at": _utc(r["captured_at"]),
+                "revoked_at": _utc(r["revoked_at"]),
+            }
+        )
+        for r in lake.read_table(spark, config.table_path("consent_records"))
+        .select(
+            "id",
+            "user_id",
+            "asset_id",
+            "use_case",
+            "consent_status",
+            "policy_version",
+            "jurisdiction",
+            "captured_at",
+            "revoked_at",
+        )
+        .collect()
+    ]
+    assets = [
+        consent_model.Asset(
+            r["asset_id"],
+            r["owner_user_id"],
+            r["jurisdiction"],
+            _utc(r["created_at"]),
+            _utc(r["deleted_at"]),
+        )
+        for r in lake.read_table(spark, config.table_path("assets")).collect()
+    ]
+    decisions = consent_model.effective_consent(
+        records, assets, use_cases={use_case: config.use_cases[use_case]}, as_of=as_of
+    )
+    return {d.asset_id: d.reason for d in decisions if d.use_case == use_case}
+
+
+def _tables(config: Config) -> dict[str, Path]:
+    return {n: purge.target_path(config, n, d) for n, d in purge.targets(config).items()}
+
+
+def _files(root: Path) -> dict[str, int]:
+    """Every file under the lake with its size: any write anywhere shows up here."""
+    return {
+        p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()
+    }
+
+
+def _expected(
+    spark: SparkSession, config: Config, as_of: dt.datetime
+) -> tuple[dict[str, DataFrame], dict[str, set[str | None]]]:
+    tables = _tables(config)
+    before = {n: lake.read_table(spark, p).localCheckpoint() for n, p in tables.items()}
+    keep = {n: _expected_keys(spark, config, n, before[n], as_of=as_of) for n in tables}
+    return before, keep
+
+
+def _expected_impact(
+    spark: SparkSession, old: Config, new: Config, as_of: dt.datetime
+) -> dict[str, dict[str, int]]:
+    """Per model: the assets granted when gated (the allowlist) that are not granted now,
+    counted by their reason under the new policy."""
+    out: dict[str, dict[str, int]] = {}
+    for use_case, model in MODELS.items():
+        then = _granted(spark, old, use_case, as_of)
+        now = _granted(spark, new, use_case, as_of)
+        lost: dict[str, int] = {}
+        for asset, reason in then.items():
+            if reason == "granted" and now.get(asset, "asset_unknown") != "granted":
+                key = now.get(asset, "asset_unknown")
+                lost[key] = lost.get(key, 0) + 1
+        if lost:
+            out[model] = lost
+    return out
+
+
+def test_dry_run_backfill_writes_nothing_and_reports_the_change(
+    spark: SparkSession, lake_copy: Path
+) -> None:
+    from consentgate.demo import DEMO_NOW
+
+    conf_path = lake_copy / "consentgate.yaml"
+    old = load_config(conf_path)
+    config = _change_policy(conf_path)
+    before, keep = _expected(spark, config, DEMO_NOW)
+    on_disk = _files(lake_copy)
+    versions = {n: lake.table_version(p) for n, p in _tables(config).items()}
+    entries = audit.verify_chain(spark, config)["entries"]
+
+    result = purge.run_backfill(spark, config, as_of=DEMO_NOW, dry_run=True)
+
+    assert result["dry_run"] is True
+    assert _files(lake_copy) == on_disk  # no data file, log entry, work table or audit entry
+    assert {n: lake.table_version(p) for n, p in _tables(config).items()} == versions
+    assert audit.verify_chain(spark, config)["entries"] == entries
+    for name, frame in before.items():
+        assert result["datasets"][name]["rows_deleted"] == frame.count() - len(keep[name]), name
+    assert sum(r["rows_deleted"] for r in result["datasets"].values()) > 0
+    impact = {r["model_version"]: r["reasons"] for r in result["impact"]["runs"]}
+    assert impact == _expected_impact(spark, old, config, DEMO_NOW)
+
+
+def test_backfill_purges_exactly_what_no_longer_complies(
+    spark: SparkSession, lake_copy: Path
+) -> None:
+    from consentgate.demo import DEMO_NOW
+
+    conf_path = lake_copy / "consentgate.yaml"
+    old = load_config(conf_path)
+    config = _change_policy(conf_path)
+    before, keep = _expected(spark, config, DEMO_NOW)
+    expected_impact = _expected_impact(spark, old, config, DEMO_NOW)
+    # Both changes matter on this lake (else the test would prove little).
+    assert {"gen-1", "rec-1"} <= set(expected_impact), expected_impact
+    assert "mod-1" not in expected_impact  # moderation's policy did not change
+    assert "jurisdiction_blocked" in expected_impact["gen-1"]
+    assert "policy_version_not_accepted" in expected_impact["rec-1"]
+    assert 0 < len(keep["stems"]) < before["stems"].count()  # the block hits some stems only
+
+    result = purge.run_backfill(spark, config, as_of=DEMO_NOW)
+
+    reasons: dict[str, set[str]] = {}
+    for name, path in _tables(config).items():
+        dataset = purge.targets(config)[name]
+        wanted = spark.createDataFrame([(k,) for k in keep[name]], "_k string")
+        survivors = before[name].join(
+            wanted, F.col(dataset.key).cast("string") == F.col("_k"), "left_semi"
+        )
+        assert_df_equality(
+            lake.read_table(spark, path),
+            survivors,
+            ignore_row_order=True,
+            ignore_nullable=True,
+            allow_nan_equality=True,
+        )
+        stats: dict[str, Any] = result["datasets"][name]
+        assert stats["rows_deleted"] == before[name].count() - len(keep[name]), name
+        reasons[name] = set(stats["reasons"])
+    # The compliant lake lost rows for exactly the two new reasons.
+    assert set().union(*reasons.values()) == {"policy_version_not_accepted", "jurisdiction_blocked"}
+    assert "policy_version_not_accepted" in reasons["track_embeddings"]
+    assert "jurisdiction_blocked" in reasons["stems"]
+    assert not reasons["segment_spectrograms"]  # moderation: untouched
+    impact = {r["model_version"]: r["reasons"] for r in result["impact"]["runs"]}
+    assert impact == expected_impact
+    assert result["erasure"]["ok"]
+    kinds = [e["kind"] for e in audit.events(spark, config)]
+    assert kinds[-1] == "backfill"
+    assert audit.verify_chain(spark, config)["ok"]
+    assert not purge.run_dir(config, result["run_id"]).exists()
+
+    # Idempotent: the same backfill again commits nothing.
+    versions = {n: lake.table_version(p) for n, p in _tables(config).items()}
+    again = purge.run_backfill(spark, config, as_of=DEMO_NOW)
+    assert all(r["rows_deleted"] == 0 for r in again["datasets"].values())
+    assert {n: lake.table_version(p) for n, p in _tables(config).items()} == versions
