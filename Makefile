@@ -3,14 +3,29 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+# Delta's JVM jars (jvm/pom.xml), fetched once by Maven; consentgate.spark passes them as spark.jars.
+JARS := .jars
+JARS_STAMP := $(JARS)/.fetched-$(shell cat jvm/pom.xml | cksum | cut -d' ' -f1)
 
-.PHONY: venv all test lint typecheck demo airflow bench bench-smoke lock clean java
+.PHONY: venv jars all test lint typecheck demo airflow bench bench-smoke lock clean java mvn
 
 all: test
 
 java:
 	@command -v java >/dev/null 2>&1 || { echo "error: Java 17 is required by Spark but 'java' is not on PATH (install openjdk-17-jre-headless)" >&2; exit 2; }
 	@java -version 2>&1 | head -1 | grep -Eq '"(1[7-9]|2[0-9])' || { echo "error: Java 17+ is required by Spark; found: $$(java -version 2>&1 | head -1)" >&2; exit 2; }
+
+mvn:
+	@command -v mvn >/dev/null 2>&1 || { echo "error: Maven ('mvn') is required to fetch Delta's jars (jvm/pom.xml) but is not on PATH (install maven)" >&2; exit 2; }
+
+$(JARS_STAMP): jvm/pom.xml
+	@$(MAKE) --no-print-directory mvn
+	rm -rf $(JARS) && mkdir -p $(JARS)
+	mvn -q -B -f jvm/pom.xml dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/$(JARS)
+	@ls $(JARS)/delta-spark_*.jar >/dev/null 2>&1 || { echo "error: mvn fetched no delta-spark jar into $(JARS)" >&2; exit 2; }
+	touch $@
+
+jars: $(JARS_STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) is required" >&2; exit 2; }
@@ -30,22 +45,22 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-test: java $(STAMP) lint typecheck
+test: java $(JARS_STAMP) $(STAMP) lint typecheck
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-demo: java $(STAMP)
+demo: java $(JARS_STAMP) $(STAMP)
 	$(VENV)/bin/consentgate demo
 
-airflow: java $(STAMP)
+airflow: java $(JARS_STAMP) $(STAMP)
 	@test -f lake/consentgate.yaml || $(VENV)/bin/consentgate init-demo --lake lake
 	CONSENTGATE_CONF=$(CURDIR)/lake/consentgate.yaml \
 	AIRFLOW_HOME=$(CURDIR)/.airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	  AIRFLOW__API__HOST=127.0.0.1 $(VENV)/bin/airflow standalone
 
-bench: java $(STAMP)
+bench: java $(JARS_STAMP) $(STAMP)
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-bench-smoke: java $(STAMP)
+bench-smoke: java $(JARS_STAMP) $(STAMP)
 	$(PY) bench/run.py --smoke
 
 # Re-resolve requirements.in into requirements.lock (needs the registries).
@@ -55,4 +70,4 @@ lock:
 	/tmp/consentgate-lock/bin/pip freeze --exclude-editable > requirements.lock
 
 clean:
-	rm -rf $(VENV) .airflow lake .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(JARS) .airflow lake .pytest_cache .mypy_cache .ruff_cache
