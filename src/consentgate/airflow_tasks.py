@@ -36,6 +36,9 @@ spark-submit mode, what ships where:
   under the temp directory (or ``CONSENTGATE_PYFILES_DIR``), named by its content hash so a
   code change always ships a new zip.
 * the application is ``jobs/<step>.py`` from the repository (or ``CONSENTGATE_JOBS_DIR``).
+* ``jars``: Delta's jars from ``make jars`` (``consentgate.spark.delta_jars``), with the Delta
+  SQL extension and catalog in ``conf``: spark-submit puts them on the driver's class path and
+  ships them to the executors.
 * the step's JSON arguments go in a file (``--args-file``) and its JSON result comes back
   through a result file (``--result``), both under ``CONSENTGATE_RESULT_DIR`` or the temp
   directory, because ``SparkSubmitOperator`` returns nothing and arguments can be large. The driver must therefore run
@@ -613,10 +616,13 @@ def submit_step(step: str, config: Config, args: Mapping[str, Any], context: Any
     script = jobs_dir() / f"{step}.py"
     if not script.is_file():
         raise ConfigError(f"{JOBS_DIR_ENV}: {script} does not exist")
+    from consentgate.spark import DELTA_CONF, delta_jars
+
     python = sys.executable
     spark_conf = {
         "spark.pyspark.python": python,
         "spark.pyspark.driver.python": python,
+        **DELTA_CONF,
         **config.spark.conf,
     }
     result_root = os.environ.get(RESULT_DIR_ENV) or None
@@ -633,6 +639,9 @@ def submit_step(step: str, config: Config, args: Mapping[str, Any], context: Any
         task_id=f"{task_id}__spark_submit",
         application=str(script),
         py_files=str(package_zip()),
+        # Delta's jars from `make jars`, shipped with the job (driver and executors): no
+        # run-time package resolution on the cluster.
+        jars=",".join(str(j) for j in delta_jars()),
         conn_id=config.airflow.spark_conn_id,
         conf=spark_conf,
         application_args=[

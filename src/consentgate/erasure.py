@@ -1,28 +1,41 @@
 """Physical erasure after a purge, and the proof that it happened.
 
-A purge removes rows *logically*: the old files are tombstoned in the Delta log and stay on disk
-so that readers of older versions (and time travel) keep working for ``erasure.window_hours``.
-After the window the files must leave the disk. Per table this module:
+A purge removes rows *logically*: no Delta reader sees them in the new version, but their
+bytes stay on disk — in the old data files (copy-on-write), in the still-active files behind a
+deletion vector, in ``_change_data/`` files when change data feed is on, and in the Delta log
+(file statistics, partition values) — so that time travel keeps working for
+``erasure.window_hours``. After the window everything must go. Per table this module, all
+through delta-spark:
 
-1. **Vacuums** with delta-rs in *full* mode with ``retention_hours = window``: tombstoned files
-   whose removal is older than the window, and files the log does not know (orphans left by a
-   crashed or refused purge, Spark's ``.crc`` side files) whose modification time is older
-   than the window. A dry run first lists what would go, so the receipt can say how many bytes
-   left; when nothing present on disk would go, no vacuum is committed (idempotent).
-2. **Verifies** by reading every Parquet file *physically present* under the table directory
-   (outside ``_delta_log``) with Spark over the directory listing, not via the log, hashing the
-   key column the way :func:`consentgate.purge.key_digest` does, and joining with the hashed
-   removed keys of every committed purge attempt older than the window. Any match is a failure
-   naming the file (never the key). Attempts still inside the window are reported as pending.
-3. **Receipts**: one ``erasure`` audit entry per table (files and bytes removed, orphans,
-   files scanned, keys checked, result).
+1. **REORG TABLE ... APPLY (PURGE)** when the table has deletion vectors and a committed purge
+   is older than the window: files carrying deletion vectors are rewritten without the hidden
+   rows (idempotent: no commit when no file has a vector).
+2. **VACUUM** (full) with ``retention = window``: tombstoned files, ``_change_data/`` files and
+   unreferenced files (orphans of a killed writer) older than the window leave the disk. When
+   every file on disk is active, VACUUM is not run at all (nothing to delete, no commit).
+3. **Verifies**: every Parquet file physically present under the table (data files and
+   ``_change_data/``; by the key's *physical* column name, so column mapping is honoured) and
+   every file under ``_delta_log/`` (JSON commits, checkpoints, ``.crc``: partition values,
+   statistics and operation parameters) and every ``name=value`` directory name are hashed the
+   way :func:`consentgate.purge.key_digest` hashes keys and joined — in Spark, never collected —
+   with the hashed removed keys of every committed purge attempt older than the window. Any
+   match fails the receipt, naming the file (never the key). Attempts still inside the window
+   are reported as pending.
+4. **Log cleanup, when the log still holds a removed key** (statistics or partition values of a
+   table consentgate did not create): ``delta.deletedFileRetentionDuration`` is set to the
+   window (so the checkpoint does not carry the erased files' tombstones forward), a
+   checkpoint is written and every log file before it is deleted with delta-spark's own cleanup (time travel to earlier versions ends: decision, the
+   erasure window is the contract and such a log would otherwise keep the ids forever); then
+   step 3 again. Tables consentgate creates keep no per-column statistics, so their logs (and
+   the time travel that manifest verification relies on) are left alone.
+5. **Receipts**: one ``erasure`` audit entry per table.
 
-With ``window_hours: 0`` the purge and the erasure happen in one run.
+With ``window_hours: 0`` the purge and the erasure happen in one run; delta-spark's log cleanup
+works at minute granularity, so log files written in the current minute survive until the next
+run (and are reported by the check, never silently passed).
 
-Known limits (documented in the README): on a shared filesystem, a window of 0 also deletes a
-concurrent writer's files that are written but not yet committed; the Delta log's own add
-actions keep min/max statistics of the key and asset columns, so a removed id can survive in a
-log JSON or checkpoint's *stats* until the log is cleaned (``delta.logRetentionDuration``).
+Known limit: the check looks for the removed rows' *keys*; an asset id that is a partition
+value of a table keyed otherwise is removed with the log cleanup, but not checked by digest.
 """
 
 from __future__ import annotations
@@ -33,9 +46,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
-from deltalake.transaction import CommitProperties
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructField, StructType
 
@@ -55,19 +68,26 @@ _LOG_DIR = "_delta_log"
 
 
 def physical_parquet_files(root: Path) -> list[str]:
-    """Every ``*.parquet`` file under a table directory, outside the Delta log, relative."""
+    """Every ``*.parquet`` file under a table directory outside the Delta log (data files and
+    ``_change_data/``), relative to the table."""
+    return [rel for rel in _physical_files(root) if rel.endswith(".parquet")]
+
+
+def _physical_files(root: Path) -> list[str]:
+    """Every file under a table directory outside ``_delta_log``, relative, sorted."""
     out: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = Path(dirpath).relative_to(root)
-        if rel_dir.parts and rel_dir.parts[0] == _LOG_DIR:
-            dirnames[:] = []
-            continue
         if not rel_dir.parts:
             dirnames[:] = [d for d in dirnames if d != _LOG_DIR]
-        for filename in filenames:
-            if filename.endswith(".parquet"):
-                out.append((rel_dir / filename).as_posix())
+        out.extend((rel_dir / filename).as_posix() for filename in filenames)
     return sorted(out)
+
+
+def _log_files(root: Path) -> list[Path]:
+    """Every file under ``_delta_log`` (commits, checkpoints, ``.crc``, sidecars)."""
+    log = root / _LOG_DIR
+    return sorted(p for p in log.rglob("*") if p.is_file()) if log.is_dir() else []
 
 
 def _erasable_attempts(path: Path, *, cutoff: dt.datetime) -> tuple[list[str], list[str]]:
@@ -82,36 +102,124 @@ def _erasable_attempts(path: Path, *, cutoff: dt.datetime) -> tuple[list[str], l
     return old, pending
 
 
-def _vacuum(path: Path, *, window_hours: int, run_id: str) -> dict[str, Any]:
+def _vacuum(
+    spark: SparkSession, path: Path, *, window_hours: int, run_id: str, reorg: bool
+) -> dict[str, Any]:
+    """Steps 2-3 of the module docstring; returns what left the disk."""
+    meta = {"consentgate.operation": "consentgate.erasure", "consentgate.run": run_id}
     table = lake.open_table(path)
-    common: dict[str, Any] = {"retention_hours": window_hours, "enforce_retention_duration": False}
-    tombstoned = set(table.vacuum(dry_run=True, **common))
-    candidates = table.vacuum(dry_run=True, full=True, **common)
-    present: dict[str, int] = {}
-    for rel in candidates:
-        full = Path(rel) if rel.startswith("/") else path / rel
-        if full.exists():
-            present[rel] = full.stat().st_size
-    if not present:
-        return {
-            "files_removed": 0,
-            "bytes_removed": 0,
-            "tombstoned_removed": 0,
-            "orphans_removed": 0,
-        }
-    deleted = table.vacuum(
-        dry_run=False,
-        full=True,
-        commit_properties=CommitProperties(custom_metadata={"consentgate.run": run_id}),
-        **common,
-    )
-    gone = [rel for rel in deleted if rel in present]
+    before = {rel: (path / rel).stat().st_size for rel in _physical_files(path)}
+    reorged = 0
+    if reorg and "deletionVectors" in (table.protocol().reader_features or ()):
+        result = lake.run_sql(
+            spark, "REORG TABLE {table} APPLY (PURGE)", path, commit_metadata=meta
+        )
+        reorged = result.metric("numRemovedFiles") if result is not None else 0
+    vacuumed = lake.vacuum(spark, path, retention_hours=window_hours)
+    _remove_empty_directories(path)
+    after = set(_physical_files(path))
+    gone = [rel for rel in before if rel not in after and not rel.endswith(".crc")]
     return {
         "files_removed": len(gone),
-        "bytes_removed": int(sum(present[rel] for rel in gone)),
-        "tombstoned_removed": sum(1 for rel in gone if rel in tombstoned),
-        "orphans_removed": sum(1 for rel in gone if rel not in tombstoned),
+        "bytes_removed": int(sum(before[rel] for rel in gone)),
+        "files_reorganised": reorged,
+        "tombstoned_removed": len(vacuumed.tombstoned),
+        "orphans_removed": len(vacuumed.orphans),
     }
+
+
+def _clean_log(spark: SparkSession, path: Path, *, window_hours: int, run_id: str) -> None:
+    """Step 4: tombstones expire with the window, a checkpoint, every log file before it
+    deleted (delta-spark's cleanup).
+
+    A checkpoint keeps the ``remove`` tombstones (path, partition values) of the last
+    ``delta.deletedFileRetentionDuration`` (7 days by default): set to the window, the
+    tombstones of erased files leave with the old log instead of being copied forward.
+    """
+    lake.set_properties(
+        spark,
+        path,
+        {"delta.deletedFileRetentionDuration": f"interval {window_hours} hours"},
+        commit_metadata={"consentgate.operation": "consentgate.erasure", "consentgate.run": run_id},
+    )
+    lake.checkpoint_and_clean_log(spark, path)
+
+
+def _remove_empty_directories(root: Path) -> None:
+    """VACUUM deletes files, not always the partition directories they leave empty, whose
+    names (``asset_id=<id>``) can hold a purged id: empty directories hold nothing else."""
+    for dirpath, _dirnames, _filenames in os.walk(root, topdown=False):
+        here = Path(dirpath)
+        rel = here.relative_to(root)
+        if not rel.parts or rel.parts[0] == _LOG_DIR:
+            continue
+        if not any(here.iterdir()):
+            here.rmdir()
+
+
+#: The parts of a log action that can hold a row's values: partition values, per-column
+#: statistics, and operation parameters (another writer's ``DELETE`` predicate, say).
+_VALUE_SECTIONS = r'"(?:partitionValues|minValues|maxValues|operationParameters)":(\{[^}]*\})'
+
+
+def _hashed_tokens(frame: DataFrame, column: str) -> DataFrame:
+    """What a log file could leak of a key, hashed as keys are, one row per token with
+    ``file``: every quoted string ('single' or "double"), and every number, inside the
+    sections of :data:`_VALUE_SECTIONS`. Elsewhere (sizes, counts, metrics, timestamps) there
+    are no row values, and matching there would only give false alarms on numeric keys."""
+    text = F.regexp_replace(F.col(column), r"\\\"", '"')
+    sections = F.concat_ws(" ", F.regexp_extract_all(text, F.lit(_VALUE_SECTIONS), 1))
+    doubled = F.regexp_extract_all(sections, F.lit(r'"([^"]*)"'), 1)
+    single = F.regexp_extract_all(sections, F.lit(r"'([^']*)'"), 1)
+    numbers = F.regexp_extract_all(sections, F.lit(r"[:,\[]\s*(-?[0-9]+)"), 1)
+    token = F.explode(F.array_union(F.array_union(doubled, single), numbers)).alias("token")
+    exploded = frame.select("file", token)
+    return exploded.select("file", key_digest(F.col("token")).alias("key_sha256"))
+
+
+def _log_scan(spark: SparkSession, path: Path) -> DataFrame | None:
+    """``file, key_sha256`` of every token in the log's files and the directory names."""
+    files = _log_files(path)
+    parts: list[DataFrame] = []
+    texts = [str(p) for p in files if not p.name.endswith(".parquet")]
+    if texts:
+        raw = spark.read.text(texts).select(
+            F.col("_metadata.file_path").alias("file"), F.col("value")
+        )
+        parts.append(_hashed_tokens(raw, "value"))
+    checkpoints = [str(p) for p in files if p.name.endswith(".parquet")]
+    if checkpoints:
+        raw = spark.read.parquet(*checkpoints)
+        parts.append(
+            _hashed_tokens(
+                raw.select(
+                    F.col("_metadata.file_path").alias("file"),
+                    F.to_json(F.struct(*[F.col(f"`{c}`") for c in raw.columns])).alias("value"),
+                ),
+                "value",
+            )
+        )
+    directories = sorted(
+        {
+            (rel_dir, part.split("=", 1)[1])
+            for rel in _physical_files(path)
+            for rel_dir in [rel.rsplit("/", 1)[0]]
+            if "/" in rel
+            for part in rel_dir.split("/")
+            if "=" in part
+        }
+    )
+    if directories:
+        raw = spark.createDataFrame(
+            [(str(path / d), unquote(v)) for d, v in directories], "file string, value string"
+        )
+        parts.append(raw.select("file", key_digest(F.col("value")).alias("key_sha256")))
+    if not parts:
+        return None
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.unionByName(part)
+    return out
 
 
 def verify_erased(
@@ -123,28 +231,35 @@ def verify_erased(
     key: str,
     attempts: Sequence[str],
 ) -> dict[str, Any]:
-    """Prove that no Parquet file on disk under ``path`` holds a key removed by ``attempts``.
+    """Prove that nothing under ``path`` holds a key removed by ``attempts``: no Parquet file
+    on disk (data and ``_change_data/``), no file of the Delta log, no directory name.
 
     Returns:
-        ``files_scanned, rows_scanned, keys_checked, files_with_removed_keys[]``.
+        ``files_scanned, rows_scanned, log_files_scanned, keys_checked,
+        files_with_removed_keys[]`` (paths relative to the table; never a key).
 
     Raises:
-        TableError: the key is a partition column (not stored in the files), or a file cannot
-            be read as Parquet (named).
+        TableError: a file cannot be read (named).
     """
     table = lake.open_table(path)
-    if key in table.metadata().partition_columns:
-        raise TableError(f"dataset {name}: key {key!r} is a partition column; cannot verify")
     schema = lake.spark_schema(table)
+    if key not in schema.fieldNames():
+        raise TableError(f"dataset {name}: key column {key!r} is not in table {path}")
+    field = schema[key]
+    physical = str(field.metadata.get("delta.columnMapping.physicalName", key))
+    stored_in_files = key not in lake.partition_columns(table)
     keys_path = key_table_path(config, name)
     files = physical_parquet_files(path)
+    logs = _log_files(path)
+    empty = {
+        "files_scanned": len(files),
+        "rows_scanned": 0,
+        "log_files_scanned": len(logs),
+        "keys_checked": 0,
+        "files_with_removed_keys": [],
+    }
     if not attempts or not lake.is_table(keys_path):
-        return {
-            "files_scanned": len(files),
-            "rows_scanned": 0,
-            "keys_checked": 0,
-            "files_with_removed_keys": [],
-        }
+        return empty
     wanted = spark.createDataFrame([(a,) for a in attempts], "attempt string")
     removed = (
         lake.read_table(spark, keys_path)
@@ -153,43 +268,48 @@ def verify_erased(
         .distinct()
         .persist()
     )
+    owned: list[DataFrame] = [removed]
     try:
         keys_checked = removed.count()
-        if not files:
-            return {
-                "files_scanned": 0,
-                "rows_scanned": 0,
-                "keys_checked": keys_checked,
-                "files_with_removed_keys": [],
-            }
-        read_schema = StructType([StructField(key, schema[key].dataType, True)])
-        try:
-            on_disk = (
-                spark.read.schema(read_schema)
-                .parquet(*[str(path / rel) for rel in files])
-                .select(
-                    key_digest(F.col(key)).alias("key_sha256"),
-                    F.col("_metadata.file_path").alias("file"),
+        if keys_checked == 0:
+            return empty
+        scans: list[DataFrame] = []
+        rows_scanned = 0
+        if files and stored_in_files:
+            read_schema = StructType([StructField(physical, field.dataType, True)])
+            try:
+                on_disk = (
+                    spark.read.schema(read_schema)
+                    .parquet(*[str(path / rel) for rel in files])
+                    .select(
+                        F.col("_metadata.file_path").alias("file"),
+                        key_digest(F.col(f"`{physical}`")).alias("key_sha256"),
+                    )
+                    .persist()
                 )
-                .persist()
-            )
-            rows_scanned = on_disk.count()
-        except Exception as exc:
-            raise TableError(f"dataset {name}: cannot read the files on disk: {exc}") from None
-        try:
-            hits = [
-                r["file"]
-                for r in on_disk.join(removed, "key_sha256").select("file").distinct().collect()
-            ]
-        finally:
-            on_disk.unpersist()
+                owned.append(on_disk)
+                rows_scanned = on_disk.count()
+            except Exception as exc:
+                raise TableError(
+                    f"dataset {name}: cannot read the files on disk: {str(exc).splitlines()[0]}"
+                ) from None
+            scans.append(on_disk)
+        in_log = _log_scan(spark, path)
+        if in_log is not None:
+            scans.append(in_log)
+        hits: list[str] = []
+        for scan in scans:
+            found = scan.join(F.broadcast(removed), "key_sha256").select("file").distinct()
+            hits.extend(str(r["file"]) for r in found.collect())
     finally:
-        removed.unpersist()
+        for frame in owned:
+            frame.unpersist()
     root = path.resolve().as_posix().rstrip("/") + "/"
-    relative = sorted(h.split(root, 1)[1] if root in h else h for h in (str(x) for x in hits))
+    relative = sorted({unquote(h.split(root, 1)[1]) if root in h else h for h in hits})
     return {
         "files_scanned": len(files),
         "rows_scanned": int(rows_scanned),
+        "log_files_scanned": len(logs),
         "keys_checked": int(keys_checked),
         "files_with_removed_keys": relative,
     }
@@ -214,15 +334,23 @@ def erase_dataset(
     path = target_path(config, name, dataset)
     window = config.erasure.window_hours
     instant = now or now_utc()
-    vacuumed = _vacuum(path, window_hours=window, run_id=run_id)
     old, pending = _erasable_attempts(path, cutoff=instant - dt.timedelta(hours=window))
+    vacuumed = _vacuum(spark, path, window_hours=window, run_id=run_id, reorg=bool(old))
     checked = verify_erased(spark, config, name, path, key=dataset.key, attempts=old)
+    log_cleaned = False
+    if any(f.startswith(_LOG_DIR + "/") for f in checked["files_with_removed_keys"]):
+        # Removed keys are still in the log (statistics or partition values of a table we did
+        # not create): clean the log, then prove again.
+        _clean_log(spark, path, window_hours=window, run_id=run_id)
+        log_cleaned = True
+        checked = verify_erased(spark, config, name, path, key=dataset.key, attempts=old)
     ok = not checked["files_with_removed_keys"]
     receipt: dict[str, Any] = {
         "dataset": name,
         "window_hours": window,
         "at": iso(instant),
         **vacuumed,
+        "log_cleaned": log_cleaned,
         **checked,
         "attempts_erased": len(old),
         "attempts_pending": len(pending),

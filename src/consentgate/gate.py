@@ -307,6 +307,14 @@ def snapshot_dataset(
         ordered,
         target,
         mode="error",
+        # Copy-on-write, whatever the session's defaults: a trainer that reads the snapshot's
+        # Parquet files directly must never see a purged row behind a deletion vector.
+        # Its log is kept (no statistics hold ids in it), so the manifest's version of the
+        # snapshot stays readable for verification however old it is.
+        configuration={
+            "delta.enableDeletionVectors": "false",
+            "delta.enableExpiredLogCleanup": "false",
+        },
         commit_metadata={
             "consentgate.op": "gate.snapshot",
             "consentgate.run_id": str(run["run_id"]),

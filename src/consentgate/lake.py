@@ -1,91 +1,109 @@
-"""The lake layer: the one place that touches the Delta transaction log.
+"""The lake layer: the one place that talks to Delta Lake.
 
-Spark does the data work and delta-rs (``deltalake``) reads and commits the log:
+Two engines share the work, each where it is the right one:
 
-* **read**: the snapshot's active file list, schema and partition values come from delta-rs;
-  Spark reads those Parquet files. Partition columns are re-attached as typed literals.
-* **write**: Spark executors write Parquet files into a fresh, non-hidden directory inside the
-  table (``w-<write id>/``); executors then read their own files' footers to build the add
-  actions' statistics (numRecords, minValues, maxValues, nullCount); the driver commits all the
-  files in one Delta transaction. Only file metadata crosses to the driver, never rows.
-* **replace**: remove-and-add commits in one transaction, for rewrites such as the purge.
+* **delta-spark** (the JVM Delta engine, jars from ``jvm/pom.xml``) does every read, write and
+  maintenance operation: ``spark.read.format("delta")`` with time travel, ``df.write.format(
+  "delta")``, ``MERGE ... WHEN MATCHED THEN DELETE`` against a table of removed keys,
+  ``REORG TABLE ... APPLY (PURGE)``, ``OPTIMIZE`` and ``VACUUM``. So every table feature
+  delta-spark handles is honoured — deletion vectors, column mapping, change data feed, CHECK
+  constraints, generated columns, partitions — and delta-spark's own optimistic concurrency
+  control decides conflicts (its typed ``Concurrent*Exception``\\ s become
+  :class:`~consentgate.errors.ConflictError`).
+* **delta-rs** (``deltalake``) only *reads the log*, where a JVM is not wanted: the Spark-free
+  verifier (file lists of snapshots, their history) and cheap log-only inventories. It never
+  commits.
 
-Tables whose protocol needs features this path cannot honour (deletion vectors, column mapping,
-anything unknown) are refused with :class:`TableError`, never read or written wrongly.
+Commit metadata: every commit we make carries ``userMetadata``, an RFC 8785 canonical JSON
+object with our keys (run id, operation, counts per reason, policy, ...) and ``consentgate.txn``
+(random) so the committed version can be found in the history even under concurrent writers.
+Never a raw asset or user id: MERGE records only its join and clause conditions, never the
+source's values (a ``DELETE ... IN ('<ids>')`` would put the ids into the log).
 
-Decisions (see README, "Lake layer"):
+Statistics (decision, see README "Lake layer"): tables consentgate creates set
+``delta.dataSkippingNumIndexedCols=0``, so their add actions carry ``numRecords`` only. Min/max
+bounds of key or id columns (of any type) would put raw ids into the Delta log, which VACUUM
+never erases. Users' own tables keep their settings; their log is cleaned by the erasure step
+(checkpoint + log retention) and then scanned (``consentgate.erasure``).
 
-* Paths are local filesystem paths, visible to the driver and every executor (a shared mount on
-  a cluster). Object stores would need a Hadoop filesystem listing; not built yet.
-* Every commit carries ``consentgate.txn`` (a random id) in its commit info so the committed
-  version can be found in the history even when other writers commit concurrently.
-* Statistics for timestamps are widened to millisecond bounds (min floored, max ceiled), as
-  Delta readers compare at millisecond precision. Strings get no min/max at all: bounds of id
-  columns would write raw asset and user ids into the log, which outlives VACUUM. Floats,
-  binaries, booleans and nested columns get only null counts.
+Paths are local filesystem paths (a shared mount on a cluster); delta-spark itself would take
+object-store URIs, but the erasure scan walks the directory with ``os``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import time
+import os
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote
 
 import pyarrow as pa
-from deltalake import DeltaTable
-from deltalake import Schema as DeltaSchema
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
-from deltalake.transaction import (
-    AddAction,
-    CommitProperties,
-    RemoveAction,
-    create_table_with_add_actions,
-)
+import rfc8785
+from deltalake import DeltaTable as LogTable
+from deltalake.exceptions import TableNotFoundError
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import DataType, StringType, StructField, StructType
+from pyspark.sql.types import ArrayType, DataType, MapType, StructField, StructType
 
 from consentgate.errors import ConflictError, SchemaError, TableError
 
 WriteMode = Literal["error", "append", "overwrite"]
 
-#: Reader features whose absence from our read path cannot change what a reader sees.
-SUPPORTED_READER_FEATURES = frozenset({"timestampNtz", "vacuumProtocolCheck"})
-#: Writer features our write path honours (appendOnly: we never remove data from such a table).
-SUPPORTED_WRITER_FEATURES = frozenset(
-    {"appendOnly", "timestampNtz", "vacuumProtocolCheck", "invariants"}
-)
-#: Table properties that oblige a writer to do work we do not do (CDC files, constraints, ...).
-_UNHONOURED_PROPERTIES = ("delta.enableChangeDataFeed", "delta.enableDeletionVectors")
-#: Column metadata keys that oblige a writer to compute or check values.
-_UNHONOURED_COLUMN_METADATA = (
-    "delta.invariants",
-    "delta.generationExpression",
-    "delta.identity.start",
-)
-_TXN_KEY = "consentgate.txn"
-_HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+__all__ = [
+    "CREATED_TABLE_PROPERTIES",
+    "TXN_KEY",
+    "CommitResult",
+    "LogTable",
+    "VacuumResult",
+    "active_files",
+    "append_only",
+    "checkpoint_and_clean_log",
+    "history",
+    "is_table",
+    "merge_delete",
+    "open_table",
+    "partition_columns",
+    "read_table",
+    "relative_file",
+    "require_schema",
+    "run_sql",
+    "set_properties",
+    "spark_schema",
+    "table_inventory",
+    "table_version",
+    "user_metadata",
+    "vacuum",
+    "write_table",
+]
+
+#: The key of our random transaction tag inside ``userMetadata``.
+TXN_KEY = "consentgate.txn"
+#: Table properties of every table consentgate creates: no per-column statistics (see above).
+CREATED_TABLE_PROPERTIES: Mapping[str, str] = {"delta.dataSkippingNumIndexedCols": "0"}
+#: Session setting through which delta-spark takes ``userMetadata`` for SQL/DeltaTable ops.
+_USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 
 
 # --------------------------------------------------------------------------------------------
-# Opening tables and checking what they need
+# Log-only reads (delta-rs; no JVM)
 
 
-def open_table(path: str | Path, *, version: int | None = None) -> DeltaTable:
-    """Open a Delta table (latest, or ``version``) or fail naming the path.
+def open_table(path: str | Path, *, version: int | None = None) -> LogTable:
+    """Open a Delta table's log (latest, or ``version``) with delta-rs, or fail naming the path.
+
+    For log-only questions (versions, file lists, history); never for rows.
 
     Raises:
         TableError: the path holds no Delta table or the version does not exist.
     """
     location = str(path)
     try:
-        table = DeltaTable(location)
+        table = LogTable(location)
         if version is not None:
             table.load_as_version(version)
     except TableNotFoundError:
@@ -97,68 +115,101 @@ def open_table(path: str | Path, *, version: int | None = None) -> DeltaTable:
 
 def is_table(path: str | Path) -> bool:
     """Whether ``path`` holds a Delta table."""
-    return DeltaTable.is_deltatable(str(path))
+    return LogTable.is_deltatable(str(path))
 
 
-def _check_readable(table: DeltaTable) -> None:
-    protocol = table.protocol()
-    name = table.table_uri
-    if protocol.min_reader_version == 2:
-        raise TableError(f"{name}: needs column mapping (reader version 2), which is not supported")
-    if protocol.min_reader_version >= 3:
-        unsupported = set(protocol.reader_features or ()) - SUPPORTED_READER_FEATURES
-        if unsupported:
-            raise TableError(
-                f"{name}: needs reader features {sorted(unsupported)} that this engine "
-                "cannot honour; refusing to read it"
-            )
-    if protocol.min_reader_version > 3:
-        raise TableError(f"{name}: unknown reader version {protocol.min_reader_version}")
-
-
-def _check_writable(table: DeltaTable) -> None:
-    _check_readable(table)
-    protocol = table.protocol()
-    name = table.table_uri
-    if protocol.min_writer_version >= 7:
-        unsupported = set(protocol.writer_features or ()) - SUPPORTED_WRITER_FEATURES
-        if unsupported:
-            raise TableError(
-                f"{name}: needs writer features {sorted(unsupported)} that this engine "
-                "cannot honour; refusing to write it"
-            )
-    elif protocol.min_writer_version > 7:
-        raise TableError(f"{name}: unknown writer version {protocol.min_writer_version}")
-    configuration = table.metadata().configuration
-    for key in _UNHONOURED_PROPERTIES:
-        if str(configuration.get(key, "false")).lower() == "true":
-            raise TableError(f"{name}: table property {key}=true is not supported for writes")
-    for key in configuration:
-        if key.startswith("delta.constraints."):
-            raise TableError(f"{name}: CHECK constraint {key} is not supported for writes")
-    for column in json.loads(table.schema().to_json())["fields"]:
-        for key in _UNHONOURED_COLUMN_METADATA:
-            if key in column.get("metadata", {}):
-                raise TableError(f"{name}: column {column['name']} uses {key}, not supported")
-
-
-def spark_schema(table: DeltaTable) -> StructType:
-    """The table's schema as a Spark StructType (Delta's schema JSON is Spark's)."""
+def spark_schema(table: LogTable) -> StructType:
+    """The table's logical schema as a Spark StructType (Delta's schema JSON is Spark's)."""
     return StructType.fromJson(json.loads(table.schema().to_json()))
 
 
-def append_only(table: DeltaTable) -> bool:
+def partition_columns(table: LogTable) -> list[str]:
+    """The table's partition columns (logical names)."""
+    return list(table.metadata().partition_columns)
+
+
+def append_only(table: LogTable) -> bool:
     """Whether the table forbids removing data (``delta.appendOnly``)."""
     return str(table.metadata().configuration.get("delta.appendOnly", "false")).lower() == "true"
 
 
+def active_files(table: LogTable) -> pa.Table:
+    """The snapshot's add actions: ``path, size_bytes, num_records, rows`` (+ ``partition.*``).
+
+    ``rows`` is what a reader sees: ``num_records`` minus the rows a deletion vector hides
+    (counted from delta-rs's ``deletion_vectors()`` keep-masks, which it reads from the log's
+    descriptors and the vector files; no data file is opened).
+    """
+    actions = pa.table(table.get_add_actions(flatten=True))
+    records = [int(r or 0) for r in actions.column("num_records").to_pylist()]
+    hidden: dict[str, int] = {}
+    if "deletionVectors" in (table.protocol().reader_features or ()):
+        vectors = pa.table(table.deletion_vectors())
+        for uri, mask in zip(
+            vectors.column("filepath").to_pylist(),
+            vectors.column("selection_vector").to_pylist(),
+            strict=True,
+        ):
+            hidden[unquote(str(uri))] = sum(1 for keep in mask if not keep)
+    paths = actions.column("path").to_pylist()
+    rows = [
+        n - _hidden_rows(hidden, path) if hidden else n
+        for n, path in zip(records, paths, strict=True)
+    ]
+    return actions.append_column("rows", pa.array(rows, pa.int64()))
+
+
+def _hidden_rows(hidden: Mapping[str, int], relative: str) -> int:
+    """Rows hidden in ``relative`` (delta-rs names files by absolute URI in its DV listing)."""
+    suffix = "/" + unquote(relative)
+    return next((n for uri, n in hidden.items() if uri.endswith(suffix)), 0)
+
+
+def table_version(path: str | Path) -> int:
+    """The latest committed version of the table."""
+    return int(open_table(path).version())
+
+
+def history(path: str | Path, *, limit: int | None = None) -> list[dict[str, Any]]:
+    """Commit infos, newest first, with our ``userMetadata`` keys merged in at the top level.
+
+    A commit whose ``userMetadata`` is not a JSON object (someone else's) keeps it as a string.
+    """
+    out: list[dict[str, Any]] = []
+    for entry in open_table(path).history(limit):
+        merged = dict(entry)
+        merged.update(user_metadata(entry.get("userMetadata")))
+        out.append(merged)
+    return out
+
+
+def user_metadata(text: Any) -> dict[str, Any]:
+    """Our keys from a commit's ``userMetadata`` (empty when it is absent or not ours)."""
+    if not isinstance(text, str) or not text.startswith("{"):
+        return {}
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return {}
+    if not isinstance(parsed, dict):
+        return {}
+    return {k: v for k, v in parsed.items() if k.startswith("consentgate.")}
+
+
+def table_inventory(path: str | Path) -> dict[str, Any]:
+    """Rows, files, bytes and version of a table, from the log alone (no data read)."""
+    table = open_table(path)
+    files = active_files(table)
+    return {
+        "version": int(table.version()),
+        "files": files.num_rows,
+        "bytes": int(sum(files.column("size_bytes").to_pylist())) if files.num_rows else 0,
+        "rows": int(sum(files.column("rows").to_pylist())) if files.num_rows else 0,
+    }
+
+
 # --------------------------------------------------------------------------------------------
-# Reading
-
-
-def active_files(table: DeltaTable) -> pa.Table:
-    """The snapshot's add actions (path, size_bytes, num_records, stats, partition.*)."""
-    return pa.table(table.get_add_actions(flatten=True))
+# Reading rows (delta-spark)
 
 
 def read_table(
@@ -168,71 +219,45 @@ def read_table(
     version: int | None = None,
     with_file: bool = False,
 ) -> DataFrame:
-    """Read a Delta table (latest or ``version``) as a Spark DataFrame.
+    """Read a Delta table (latest or ``version``) with delta-spark.
 
     Args:
         spark: The session to read with.
         path: Table directory.
-        version: Time travel to this table version.
-        with_file: Also return ``_file``, the data file's path relative to the table root
-            (what the purge uses to touch only the files that hold affected rows).
+        version: Time travel to this table version (default: the latest, pinned at the call).
+        with_file: Also return ``_file``, the data file's path relative to the table root as
+            the log's add actions spell it (what the purge uses to locate removed rows).
 
     Raises:
-        TableError: no table, a missing version, or a protocol feature we cannot honour.
+        TableError: no table, or a missing version.
     """
-    table = open_table(path, version=version)
-    _check_readable(table)
-    return _read_snapshot(spark, table, Path(path), with_file=with_file)
-
-
-def _read_snapshot(
-    spark: SparkSession, table: DeltaTable, root: Path, *, with_file: bool
-) -> DataFrame:
-    schema = spark_schema(table)
-    partition_columns = list(table.metadata().partition_columns)
-    data_schema = StructType([f for f in schema.fields if f.name not in partition_columns])
-    out_fields = list(schema.fields)
-    if with_file:
-        out_fields.append(StructField("_file", StringType(), False))
-    files = active_files(table)
-    paths = files.column("path").to_pylist()
-    if not paths:
-        return spark.createDataFrame([], StructType(out_fields))
-
-    # One Parquet scan per distinct partition tuple; the values become typed literals.
-    groups: dict[tuple[str | None, ...], list[str]] = {}
-    partitions = [files.column(f"partition.{c}").to_pylist() for c in partition_columns]
-    for i, rel in enumerate(paths):
-        groups.setdefault(tuple(col[i] for col in partitions), []).append(rel)
-
-    frames: list[DataFrame] = []
-    for values, rels in groups.items():
-        frame = spark.read.schema(data_schema).parquet(*[_file_uri(root, rel) for rel in rels])
-        extra: list[Column] = [
-            F.lit(value).cast(schema[name].dataType).alias(name)
-            for name, value in zip(partition_columns, values, strict=True)
-        ]
+    location = str(path)
+    if not is_table(location):
+        raise TableError(f"{location}: not a Delta table (no _delta_log)")
+    # Pin the version now: a delta-spark DataFrame read by path otherwise resolves the latest
+    # snapshot each time it is executed, so a frame read once and used twice (persisted
+    # decisions recomputed, say) could see two versions of the table.
+    pinned = table_version(location) if version is None else int(version)
+    reader = spark.read.format("delta").option("versionAsOf", pinned)
+    try:
+        frame = reader.load(location)
         if with_file:
-            extra.append(_relative_file(F.col("_metadata.file_path"), root).alias("_file"))
-        frames.append(frame.select("*", *extra))
-    result = frames[0]
-    for frame in frames[1:]:
-        result = result.unionByName(frame)
-    return result.select(*[f.name for f in out_fields])
+            frame = frame.select("*", relative_file(F.col("_metadata.file_path"), Path(path)))
+    except Exception as exc:  # AnalysisException for a version that does not exist
+        raise TableError(f"{location}: cannot read Delta table: {_first_line(exc)}") from None
+    return frame
 
 
-def _file_uri(root: Path, relative: str) -> str:
-    if "://" in relative or relative.startswith("/"):
-        return relative
-    return str(root / unquote(relative))
+def relative_file(file_uri: Column, root: Path) -> Column:
+    """Spark's ``_metadata.file_path`` (a ``file:`` URI) as ``_file``: the root-relative path
+    spelt as the log's add actions spell it (URI-encoded, e.g. ``p=E%20U/part-...``)."""
+    prefix = root.resolve().as_uri()[len("file://") :].rstrip("/") + "/"
+    bare = F.regexp_replace(file_uri, r"^file:(//)?", "")
+    return F.substring(bare, len(prefix) + 1, 1 << 20).alias("_file")
 
 
-def _relative_file(file_uri: Column, root: Path) -> Column:
-    """Turn Spark's ``_metadata.file_path`` (``file:/abs/path``, URL-encoded) into the
-    root-relative, decoded path that the Delta log's add actions carry."""
-    prefix = root.resolve().as_posix().rstrip("/") + "/"
-    bare = F.url_decode(F.regexp_replace(file_uri, r"^file:(//)?", ""))
-    return F.substring(bare, len(prefix) + 1, 1 << 20)
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,7 +267,8 @@ def _relative_file(file_uri: Column, root: Path) -> Column:
 def require_schema(schema: StructType, expected: Mapping[str, DataType], *, table: str) -> None:
     """Check that ``schema`` has each expected column with the expected type.
 
-    Nullability is not compared: fail-closed logic handles nulls explicitly.
+    Nullability is not compared, at any depth (delta-spark stores every column, struct field
+    and array element as nullable): fail-closed logic handles nulls explicitly.
 
     Raises:
         SchemaError: naming the table and the first missing or mistyped column.
@@ -253,279 +279,24 @@ def require_schema(schema: StructType, expected: Mapping[str, DataType], *, tabl
             raise SchemaError(
                 f"table {table}: missing column {name!r} ({data_type.simpleString()})"
             )
-        if present[name] != data_type:
+        if _nullable(present[name]) != _nullable(data_type):
             raise SchemaError(
                 f"table {table}: column {name!r} has type {present[name].simpleString()}, "
                 f"expected {data_type.simpleString()}"
             )
 
 
-# --------------------------------------------------------------------------------------------
-# Writing: executors write Parquet, the driver commits the log
-
-
-@dataclass(frozen=True)
-class WrittenFile:
-    """One Parquet file written by the executors, described for an add action."""
-
-    path: str
-    size: int
-    partition_values: dict[str, str | None]
-    stats: str
-    num_records: int
-
-    def add_action(self, *, modification_time: int) -> AddAction:
-        return AddAction(
-            self.path, self.size, self.partition_values, modification_time, True, self.stats
+def _nullable(data_type: DataType) -> DataType:
+    """``data_type`` with every nested field, element and value nullable."""
+    if isinstance(data_type, StructType):
+        return StructType(
+            [StructField(f.name, _nullable(f.dataType), True) for f in data_type.fields]
         )
-
-
-@dataclass(frozen=True)
-class CommitResult:
-    """What a commit did: the version it created and the files it touched."""
-
-    version: int
-    added: tuple[WrittenFile, ...] = field(default_factory=tuple)
-    removed: tuple[str, ...] = ()
-
-    @property
-    def rows_added(self) -> int:
-        return sum(f.num_records for f in self.added)
-
-    @property
-    def bytes_added(self) -> int:
-        return sum(f.size for f in self.added)
-
-
-def write_files(
-    df: DataFrame, root: str | Path, *, partition_by: Sequence[str] = ()
-) -> list[WrittenFile]:
-    """Have the executors write ``df`` as Parquet under ``root`` and describe the files.
-
-    Nothing is committed: the files stay invisible to Delta readers until a commit adds them,
-    and a crash leaves only orphans that vacuum removes.
-    """
-    root_path = Path(root).resolve()
-    write_dir = f"w-{uuid.uuid4().hex}"
-    out = root_path / write_dir
-    writer = df.write.mode("errorifexists").option("compression", "snappy")
-    if partition_by:
-        writer = writer.partitionBy(*partition_by)
-    writer.parquet(str(out))
-    relative = sorted(
-        p.relative_to(root_path).as_posix()
-        for p in out.rglob("*.parquet")
-        if not any(part.startswith(("_", ".")) for part in p.relative_to(out).parts)
-    )
-    if not relative:
-        return []
-    return describe_files(df.sparkSession, root_path, relative, partition_by=partition_by)
-
-
-def describe_files(
-    spark: SparkSession, root: Path, relative_paths: Sequence[str], *, partition_by: Sequence[str]
-) -> list[WrittenFile]:
-    """Read the footers of Parquet files on the executors and build add-action descriptions."""
-    root_str = str(root)
-    columns = list(partition_by)
-    slices = max(1, min(len(relative_paths), spark.sparkContext.defaultParallelism * 4))
-    rdd = spark.sparkContext.parallelize(list(relative_paths), slices)
-    described = rdd.mapPartitions(lambda it: _describe_partition(root_str, columns, it))
-    return [WrittenFile(**item) for item in described.collect()]
-
-
-def _describe_partition(
-    root: str, partition_by: list[str], paths: Iterable[str]
-) -> Iterator[dict[str, Any]]:
-    import os
-
-    import pyarrow.parquet as pq
-
-    for rel in paths:
-        full = os.path.join(root, rel)
-        meta = pq.ParquetFile(full).metadata
-        yield {
-            "path": rel,
-            "size": os.path.getsize(full),
-            "partition_values": _partition_values(rel, partition_by),
-            "stats": json.dumps(_footer_stats(meta), separators=(",", ":")),
-            "num_records": meta.num_rows,
-        }
-
-
-def _partition_values(relative: str, partition_by: Sequence[str]) -> dict[str, str | None]:
-    values: dict[str, str | None] = {}
-    for part in relative.split("/")[:-1]:
-        if "=" in part:
-            name, _, raw = part.partition("=")
-            value = unquote(raw)
-            values[unquote(name)] = None if value == _HIVE_NULL else value
-    missing = [c for c in partition_by if c not in values]
-    if missing:
-        raise TableError(f"{relative}: no partition directory for {missing}")
-    return {c: values[c] for c in partition_by}
-
-
-def _footer_stats(meta: Any) -> dict[str, Any]:
-    """Delta add-action stats from a Parquet footer, for top-level primitive columns."""
-    schema = meta.schema
-    top_level: dict[str, int] = {}
-    for i in range(meta.num_columns):
-        column = schema.column(i)
-        path = column.path
-        if "." in path:  # nested (arrays, structs): not stat-ed
-            continue
-        top_level[path] = i
-    mins: dict[str, Any] = {}
-    maxs: dict[str, Any] = {}
-    nulls: dict[str, int] = {}
-    for name, index in top_level.items():
-        lo: Any = None
-        hi: Any = None
-        null_count = 0
-        exact = True
-        for rg in range(meta.num_row_groups):
-            chunk = meta.row_group(rg).column(index)
-            stats = chunk.statistics
-            if stats is None or not stats.has_null_count:
-                exact = False
-                break
-            null_count += stats.null_count
-            if stats.has_min_max:
-                lo = stats.min if lo is None else min(lo, stats.min)
-                hi = stats.max if hi is None else max(hi, stats.max)
-            elif chunk.num_values > stats.null_count:
-                lo = hi = None
-                exact = False
-        if not exact:
-            continue
-        nulls[name] = null_count
-        bounds = _stat_bounds(schema.column(index), lo, hi)
-        if bounds is not None:
-            mins[name], maxs[name] = bounds
-    return {"numRecords": meta.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls}
-
-
-def _stat_bounds(column: Any, lo: Any, hi: Any) -> tuple[Any, Any] | None:
-    if lo is None or hi is None:
-        return None
-    logical = str(column.logical_type)
-    physical = column.physical_type
-    if isinstance(lo, dt.datetime):
-        return _ts_floor(lo), _ts_ceil(hi)
-    if isinstance(lo, dt.date):
-        return lo.isoformat(), hi.isoformat()
-    if isinstance(lo, str):
-        # Never: string bounds of key and id columns would put raw asset and user ids into
-        # the Delta log, which outlives VACUUM, so a purged id would survive erasure there.
-        return None
-    is_integer = isinstance(lo, int) and not isinstance(lo, bool)
-    if is_integer and physical in ("INT32", "INT64") and "Decimal" not in logical:
-        return lo, hi
-    # Booleans, binaries, decimals and floats: null counts only. Float bounds would buy no
-    # pruning we need and invite -0.0/NaN subtleties.
-    return None
-
-
-def _as_utc(value: dt.datetime) -> dt.datetime:
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-
-
-def _ts_floor(value: dt.datetime) -> str:
-    value = _as_utc(value)
-    value = value.replace(microsecond=value.microsecond // 1000 * 1000)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
-
-
-def _ts_ceil(value: dt.datetime) -> str:
-    value = _as_utc(value)
-    if value.microsecond % 1000:
-        value = value.replace(microsecond=value.microsecond // 1000 * 1000) + dt.timedelta(
-            milliseconds=1
-        )
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
-
-
-def _commit_properties(metadata: Mapping[str, str] | None, txn: str) -> CommitProperties:
-    custom = {str(k): str(v) for k, v in (metadata or {}).items()}
-    custom[_TXN_KEY] = txn
-    return CommitProperties(custom_metadata=custom)
-
-
-def _version_of(path: str | Path, txn: str, *, search: int = 50) -> int:
-    for entry in open_table(path).history(search):
-        if entry.get(_TXN_KEY) == txn:
-            return int(entry["version"])
-    raise TableError(f"{path}: commit {txn} not found in the last {search} history entries")
-
-
-def write_table(
-    df: DataFrame,
-    path: str | Path,
-    *,
-    mode: WriteMode = "error",
-    partition_by: Sequence[str] = (),
-    commit_metadata: Mapping[str, str] | None = None,
-    configuration: Mapping[str, str] | None = None,
-) -> int:
-    """Write a DataFrame as a new Delta table, or append to / overwrite an existing one.
-
-    The executors write Parquet; the driver commits every file in one transaction, so a
-    reader sees all of the write or none of it.
-
-    Args:
-        df: The rows to write.
-        path: Table directory.
-        mode: ``error`` (the table must not exist), ``append`` or ``overwrite``.
-        partition_by: Partition columns for a new table; must match an existing table's.
-        commit_metadata: Extra commit-info entries (never raw asset or user ids).
-        configuration: Table properties for a new table.
-
-    Returns:
-        The committed table version.
-
-    Raises:
-        TableError: the table exists in ``error`` mode, or needs a feature we cannot honour.
-        SchemaError: the DataFrame's columns or types differ from the table's.
-    """
-    root = Path(path)
-    exists = is_table(root)
-    if exists and mode == "error":
-        raise TableError(f"{root}: table already exists")
-    txn = uuid.uuid4().hex
-    if exists:
-        table = open_table(root)
-        _check_writable(table)
-        existing = spark_schema(table)
-        _require_same_schema(df.schema, existing, table=str(root))
-        parts = list(table.metadata().partition_columns)
-        if partition_by and list(partition_by) != parts:
-            raise SchemaError(f"table {root}: partitioned by {parts}, not {list(partition_by)}")
-        if mode == "overwrite" and append_only(table):
-            raise TableError(f"{root}: delta.appendOnly is set; refusing to overwrite")
-        files = write_files(df.select(*existing.fieldNames()), root, partition_by=parts)
-        now = int(time.time() * 1000)
-        table.create_write_transaction(
-            [f.add_action(modification_time=now) for f in files],
-            mode="append" if mode == "append" else "overwrite",
-            schema=table.schema(),
-            partition_by=parts or None,
-            commit_properties=_commit_properties(commit_metadata, txn),
-        )
-    else:
-        root.mkdir(parents=True, exist_ok=True)
-        files = write_files(df, root, partition_by=partition_by)
-        now = int(time.time() * 1000)
-        create_table_with_add_actions(
-            str(root),
-            DeltaSchema.from_json(df.schema.json()),
-            [f.add_action(modification_time=now) for f in files],
-            mode="error",
-            partition_by=list(partition_by) or None,
-            configuration=dict(configuration) if configuration else None,
-            commit_properties=_commit_properties(commit_metadata, txn),
-        )
-    return _version_of(root, txn)
+    if isinstance(data_type, ArrayType):
+        return ArrayType(_nullable(data_type.elementType), True)
+    if isinstance(data_type, MapType):
+        return MapType(_nullable(data_type.keyType), _nullable(data_type.valueType), True)
+    return data_type
 
 
 def _require_same_schema(actual: StructType, table_schema: StructType, *, table: str) -> None:
@@ -535,107 +306,317 @@ def _require_same_schema(actual: StructType, table_schema: StructType, *, table:
         raise SchemaError(f"table {table}: unexpected columns {sorted(extra)}")
 
 
-def replace_files(
+# --------------------------------------------------------------------------------------------
+# Commits (delta-spark)
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """What one commit did: its version and delta-spark's operation metrics."""
+
+    version: int
+    metrics: Mapping[str, int] = field(default_factory=dict)
+
+    def metric(self, name: str) -> int:
+        return int(self.metrics.get(name, 0))
+
+
+def _metadata_json(metadata: Mapping[str, Any] | None, txn: str) -> str:
+    body = {str(k): v for k, v in (metadata or {}).items()}
+    body[TXN_KEY] = txn
+    return rfc8785.dumps(body).decode()
+
+
+@contextmanager
+def _session_user_metadata(spark: SparkSession, text: str) -> Any:
+    previous = spark.conf.get(_USER_METADATA_CONF, None)
+    spark.conf.set(_USER_METADATA_CONF, text)
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(_USER_METADATA_CONF)
+        else:
+            spark.conf.set(_USER_METADATA_CONF, previous)
+
+
+def _committed(path: str | Path, txn: str, *, search: int = 50) -> CommitResult:
+    """Our commit (found by its ``txn`` tag) in the newest ``search`` entries of the history,
+    read from the log with delta-rs: no Spark job for a lookup that reads a few JSON files."""
+    for entry in open_table(path).history(search):
+        if user_metadata(entry.get("userMetadata")).get(TXN_KEY) == txn:
+            raw = entry.get("operationMetrics") or {}
+            metrics = {k: int(v) for k, v in raw.items() if str(v).lstrip("-").isdigit()}
+            return CommitResult(version=int(entry["version"]), metrics=metrics)
+    raise TableError(f"{path}: commit {txn} not found in the last {search} history entries")
+
+
+def _conflict(path: str | Path, exc: BaseException) -> ConflictError | None:
+    """delta-spark's typed conflict exceptions as :class:`ConflictError` (None otherwise).
+
+    In delta-spark's Python package the specific classes do not share a base class, so each
+    is named; importing :mod:`delta.exceptions` also installs their conversion from Java.
+    """
+    from delta import exceptions as delta_exceptions
+
+    conflicts = tuple(
+        getattr(delta_exceptions, name)
+        for name in (
+            "DeltaConcurrentModificationException",
+            "ConcurrentWriteException",
+            "MetadataChangedException",
+            "ProtocolChangedException",
+            "ConcurrentAppendException",
+            "ConcurrentDeleteReadException",
+            "ConcurrentDeleteDeleteException",
+            "ConcurrentTransactionException",
+        )
+        if hasattr(delta_exceptions, name)
+    )
+    if isinstance(exc, conflicts):
+        return ConflictError(
+            f"{path}: a concurrent commit conflicts with ours "
+            f"({type(exc).__name__}: {_first_line(exc)})"
+        )
+    return None
+
+
+def write_table(
+    df: DataFrame,
     path: str | Path,
     *,
-    read_version: int,
-    remove: Sequence[str],
-    add: Sequence[WrittenFile] = (),
-    commit_metadata: Mapping[str, str] | None = None,
-) -> CommitResult:
-    """Commit, in one transaction, the removal of ``remove`` and the addition of ``add``.
+    mode: WriteMode = "error",
+    partition_by: Sequence[str] = (),
+    commit_metadata: Mapping[str, Any] | None = None,
+    configuration: Mapping[str, str] | None = None,
+) -> int:
+    """Write a DataFrame as a new Delta table, or append to / overwrite an existing one.
 
-    The transaction is based on ``read_version``: if another writer committed since and the
-    commits conflict (it removed one of our files, e.g. a compaction), delta-rs refuses and
-    :class:`ConflictError` is raised so that the caller can re-plan. Concurrent appends of new
-    files do not conflict and are kept.
+    One delta-spark commit: a reader sees all of the write or none of it.
+
+    Args:
+        df: The rows to write.
+        path: Table directory.
+        mode: ``error`` (the table must not exist), ``append`` or ``overwrite``.
+        partition_by: Partition columns for a new table; must match an existing table's.
+        commit_metadata: Our ``userMetadata`` keys (never raw asset or user ids).
+        configuration: Table properties for a new table (on top of
+            :data:`CREATED_TABLE_PROPERTIES`).
+
+    Returns:
+        The committed table version.
 
     Raises:
-        ConflictError: a concurrent commit touched the files we remove.
-        TableError: the table is append-only or needs a feature we cannot honour.
+        TableError: the table exists in ``error`` mode, is append-only in ``overwrite`` mode.
+        SchemaError: the DataFrame's columns or types differ from the table's.
+        ConflictError: a concurrent commit conflicts (overwrite).
     """
-    table = open_table(path, version=read_version)
-    _check_writable(table)
-    if remove and append_only(table):
-        raise TableError(f"{path}: delta.appendOnly is set; refusing to remove files")
+    root = Path(path)
+    exists = is_table(root)
+    if exists and mode == "error":
+        raise TableError(f"{root}: table already exists")
     txn = uuid.uuid4().hex
-    now = int(time.time() * 1000)
-    sizes = dict(
-        zip(
-            active_files(table).column("path").to_pylist(),
-            active_files(table).column("size_bytes").to_pylist(),
-            strict=True,
-        )
-    )
-    parts = list(table.metadata().partition_columns)
-    partition_of = _partition_lookup(table, parts)
-    actions: list[AddAction | RemoveAction] = []
-    for rel in remove:
-        if rel not in sizes:
-            raise ConflictError(f"{path}: file to remove is not active at version {read_version}")
-        actions.append(RemoveAction(rel, True, now, sizes[rel], partition_of.get(rel)))
-    actions.extend(f.add_action(modification_time=now) for f in add)
+    writer = df.write.format("delta").option("userMetadata", _metadata_json(commit_metadata, txn))
+    if exists:
+        table = open_table(root)
+        _require_same_schema(df.schema, spark_schema(table), table=str(root))
+        parts = partition_columns(table)
+        if partition_by and list(partition_by) != parts:
+            raise SchemaError(f"table {root}: partitioned by {parts}, not {list(partition_by)}")
+        if mode == "overwrite" and append_only(table):
+            raise TableError(f"{root}: delta.appendOnly is set; refusing to overwrite")
+        writer = writer.mode("append" if mode == "append" else "overwrite")
+    else:
+        root.mkdir(parents=True, exist_ok=True)
+        writer = writer.mode("errorifexists")
+        for key, value in {**CREATED_TABLE_PROPERTIES, **dict(configuration or {})}.items():
+            writer = writer.option(key, value)
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
     try:
-        table.create_write_transaction(
-            actions,
-            mode="append",
-            schema=table.schema(),
-            partition_by=parts or None,
-            commit_properties=_commit_properties(commit_metadata, txn),
-        )
-    except CommitFailedError as exc:
-        raise ConflictError(f"{path}: concurrent commit conflicts with ours: {exc}") from None
+        import delta.exceptions  # noqa: F401  (installs the Java -> Python conflict types)
+
+        writer.save(str(root))
     except Exception as exc:
-        if "conflict" in str(exc).lower() or "concurrent" in str(exc).lower():
-            raise ConflictError(f"{path}: concurrent commit conflicts with ours: {exc}") from None
+        conflict = _conflict(root, exc)
+        if conflict is not None:
+            raise conflict from None
         raise
-    return CommitResult(version=_version_of(path, txn), added=tuple(add), removed=tuple(remove))
+    return _committed(root, txn).version
 
 
-def _partition_lookup(table: DeltaTable, parts: Sequence[str]) -> dict[str, dict[str, str | None]]:
-    if not parts:
-        return {}
-    files = active_files(table)
-    paths = files.column("path").to_pylist()
-    columns = {c: files.column(f"partition.{c}").to_pylist() for c in parts}
-    return {p: {c: _partition_string(columns[c][i]) for c in parts} for i, p in enumerate(paths)}
+def merge_delete(
+    spark: SparkSession,
+    path: str | Path,
+    keys: DataFrame,
+    *,
+    condition: Column,
+    commit_metadata: Mapping[str, Any] | None = None,
+) -> CommitResult:
+    """Delete the target rows that match ``keys`` with one ``MERGE ... WHEN MATCHED DELETE``.
+
+    The target is aliased ``t`` and ``keys`` ``s``; ``condition`` joins them. The log records
+    only the condition's text, never the keys' values. On a table with deletion vectors
+    delta-spark writes vectors (no data file is rewritten); otherwise it copies the touched
+    files on write. delta-spark's conflict detection decides concurrent commits.
+
+    Raises:
+        TableError: the table is append-only.
+        ConflictError: a concurrent commit conflicts (the caller re-plans).
+    """
+    from delta.tables import DeltaTable
+
+    log = open_table(path)
+    if append_only(log):
+        raise TableError(f"{path}: delta.appendOnly is set; refusing to delete rows")
+    txn = uuid.uuid4().hex
+    target = DeltaTable.forPath(spark, str(path)).alias("t")
+    try:
+        with _session_user_metadata(spark, _metadata_json(commit_metadata, txn)):
+            target.merge(keys.alias("s"), condition).whenMatchedDelete().execute()
+    except Exception as exc:
+        conflict = _conflict(path, exc)
+        if conflict is not None:
+            raise conflict from None
+        raise
+    return _committed(path, txn)
 
 
-def _partition_string(value: Any) -> str | None:
-    """A typed partition value (as delta-rs reports it) in the log's string serialisation."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dt.datetime):
-        return _as_utc(value).strftime("%Y-%m-%d %H:%M:%S.%f")
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    return str(value)
+def run_sql(
+    spark: SparkSession, statement: str, path: str | Path, *, commit_metadata: Mapping[str, Any]
+) -> CommitResult | None:
+    """Run a maintenance statement on ``delta.`<path>```, tagged with our commit metadata.
+
+    ``statement`` holds ``{table}`` where the table goes (``REORG TABLE {table} APPLY
+    (PURGE)``, ``OPTIMIZE {table}``). Returns the commit, or None when the statement committed
+    nothing (REORG on a table without deletion vectors).
+    """
+    txn = uuid.uuid4().hex
+    table = _sql_table(path)
+    before = table_version(path)
+    try:
+        with _session_user_metadata(spark, _metadata_json(commit_metadata, txn)):
+            spark.sql(statement.format(table=table)).collect()
+    except Exception as exc:
+        conflict = _conflict(path, exc)
+        if conflict is not None:
+            raise conflict from None
+        raise
+    if table_version(path) == before:
+        return None
+    try:
+        return _committed(path, txn)
+    except TableError:
+        return None
 
 
-# --------------------------------------------------------------------------------------------
-# Log inspection
+@dataclass(frozen=True)
+class VacuumResult:
+    """What a VACUUM deleted: files the log had tombstoned, and files no commit references
+    (orphans: a killed writer's uncommitted output), as absolute paths."""
+
+    tombstoned: tuple[str, ...] = ()
+    orphans: tuple[str, ...] = ()
 
 
-def table_version(path: str | Path) -> int:
-    """The latest committed version of the table."""
-    return int(open_table(path).version())
+def vacuum(spark: SparkSession, path: str | Path, *, retention_hours: float) -> VacuumResult:
+    """VACUUM (full) with ``retention_hours``: delete tombstoned, ``_change_data/`` and
+    unreferenced files older than that.
 
+    Dry runs first (``LITE``: what the log tombstoned; full: everything), so the receipt can
+    say what left and why; when nothing would go, nothing runs and nothing is committed
+    (delta-spark logs VACUUM START/END commits), so erasure is idempotent. Only file names
+    reach the driver.
+    """
+    from delta.tables import DeltaTable
 
-def history(path: str | Path, *, limit: int | None = None) -> list[dict[str, Any]]:
-    """Commit infos, newest first (operation, version, timestamp, custom metadata)."""
-    return list(open_table(path).history(limit))
-
-
-def table_inventory(path: str | Path) -> dict[str, Any]:
-    """Rows, files, bytes and version of a table, from the log alone (no data read)."""
-    table = open_table(path)
-    files = active_files(table)
-    records = files.column("num_records").to_pylist() if files.num_rows else []
-    return {
-        "version": int(table.version()),
-        "files": files.num_rows,
-        "bytes": int(sum(files.column("size_bytes").to_pylist())) if files.num_rows else 0,
-        "rows": int(sum(r or 0 for r in records)),
+    hours = float(retention_hours)
+    if _only_active_files(path):
+        return VacuumResult()  # nothing VACUUM could delete: spare its listing jobs
+    table = _sql_table(path)
+    everything = {
+        _local(r[0]) for r in spark.sql(f"VACUUM {table} RETAIN {hours} HOURS DRY RUN").collect()
     }
+    if not everything:
+        return VacuumResult()
+    try:
+        lite = spark.sql(f"VACUUM {table} LITE RETAIN {hours} HOURS DRY RUN").collect()
+        tombstoned = {_local(r[0]) for r in lite}
+    except Exception:  # LITE needs the log back to the tombstones; then all count as full
+        tombstoned = set()
+    DeltaTable.forPath(spark, str(path)).vacuum(hours)
+    return VacuumResult(
+        tombstoned=tuple(sorted(everything & tombstoned)),
+        orphans=tuple(sorted(everything - tombstoned)),
+    )
+
+
+def _only_active_files(path: str | Path) -> bool:
+    """Whether every file VACUUM looks at under ``path`` is an active data file (then it has
+    nothing to delete). VACUUM skips hidden names (``_``/``.``) except ``_change_data``."""
+    root = Path(path)
+    active = {unquote(p) for p in active_files(open_table(root)).column("path").to_pylist()}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root)
+        dirnames[:] = [d for d in dirnames if not d.startswith((".", "_")) or d == "_change_data"]
+        for name in filenames:
+            if name.startswith((".", "_")):
+                continue
+            if (rel_dir / name).as_posix() not in active:
+                return False
+    return True
+
+
+def _local(uri: str) -> str:
+    return unquote(str(uri).removeprefix("file:").removeprefix("//"))
+
+
+def _sql_table(path: str | Path) -> str:
+    return "delta.`" + str(Path(path).resolve()).replace("`", "``") + "`"
+
+
+def set_properties(
+    spark: SparkSession,
+    path: str | Path,
+    properties: Mapping[str, str],
+    *,
+    commit_metadata: Mapping[str, Any],
+) -> None:
+    """``ALTER TABLE ... SET TBLPROPERTIES`` (one commit) unless every value is already set."""
+    current = open_table(path).metadata().configuration
+    wanted = {k: v for k, v in properties.items() if current.get(k) != v}
+    if not wanted:
+        return
+    body = ", ".join(f"'{k}' = '{v}'" for k, v in sorted(wanted.items()))
+    run_sql(
+        spark,
+        f"ALTER TABLE {{table}} SET TBLPROPERTIES ({body})",
+        path,
+        commit_metadata=commit_metadata,
+    )
+
+
+def checkpoint_and_clean_log(spark: SparkSession, path: str | Path) -> None:
+    """Write a checkpoint at the latest version, then delete every log file before it (JSON
+    commits, older checkpoints, ``.crc``): time travel to any earlier version ends.
+
+    Only the erasure step calls this, and only on a table whose log still names a removed key
+    after the window (statistics or partition values of a table consentgate did not create).
+    delta-spark cleans logs on its own only when it checkpoints, for whole days, and only up
+    to a newest expired file — which the erasure's own commits (REORG, VACUUM START/END)
+    never are. So this calls delta-spark's own ``DeltaLog.checkpoint`` and
+    ``cleanUpExpiredLogs`` through the JVM (no public API exists for either) with a retention
+    override that puts the cutoff in the future. The table's properties are left alone.
+    """
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    delta = jvm.org.apache.spark.sql.delta
+    none = jvm.scala.Option.empty()
+    log = delta.DeltaLog.forTable(spark._jsparkSession, str(Path(path).resolve()))
+    log.checkpoint(log.update(False, none, none), none)
+    # A negative retention: every file before the checkpoint is "expired". The value must
+    # cross py4j as a java.lang.Long (Scala's Option[Long]); a Python int only becomes one
+    # beyond 32 bits, hence 2**32 ms (about 50 days) rather than a minute.
+    future = jvm.scala.Option.apply(-(2**32))
+    minute = getattr(getattr(delta, "TruncationGranularity$"), "MODULE$").MINUTE()
+    log.cleanUpExpiredLogs(log.update(False, none, none), none, future, minute)

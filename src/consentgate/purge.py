@@ -16,33 +16,34 @@ Per run, then per table (Airflow maps over the tables; see :func:`plan_purge` an
    process the located rows stay persisted on the executors; for tasks in other processes
    :func:`plan_purge` with a ``run_id`` materialises them as small Delta work tables under
    ``state_dir/purge_runs/<run_id>/`` (digests only, never raw ids).
-2. **Rewrite**: executors read just the affected files, drop the removed keys (anti join on
-   the key digest, broadcast when few) and write the survivors with :func:`lake.write_files`
-   (new files, invisible until committed). Values are copied through Spark's Parquet reader
-   and writer with the table's own schema, so every surviving row comes out bit-for-bit equal.
-3. **Record keys**: the removed keys, hashed (SHA-256 of ``"k:" + key``; ``"n:"`` for a null
+2. **Record keys**: the removed keys, hashed (SHA-256 of ``"k:" + key``; ``"n:"`` for a null
    key), are appended to a key table under ``state_dir/purge_keys/<dataset>`` tagged with the
    attempt id, *before* the commit, so that a crash after the commit can never lose them. The
    erasure verifier only trusts attempts whose commit is in the table's history.
-4. **Commit** one Delta transaction (remove the affected files, add the rewritten ones) based
-   on ``v``, with commit metadata: run id, attempt id, counts per reason, the use case's policy,
-   ``as_of``. No raw ids. If another writer removed one of our files since ``v`` (a
-   compaction), delta-rs refuses, our new files are deleted and the rows are *re-located* at
-   the new snapshot, up to ``max_retries`` times, then :class:`ConflictError`. Re-locating
-   never re-evaluates consent: files are immutable, so decided files still active keep their
-   decision, and only files added since (a compaction's output, an append) are read and
-   decided with the run's consent. Concurrent appends do not conflict; when anyone committed
-   between ``v`` and our commit, the table is re-located once more so that appended rows of
-   withdrawn assets are removed in the same run.
-5. **Audit**: one ``purge`` entry per committed table (counts, versions, attempt ids).
+3. **Remove** with one delta-spark ``MERGE INTO t USING <key digests> s ON sha2(t.key) =
+   s.key_sha256 WHEN MATCHED THEN DELETE`` (the digests broadcast when few): on a table with
+   deletion vectors delta-spark writes vectors and rewrites no data file; otherwise it rewrites
+   only the files that hold matched rows, survivors bit-for-bit equal. The log records the
+   condition's text, never a key; ``userMetadata`` carries run id, attempt id, counts per
+   reason, the use case's policy and ``as_of``. MERGE reads the table as it is when it runs, so
+   rows that moved since the decision (a compaction) are still found by key. A concurrent
+   commit that conflicts with ours is delta-spark's to detect: its typed exception becomes
+   :class:`~consentgate.errors.ConflictError`, the attempt is audited as a conflict and the
+   rows are re-located, up to ``max_retries`` times. Re-locating never re-evaluates consent:
+   files are immutable, so decided files still active keep their decision, and only files
+   added since (a compaction's output, an append) are read and decided with the run's consent.
+   When anyone committed between the decision and our commit, the table is re-located once
+   more so that appended rows of withdrawn assets are removed in the same run.
+4. **Audit**: one ``purge`` entry per committed table (counts, versions, attempt ids, files
+   rewritten, deletion vectors written).
 
-Crash safety: files written but not committed are orphans, invisible to readers, erased by
-the erasure step once older than the window. A commit without its audit entry (crash between
-the two) is found on the next run from the table's history and recorded as a ``recovery``
-entry, as is an attempt that recorded keys but never committed. Purges of one table are
-serialised by a per-table ``flock`` so that a running attempt is never mistaken for a crashed
-one. For tests, ``CONSENTGATE_PURGE_CRASH_AT=before_commit|after_commit`` kills the process
-with SIGKILL at that point.
+Crash safety: a MERGE either commits or leaves nothing visible (files of a killed writer are
+orphans, erased by the erasure step once older than the window). A commit without its audit
+entry (crash between the two) is found on the next run from the table's history and recorded
+as a ``recovery`` entry, as is an attempt that recorded keys but never committed. Purges of one
+table are serialised by a per-table ``flock`` so that a running attempt is never mistaken for a
+crashed one. For tests, ``CONSENTGATE_PURGE_CRASH_AT=before_commit|after_commit`` kills the
+process with SIGKILL at that point.
 
 Idempotence: a table with nothing to remove gets no commit at all.
 """
@@ -62,9 +63,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import unquote
 
-from deltalake import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType, TimestampType
@@ -72,6 +71,7 @@ from pyspark.sql.types import StringType, StructField, StructType, TimestampType
 from consentgate import audit, lake
 from consentgate.config import Config, DatasetConfig
 from consentgate.errors import ConflictError, ConsentgateError, TableError
+from consentgate.lake import LogTable
 from consentgate.runtime import iso, new_run_id, now_utc, parse_instant
 
 #: A decider maps a table's rows (its own columns) to the rows to remove: two columns, the
@@ -253,25 +253,10 @@ def _hashed_removals(removals: DataFrame) -> DataFrame:
     return removals.select(key_digest(F.col(first)).alias(KEY_SHA), F.col("reason"))
 
 
-def _without(source: DataFrame, located: DataFrame, key: str, *, small: bool) -> DataFrame:
-    """``source`` minus the rows whose key is in ``located`` (anti join on the key digest,
-    which is null-safe by construction: a null key hashes as ``"n:"``).
-
-    Only the rows of the affected files are hashed; the removed keys are broadcast when the
-    plan says they are few, so the rewrite shuffles nothing but the survivors' layout.
-    """
-    removed = located.select(KEY_SHA)  # duplicates are harmless to an anti join
-    if small:
-        removed = F.broadcast(removed)
-    hashed = source.withColumn("_purge_sha", key_digest(source[key]))
-    kept = hashed.join(removed, hashed["_purge_sha"] == removed[KEY_SHA], "left_anti")
-    return kept.drop("_purge_sha")
-
-
 def _summarise(
     name: str,
     path: Path,
-    table: DeltaTable,
+    table: LogTable,
     located: DataFrame,
     *,
     counted: Sequence[tuple[str, str, int]] | None = None,
@@ -310,7 +295,7 @@ def _summarise(
     )
 
 
-def _open_checked(name: str, path: Path, key: str, *, version: int | None = None) -> DeltaTable:
+def _open_checked(name: str, path: Path, key: str, *, version: int | None = None) -> LogTable:
     table = lake.open_table(path, version=version)
     if key not in lake.spark_schema(table).fieldNames():
         raise TableError(f"dataset {name}: key column {key!r} is not in table {path}")
@@ -541,7 +526,7 @@ def decide_run(
     consent = _consent(spark, config, as_of, use_cases).persist()
     run = RunDecisions(as_of=as_of, consent=consent, hashed_assets=False, _owned=[consent])
     edges = lake.read_table(spark, config.table_path("lineage"))
-    pinned: dict[str, tuple[DeltaTable, DataFrame]] = {}
+    pinned: dict[str, tuple[LogTable, DataFrame]] = {}
     for name in chosen:
         dataset = all_targets[name]
         path = target_path(config, name, dataset)
@@ -619,7 +604,8 @@ def _relocate(
     added = sorted(set(active) - decided.covered)
     if added:
         assert run.consent is not None  # a run that decided this table evaluated consent
-        rows = _read_files(spark, table, path, added)
+        rows = lake.read_table(spark, path, version=int(table.version()), with_file=True)
+        rows = rows.where(F.col("_file").isin(*added))
         edges = lake.read_table(spark, config.table_path("lineage"))
         sources = _direct_sources(name, dataset, rows, edges)
         if run.hashed_assets:
@@ -801,46 +787,6 @@ def plan_purge(
 # Rewriting one table
 
 
-def _read_files(
-    spark: SparkSession, table: DeltaTable, root: Path, rels: Sequence[str]
-) -> DataFrame:
-    """Read only the given data files of a snapshot, with partition values re-attached,
-    ``_src`` (the physical file) kept so the survivors can be laid out file by file, and
-    ``_file`` (its path relative to the table, as in the log) to locate rows in it."""
-    schema = lake.spark_schema(table)
-    parts = list(table.metadata().partition_columns)
-    data_schema = StructType([f for f in schema.fields if f.name not in parts])
-    files = lake.active_files(table)
-    wanted = set(rels)
-    groups: dict[tuple[str | None, ...], list[str]] = {}
-    columns = [files.column(f"partition.{c}").to_pylist() for c in parts]
-    for i, rel in enumerate(files.column("path").to_pylist()):
-        if rel in wanted:
-            groups.setdefault(tuple(c[i] for c in columns), []).append(rel)
-    frames: list[DataFrame] = []
-    for values, group in groups.items():
-        frame = spark.read.schema(data_schema).parquet(*[str(root / unquote(r)) for r in group])
-        extra: list[Column] = [
-            F.lit(v).cast(schema[n].dataType).alias(n) for n, v in zip(parts, values, strict=True)
-        ]
-        src = F.col("_metadata.file_path")
-        frames.append(
-            frame.select("*", *extra, src.alias("_src"), _relative_file(src, root).alias("_file"))
-        )
-    result = frames[0]
-    for frame in frames[1:]:
-        result = result.unionByName(frame)
-    return result.select(*schema.fieldNames(), "_src", "_file")
-
-
-def _relative_file(file_uri: Column, root: Path) -> Column:
-    """Spark's ``_metadata.file_path`` (``file:/abs/path``, URL-encoded) as the root-relative,
-    decoded path the log's add actions carry (what ``lake.read_table(with_file=True)`` gives)."""
-    prefix = root.resolve().as_posix().rstrip("/") + "/"
-    bare = F.url_decode(F.regexp_replace(file_uri, r"^file:(//)?", ""))
-    return F.substring(bare, len(prefix) + 1, 1 << 20)
-
-
 def key_table_path(config: Config, name: str) -> Path:
     """Where the hashed removed keys of table ``name`` are kept."""
     safe = "".join(c if c.isalnum() or c in "-_." else "__" for c in name)
@@ -877,13 +823,6 @@ def _crash_point(point: str) -> None:
     """Kill this process with SIGKILL when the crash test asks for it at ``point``."""
     if os.environ.get(CRASH_ENV) == point:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _delete_uncommitted(root: Path, written: Sequence[lake.WrittenFile]) -> None:
-    """Remove our own files after a refused commit (they were never visible to anyone)."""
-    for top in {f.path.split("/", 1)[0] for f in written}:
-        if top.startswith("w-"):
-            shutil.rmtree(root / top, ignore_errors=True)
 
 
 def _policy(config: Config, dataset: DatasetConfig) -> str:
@@ -977,7 +916,7 @@ def _purge_passes(
     path = target_path(config, name, dataset)
     key = dataset.key
     reasons: dict[str, int] = {}
-    files_rewritten = bytes_rewritten = bytes_written = 0
+    files_rewritten = bytes_rewritten = bytes_written = deletion_vectors = 0
     commits: list[int] = []
     attempts: list[str] = []
     conflicts = 0
@@ -1009,13 +948,6 @@ def _purge_passes(
             )
         passes += 1
         attempt = uuid.uuid4().hex
-        table = lake.open_table(path, version=plan.version)
-        affected = [f.path for f in plan.files]
-        source = _read_files(spark, table, path, affected).drop("_file")
-        survivors = _without(source, located, key, small=plan.rows_removed <= _BROADCAST_ROWS)
-        survivors = survivors.repartition(max(1, len(affected)), "_src").drop("_src")
-        parts = list(table.metadata().partition_columns)
-        written = lake.write_files(survivors, path, partition_by=parts)
         _record_keys(spark, config, name, located, attempt=attempt, run_id=run_id)
         attempts.append(attempt)
         metadata = {
@@ -1023,23 +955,25 @@ def _purge_passes(
             _META_RUN: run_id,
             _META_ATTEMPT: attempt,
             _META_DATASET: name,
-            _META_REASONS: json.dumps(dict(sorted(plan.reasons.items())), separators=(",", ":")),
-            _META_ROWS: str(plan.rows_removed),
+            _META_REASONS: dict(sorted(plan.reasons.items())),
+            _META_ROWS: plan.rows_removed,
             "consentgate.as_of": iso(as_of),
             "consentgate.policy": _policy(config, dataset),
         }
         _crash_point("before_commit")
+        removed = located.select(KEY_SHA).distinct()
+        if plan.rows_removed <= _BROADCAST_ROWS:
+            removed = F.broadcast(removed)
         try:
-            result = lake.replace_files(
+            result = lake.merge_delete(
+                spark,
                 path,
-                read_version=plan.version,
-                remove=affected,
-                add=written,
+                removed,
+                condition=key_digest(F.col(f"t.`{key}`")) == F.col(f"s.{KEY_SHA}"),
                 commit_metadata=metadata,
             )
         except ConflictError:
             conflicts += 1
-            _delete_uncommitted(path, written)
             audit.append_event(
                 spark,
                 config,
@@ -1055,20 +989,32 @@ def _purge_passes(
             )
             continue
         _crash_point("after_commit")
+        files_removed = result.metric("numTargetFilesRemoved")
+        dvs_added = result.metric("numTargetDeletionVectorsAdded") + result.metric(
+            "numTargetDeletionVectorsUpdated"
+        )
         if decided is not None:
-            # Our commit replaced the affected files by survivors only: every row of the
-            # table at this version is decided, and none of the decided removals is left.
+            # Every row of the table at our version is decided: files that were decided and
+            # are still active keep their decision, and files our commit added are survivors
+            # of decided files. Files others added meanwhile are not covered (re-located).
+            now_active = set(lake.active_files(lake.open_table(path)).column("path").to_pylist())
+            before = set(
+                lake.active_files(lake.open_table(path, version=result.version - 1))
+                .column("path")
+                .to_pylist()
+            )
             decided = Decided(
                 plan=dataclasses.replace(decided.plan, version=result.version, files=()),
                 located=decided.located.where(F.lit(False)),
-                covered=(decided.covered - set(affected)) | {f.path for f in written},
+                covered=(decided.covered & now_active) | (now_active - before),
             )
         commits.append(result.version)
         for reason, count in plan.reasons.items():
             reasons[reason] = reasons.get(reason, 0) + count
-        files_rewritten += len(plan.files)
-        bytes_rewritten += plan.bytes_affected
-        bytes_written += result.bytes_added
+        files_rewritten += files_removed
+        bytes_rewritten += result.metric("numTargetBytesRemoved")
+        bytes_written += result.metric("numTargetBytesAdded")
+        deletion_vectors += dvs_added
         audit.append_event(
             spark,
             config,
@@ -1080,11 +1026,12 @@ def _purge_passes(
                 "as_of": iso(as_of),
                 "version_read": plan.version,
                 "version_committed": result.version,
-                "rows_deleted": plan.rows_removed,
+                "rows_deleted": result.metric("numTargetRowsDeleted"),
                 "reasons": dict(sorted(plan.reasons.items())),
-                "files_rewritten": len(plan.files),
-                "bytes_rewritten": plan.bytes_affected,
-                "files_added": len(written),
+                "files_rewritten": files_removed,
+                "bytes_rewritten": result.metric("numTargetBytesRemoved"),
+                "files_added": result.metric("numTargetFilesAdded"),
+                "deletion_vectors_added": dvs_added,
             },
         )
         if result.version == plan.version + 1:
@@ -1098,6 +1045,7 @@ def _purge_passes(
         files_rewritten=files_rewritten,
         bytes_rewritten=bytes_rewritten,
         bytes_written=bytes_written,
+        deletion_vectors_added=deletion_vectors,
         commits=commits,
         attempts=attempts,
         conflicts=conflicts,
@@ -1174,7 +1122,7 @@ def reconcile(spark: SparkSession, config: Config, name: str, path: Path) -> lis
             "run_id_of_attempt": str(entry.get(_META_RUN)),
             "version_committed": int(entry["version"]),
             "rows_deleted": int(entry.get(_META_ROWS, 0)),
-            "reasons": json.loads(entry.get(_META_REASONS, "{}")),
+            "reasons": dict(entry.get(_META_REASONS) or {}),
         }
         written.append(payload)
     keys = key_table_path(config, name)

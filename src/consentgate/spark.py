@@ -18,6 +18,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from consentgate.errors import ConsentgateError
@@ -57,7 +58,23 @@ def _local_defaults(master: str | None) -> dict[str, str]:
     """
     if master is None or not master.startswith("local"):
         return {}
-    return {"spark.databricks.delta.snapshotPartitions": "2"}
+    return {
+        "spark.databricks.delta.snapshotPartitions": "2",
+        # VACUUM lists a table's directories with this many tasks at most (10000 by default).
+        "spark.sql.sources.parallelPartitionDiscovery.parallelism": "4",
+    }
+
+
+def _submitted_jars() -> str:
+    """``spark.jars`` of the JVM that spark-submit started for this Python driver, if any.
+
+    Under spark-submit the JVM exists before our code runs (it hands its gateway port to
+    Python); in a plain process there is none yet and starting one here would lose our conf.
+    """
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        return ""
+    SparkContext._ensure_initialized()
+    return str(SparkConf().get("spark.jars", ""))
 
 
 def delta_jars() -> list[Path]:
@@ -100,10 +117,14 @@ def get_spark(
         if master:
             builder = builder.master(master)
         settings = {**_local_defaults(master), **dict(conf or {}), **DELTA_CONF, **REQUIRED_CONF}
-        jars = [str(j) for j in delta_jars()]
-        if settings.get("spark.jars"):
-            jars.insert(0, settings["spark.jars"])
-        settings["spark.jars"] = ",".join(jars)
+        # Under spark-submit the jars came with --jars (SparkConf() reads them from the JVM
+        # spark-submit started); otherwise they are ours from `make jars`.
+        given = ",".join(
+            j for j in (SparkConf().get("spark.jars", ""), settings.get("spark.jars")) if j
+        )
+        if "delta-spark_" not in given:
+            given = ",".join([*([given] if given else []), *(str(j) for j in delta_jars())])
+        settings["spark.jars"] = given
         for key, value in settings.items():
             builder = builder.config(key, value)
         active = builder.getOrCreate()

@@ -1,0 +1,323 @@
+"""Real tables are accepted: derived tables created with delta-spark SQL, the way users have
+them (deletion vectors, column mapping, change data feed, CHECK constraints, generated
+columns, partitions, a bigint key), go through evaluate, gate, purge and erasure.
+
+The tables are created with ``CREATE TABLE delta.`<path>` ... USING DELTA`` and ``INSERT``,
+never with :func:`consentgate.lake.write_table`, so they keep delta-spark's default
+statistics: min/max bounds of the key column in the Delta log. Rows are inserted so that
+removed keys are statistics bounds and share files with surviving rows (so that a purge on a
+table with deletion vectors really writes vectors, and a log that is not cleaned really leaks).
+
+The erasure's proof is checked independently here: every file under the table (data files,
+``_change_data/``, deletion-vector files, and ``_delta_log/`` commits, checkpoints, ``.crc``)
+is read: Parquet data by the key's physical column name, the log's JSON lines, checksums and
+checkpoint rows value by value (statistics opened), anything else as raw bytes. Failures name
+the file and the field.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from consentgate import erasure, gate, lake, purge
+from consentgate.config import load_config
+from consentgate.evaluate import run_evaluate
+from tests.lakes import write_small_lake
+
+pytestmark = pytest.mark.slow
+
+UTC = dt.UTC
+DATASET = "track_embeddings"
+SNAPSHOT = f"snapshot/m1/{DATASET}"
+KEY = "embedding_id"
+AS_OF = dt.datetime(2026, 6, 1, tzinfo=UTC)
+FRESH = "2026-01-01 00:00:00"  # derived_at inside the dataset's 365-day retention at AS_OF
+STALE = "2024-01-01 00:00:00"  # derived_at outside it: retention_expired
+
+#: The derived table's rows, by INSERT statement (one file per statement, or per partition).
+#: write_small_lake's consent: a1 granted, a2 revoked, a3 has no attributable record.
+BATCHES: tuple[tuple[tuple[str, str, str], ...], ...] = (
+    (("emb-a1-1", "a1", FRESH), ("emb-a2-1", "a2", FRESH)),
+    (
+        ("emb-a1-0", "a1", STALE),
+        ("emb-a1-2", "a1", FRESH),
+        ("emb-a3-1", "a3", FRESH),
+        ("emb-a2-2", "a2", FRESH),
+    ),
+)
+SURVIVORS = {"emb-a1-1", "emb-a1-2"}
+REMOVED = {"emb-a1-0", "emb-a2-1", "emb-a2-2", "emb-a3-1"}
+REASONS = {"no_consent_record": 1, "retention_expired": 1, "revoked": 2}
+#: The same rows keyed by a bigint (values far from any size, count or version in the log).
+BIGINT_KEYS = {
+    "emb-a1-0": 7000000010,
+    "emb-a1-1": 7000000011,
+    "emb-a1-2": 7000000012,
+    "emb-a2-1": 7000000021,
+    "emb-a2-2": 7000000022,
+    "emb-a3-1": 7000000031,
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    deletion_vectors: bool = False
+    column_mapping: bool = False
+    change_data_feed: bool = False
+    check_constraint: bool = False
+    generated_column: bool = False
+    partitioned: bool = False
+    bigint_key: bool = False
+
+    def key_text(self, key: str) -> str:
+        """A key as it reads back, as text."""
+        return str(BIGINT_KEYS[key]) if self.bigint_key else key
+
+
+EVERYTHING = {
+    "deletion_vectors": True,
+    "column_mapping": True,
+    "change_data_feed": True,
+    "check_constraint": True,
+    "generated_column": True,
+}
+CASES = [
+    Case("plain"),
+    Case("partitioned", partitioned=True),
+    Case("deletion_vectors", deletion_vectors=True),
+    Case("column_mapping", column_mapping=True),
+    Case("change_data_feed", change_data_feed=True),
+    Case("check_constraint", check_constraint=True),
+    Case("generated_column", generated_column=True),
+    Case("everything", **EVERYTHING),
+    Case("everything_partitioned", partitioned=True, **EVERYTHING),
+    Case("bigint_key", bigint_key=True),
+]
+
+
+def create_user_table(spark: SparkSession, path: Path, case: Case) -> None:
+    """Create and fill the derived table with delta-spark SQL, as a user would."""
+    table = f"delta.`{path.resolve()}`"
+    key_type = "BIGINT" if case.bigint_key else "STRING"
+    # With column mapping the key is created under another name and renamed, so that its
+    # logical name (the config's key) differs from the one it was created with.
+    first_key = "emb_key" if case.column_mapping else KEY
+    columns = [f"{first_key} {key_type}", "asset_id STRING", "derived_at TIMESTAMP"]
+    if case.generated_column:
+        columns.append("derived_day DATE GENERATED ALWAYS AS (CAST(derived_at AS DATE))")
+    properties = {}
+    if case.deletion_vectors:
+        properties["delta.enableDeletionVectors"] = "true"
+    if case.column_mapping:
+        properties["delta.columnMapping.mode"] = "name"
+    if case.change_data_feed:
+        properties["delta.enableChangeDataFeed"] = "true"
+    ddl = f"CREATE TABLE {table} ({', '.join(columns)}) USING DELTA"
+    if case.partitioned:
+        ddl += " PARTITIONED BY (asset_id)"
+    if properties:
+        ddl += " TBLPROPERTIES (" + ", ".join(f"'{k}' = '{v}'" for k, v in properties.items()) + ")"
+    spark.sql(ddl)
+    if case.column_mapping:
+        spark.sql(f"ALTER TABLE {table} RENAME COLUMN {first_key} TO {KEY}")
+    if case.check_constraint:
+        spark.sql(
+            f"ALTER TABLE {table} ADD CONSTRAINT sourced "
+            f"CHECK ({KEY} IS NOT NULL AND asset_id IN ('a1', 'a2', 'a3'))"
+        )
+    key_expr = "CAST(k AS BIGINT)" if case.bigint_key else "k"
+    for batch in BATCHES:
+        values = ", ".join(
+            f"('{case.key_text(k)}', '{asset}', TIMESTAMP '{at}')" for k, asset, at in batch
+        )
+        spark.sql(
+            f"INSERT INTO {table} ({KEY}, asset_id, derived_at) "
+            f"SELECT /*+ COALESCE(1) */ {key_expr}, a, d FROM VALUES {values} AS v(k, a, d)"
+        )
+
+
+def field_metadata(path: Path, column: str) -> dict[str, object]:
+    """A column's metadata in the table's schema, as the Delta log has it."""
+    schema = json.loads(lake.open_table(path).schema().to_json())
+    field = next((f for f in schema["fields"] if f["name"] == column), None)
+    assert field is not None, f"{path}: no column {column}"
+    return dict(field.get("metadata") or {})
+
+
+def physical_name(path: Path, column: str) -> str:
+    """The column's name in the Parquet files (its column-mapping physical name, if any)."""
+    return str(field_metadata(path, column).get("delta.columnMapping.physicalName", column))
+
+
+def _found_in(value: object, wanted: set[str], *, exact: bool) -> list[str]:
+    """JSON paths (``a.b[0].c=value``) of the wanted values inside a decoded JSON value or a
+    checkpoint row; strings that hold JSON (an action's ``stats``) are opened too. ``exact``
+    matches whole values (short asset ids), otherwise substrings (a predicate's text)."""
+    if isinstance(value, dict):
+        items = [(f".{k}", v) for k, v in value.items()]
+    elif isinstance(value, list | tuple):
+        items = [(f"[{i}]", v) for i, v in enumerate(value)]
+    else:
+        if isinstance(value, str) and value.startswith(("{", "[")):
+            try:
+                return _found_in(json.loads(value), wanted, exact=exact)
+            except ValueError:
+                pass
+        text = str(value)
+        return [f"={w}" for w in sorted(wanted) if (text == w if exact else w in text)]
+    return [f"{step}{hit}" for step, item in items for hit in _found_in(item, wanted, exact=exact)]
+
+
+def _log_hits(file: Path, wanted: set[str], *, exact: bool) -> list[str]:
+    """Where the wanted values are in one ``_delta_log`` file: by row and JSON path for a
+    checkpoint or a JSON file (commits, ``.crc``, ``_last_checkpoint``), else by raw bytes."""
+    if file.name.endswith(".parquet"):
+        rows = pq.ParquetFile(file).read().to_pylist()
+        return [
+            f"(row {n}) {hit.lstrip('.')}"
+            for n, row in enumerate(rows, 1)
+            for hit in _found_in(row, wanted, exact=exact)
+        ]
+    data = file.read_bytes()
+    try:
+        lines = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    except ValueError:  # Hadoop's binary .crc sidecars
+        return [f"(bytes) {w}" for w in sorted(wanted) if not exact and w.encode() in data]
+    return [
+        f"(line {n}) {hit.lstrip('.')}"
+        for n, line in enumerate(lines, 1)
+        for hit in _found_in(line, wanted, exact=exact)
+    ]
+
+
+def leaks(root: Path, physical_key: str, removed: set[str]) -> list[str]:
+    """``file (where) field=key`` for every removed key found in any file under the table.
+
+    Parquet outside the log (data files, ``_change_data/`` or wherever change data is
+    written): the key column, read by its physical name. ``_delta_log/``: every value of
+    every action, checkpoint row and checksum, statistics opened. Anything else (deletion
+    vector files, checksum sidecars): the raw bytes.
+    """
+    found: list[str] = []
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = file.relative_to(root).as_posix()
+        if rel.startswith("_delta_log/"):
+            found.extend(f"{rel} {hit}" for hit in _log_hits(file, removed, exact=False))
+        elif file.name.endswith(".parquet"):
+            parquet = pq.ParquetFile(file)
+            assert physical_key in parquet.schema_arrow.names, f"{rel}: no {physical_key}"
+            values = parquet.read(columns=[physical_key]).column(0).to_pylist()
+            found.extend(
+                f"{rel} (column {physical_key})={v}"
+                for v in sorted({str(v) for v in values} & removed)
+            )
+        else:
+            data = file.read_bytes()
+            found.extend(f"{rel} (bytes) {k}" for k in sorted(removed) if k.encode() in data)
+    return found
+
+
+def asset_leaks(root: Path, assets: set[str]) -> list[str]:
+    """Where a fully removed asset id survives: a ``column=value`` directory, or a value in
+    the log (partition values, the asset column's statistics)."""
+    found: list[str] = []
+    for item in sorted(root.rglob("*")):
+        rel = item.relative_to(root).as_posix()
+        if item.is_dir():
+            found.extend(f"{rel}/" for a in sorted(assets) if item.name.endswith(f"={a}"))
+        elif rel.startswith("_delta_log/"):
+            found.extend(f"{rel} {hit}" for hit in _log_hits(item, assets, exact=True))
+    return found
+
+
+def keys_of(spark: SparkSession, path: Path | str) -> set[str]:
+    return {str(r[KEY]) for r in lake.read_table(spark, path).select(KEY).collect()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_user_table_is_gated_purged_and_erased(
+    spark: SparkSession, tmp_path: Path, case: Case
+) -> None:
+    config = load_config(write_small_lake(spark, tmp_path / "lake"))
+    path = config.dataset_path(DATASET)
+    shutil.rmtree(path)
+    create_user_table(spark, path, case)
+    survivors = {case.key_text(k) for k in SURVIVORS}
+    removed = {case.key_text(k) for k in REMOVED}
+
+    # The table really is the user's kind of table.
+    log = lake.open_table(path)
+    features = set(log.protocol().reader_features or ()) | set(log.protocol().writer_features or ())
+    settings = log.metadata().configuration
+    physical = physical_name(path, KEY)
+    assert ("deletionVectors" in features) == case.deletion_vectors
+    assert (physical != KEY) == case.column_mapping
+    assert (settings.get("delta.enableChangeDataFeed") == "true") == case.change_data_feed
+    assert ("delta.constraints.sourced" in settings) == case.check_constraint
+    if case.generated_column:
+        assert "delta.generationExpression" in field_metadata(path, "derived_day")
+    assert lake.partition_columns(log) == (["asset_id"] if case.partitioned else [])
+    assert keys_of(spark, path) == survivors | removed
+    # delta-spark's default statistics put the removed keys into the log.
+    assert any(hit.startswith("_delta_log/") for hit in leaks(path, physical, removed))
+
+    evaluated = run_evaluate(spark, config, use_case="recommendation", as_of=AS_OF)
+    assert evaluated["reasons"] == {"granted": 1, "no_consent_record": 1, "revoked": 1}
+
+    gated = gate.run_gate(spark, config, use_case="recommendation", model_version="m1", as_of=AS_OF)
+    snapshot = gated["snapshots"][SNAPSHOT]
+    assert keys_of(spark, snapshot) == survivors
+    assert lake.read_table(spark, snapshot).where(F.col("asset_id") == "a2").count() == 0
+
+    version = lake.table_version(path)
+    result = purge.run_purge(spark, config, as_of=AS_OF, erase=False)
+    purged = result["datasets"][DATASET]
+    assert purged["rows_deleted"] == len(REMOVED)
+    assert purged["reasons"] == REASONS
+    # Logically at once: one commit, after which no Delta reader sees a removed row.
+    assert purged["commits"] == [version + 1]
+    assert lake.table_version(path) == version + 1
+    assert keys_of(spark, path) == survivors
+    assert lake.read_table(spark, path).where(F.col("asset_id") == "a2").count() == 0
+    assert lake.table_inventory(path)["rows"] == len(SURVIVORS)
+    assert purged["rows_after"] == len(SURVIVORS)
+    if case.deletion_vectors:
+        # a1's rows share files with removed rows: those files get vectors, not rewrites.
+        assert purged["deletion_vectors_added"] > 0
+    # The bytes are still there (time travel), so the check below can fail.
+    before = leaks(path, physical, removed)
+    assert any(not hit.startswith("_delta_log/") for hit in before)
+    if case.change_data_feed:  # under _change_data/, or a random prefix with column mapping
+        assert any(hit.split(" ")[0].rsplit("/", 1)[-1].startswith("cdc-") for hit in before)
+
+    # The erasure window is 0 hours: the purge is already past it.
+    erased = erasure.erase_and_verify(spark, config, datasets=[DATASET])
+    receipt = erased["datasets"][DATASET]
+    remaining = leaks(path, physical, removed)
+    assert receipt["result"] == "verified", (receipt["files_with_removed_keys"], remaining)
+    assert erased["ok"]
+    assert receipt["attempts_erased"] == 1 and receipt["attempts_pending"] == 0
+    assert receipt["keys_checked"] == len(REMOVED)
+    assert receipt["files_removed"] > 0
+    if case.deletion_vectors:
+        assert receipt["files_reorganised"] > 0
+
+    # Independently: no file under the table holds a removed key any more ...
+    assert remaining == []
+    # ... the survivors are intact for both engines ...
+    assert keys_of(spark, path) == survivors
+    assert lake.table_inventory(path)["rows"] == len(SURVIVORS)
+    # ... and no directory name or log value names a fully removed asset either (beyond the
+    # key check: an empty ``asset_id=a2/`` partition directory still names the revoked asset).
+    names = asset_leaks(path, {"a2", "a3"})
+    assert names == [], f"removed assets still named under the table: {names}"
