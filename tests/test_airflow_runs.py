@@ -59,7 +59,7 @@ def test_gate_publishes_a_verifying_manifest_and_an_asset(
     assert published["model_version"] == MODEL_VERSION and published["use_case"] == USE_CASE
     manifest = Path(published["manifest_path"])
     assert manifest.is_file()
-    assert verify_manifest(spark, manifest)["ok"] is True  # re-checked outside Airflow too
+    assert verify_manifest(manifest)["ok"] is True  # re-checked outside Airflow too
     config = load_config(local_runs.conf)
     entry = registry.find_entry(config, model_version=MODEL_VERSION)
     assert entry is not None and entry.manifest_sha256 == published["manifest_sha256"]

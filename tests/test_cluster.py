@@ -91,7 +91,7 @@ def test_dags_run_on_the_cluster_and_match_local_mode(
     assert comparable(cluster_runs) == comparable(local_runs)
     published = cluster_runs.gate.results["verify"]
     assert published["verification"]["ok"] is True
-    assert verify_manifest(spark, Path(published["manifest_path"]))["ok"] is True
+    assert verify_manifest(Path(published["manifest_path"]))["ok"] is True
     assert [e["name"] for e in cluster_runs.gate.asset_events] == [
         f"consentgate/snapshot/{MODEL_VERSION}"
     ]

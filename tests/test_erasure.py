@@ -311,7 +311,7 @@ def test_demo_lake_revocations_flow_through_every_derivative(
     # erased (removed by a purge commit in the snapshot's own history), not as tampering.
     from consentgate.manifest import verify_manifest
 
-    verified = verify_manifest(spark, gated["manifest_path"])
+    verified = verify_manifest(gated["manifest_path"])
     assert verified["ok"], verified["problems"]
     snapshot_deleted = sum(
         result["datasets"][n]["rows_deleted"] for n in names if n.startswith("snapshot/m1/")

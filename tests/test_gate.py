@@ -107,7 +107,7 @@ def test_revoked_asset_leaves_the_second_allowlist(spark: SparkSession, gated: G
 
 def test_both_manifests_verify_and_chain(spark: SparkSession, gated: Gated) -> None:
     for run in (gated.first, gated.second):
-        report = verify_manifest(spark, run["manifest_path"])
+        report = verify_manifest(run["manifest_path"])
         assert report["ok"], report["problems"]
         assert report["checked"]["files"] > 0
     m1 = load_manifest(gated.first["manifest_path"])
@@ -197,8 +197,8 @@ def _copy(gated: Gated, tmp_path: Path) -> tuple[Path, Path]:
     return copy, copy / rel
 
 
-def _problems(spark: SparkSession, manifest: Path) -> list[str]:
-    report = verify_manifest(spark, manifest)
+def _problems(manifest: Path) -> list[str]:
+    report = verify_manifest(manifest)
     assert not report["ok"]
     return list(report["problems"])
 
@@ -220,7 +220,7 @@ def test_tamper_one_value(spark: SparkSession, gated: Gated, tmp_path: Path) -> 
     pq.write_table(table.set_column(index, table.schema.field(index), [models]), file)
     # A careful forger also drops Hadoop's checksum sidecar, so the rows really are re-read.
     file.with_name(f".{file.name}.crc").unlink(missing_ok=True)
-    problems = _problems(spark, manifest)
+    problems = _problems(manifest)
     assert any("track_embeddings" in p and rel in p and "SHA-256" in p for p in problems)
     assert any("track_embeddings" in p and "content Merkle root" in p for p in problems)
 
@@ -229,7 +229,7 @@ def test_tamper_deleted_file(spark: SparkSession, gated: Gated, tmp_path: Path) 
     _, manifest = _copy(gated, tmp_path)
     rel, file = _first_file(manifest, "stem_embeddings")
     file.unlink()
-    problems = _problems(spark, manifest)
+    problems = _problems(manifest)
     assert any("stem_embeddings" in p and rel in p and "missing" in p for p in problems)
 
 
@@ -238,7 +238,7 @@ def test_tamper_manifest_field(spark: SparkSession, gated: Gated, tmp_path: Path
     data = json.loads(manifest.read_bytes())
     data["evaluated_at"] = "2020-01-01T00:00:00.000000Z"
     manifest.write_text(json.dumps(data))
-    problems = _problems(spark, manifest)
+    problems = _problems(manifest)
     assert any(str(manifest) in p and "does not match its content" in p for p in problems)
 
 
@@ -252,7 +252,7 @@ def test_tamper_registry_order(spark: SparkSession, gated: Gated, tmp_path: Path
     )
     shutil.rmtree(path)
     write_deltalake(str(path), reordered)
-    problems = _problems(spark, manifest)
+    problems = _problems(manifest)
     assert any("registry" in p and "previous" in p for p in problems)
 
 

@@ -433,7 +433,7 @@ def step_gate_verify(spark: SparkSession, config: Config, *, manifest_path: str)
     from consentgate.errors import CheckFailed
     from consentgate.manifest import verify_manifest
 
-    report = jsonable(verify_manifest(spark, Path(manifest_path)))
+    report = jsonable(verify_manifest(Path(manifest_path)))  # no Spark needed
     if not report.get("ok"):
         raise CheckFailed(f"manifest {manifest_path} does not verify: {report.get('problems')}")
     return report  # type: ignore[no-any-return]

@@ -12,8 +12,12 @@ it. Every path inside a manifest is relative (tables to ``lake_root``, data file
 table), so a lake can be moved or mounted elsewhere and still verify; :func:`lake_root_of` finds
 the lake from the manifest's own location.
 
-Hashing runs on the executors: file digests by a ``mapPartitions`` over the file list, Merkle
-roots through :mod:`consentgate.digest`; only digests and counts reach the driver.
+Building (:func:`describe_snapshot`, called by the gate) hashes on the executors: file digests
+by a ``mapPartitions`` over the file list, Merkle roots through :mod:`consentgate.digest`; only
+digests and counts reach the driver. Verifying (:func:`verify_manifest`) needs no JVM: files are
+hashed locally with hashlib, Delta tables are read with delta-rs and the roots recomputed with
+:mod:`consentgate.verifier`, the Spark-free twin of :mod:`consentgate.digest`. This module
+therefore imports neither pyspark nor the Spark half of the lake layer at import time.
 """
 
 from __future__ import annotations
@@ -22,13 +26,12 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from pyspark.sql import SparkSession
-from pyspark.sql.types import StructType
-
-from consentgate import digest, lake, registry
+from consentgate import verifier
 from consentgate.canonical import (
     MANIFEST_DIGEST_FIELD,
     check_manifest_digest,
@@ -37,6 +40,9 @@ from consentgate.canonical import (
     sha256_file,
 )
 from consentgate.errors import CheckFailed, ConsentgateError
+
+if TYPE_CHECKING:  # the build half needs Spark; verification must not import it
+    from pyspark.sql import SparkSession
 
 #: Version tag of the manifest format (``docs/manifest.md``).
 FORMAT: Final = "consentgate-manifest/1"
@@ -112,7 +118,7 @@ def write_manifest(path: Path, manifest: Mapping[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Hashing on the executors
+# Hashing
 
 
 def _file_hasher() -> Callable[[Iterable[tuple[str, str]]], Iterator[tuple[str, bool, int, str]]]:
@@ -144,7 +150,7 @@ def _file_hasher() -> Callable[[Iterable[tuple[str, str]]], Iterator[tuple[str, 
 def hash_files(
     spark: SparkSession, files: Sequence[tuple[str, Path]]
 ) -> dict[str, tuple[bool, int, str]]:
-    """SHA-256 and size of each file, computed on the executors.
+    """SHA-256 and size of each file, computed on the executors (the gate's build path).
 
     Args:
         spark: Session whose executors read the files (paths must be visible to them).
@@ -161,12 +167,48 @@ def hash_files(
     return {token: (exists, size, sha) for token, exists, size, sha in out}
 
 
+def hash_files_local(
+    files: Sequence[tuple[str, Path]], *, workers: int | None = None
+) -> dict[str, tuple[bool, int, str]]:
+    """SHA-256 and size of each file, hashed on this machine with hashlib (no JVM).
+
+    Same result as :func:`hash_files`. A few threads overlap reading and hashing (hashlib
+    releases the GIL while it hashes a large buffer).
+
+    Args:
+        files: ``(token, absolute path)``; the token keys the result.
+        workers: Threads; default ``min(4, CPUs, files)``.
+
+    Returns:
+        ``token -> (exists, size, sha256 hex)``; a missing file is ``(False, -1, "")``.
+    """
+    if not files:
+        return {}
+
+    def one(item: tuple[str, Path]) -> tuple[str, tuple[bool, int, str]]:
+        token, full = item
+        try:
+            size = os.path.getsize(full)
+            return token, (True, size, sha256_file(full))
+        except (FileNotFoundError, NotADirectoryError):
+            return token, (False, -1, "")
+
+    threads = workers or max(1, min(4, os.cpu_count() or 1, len(files)))
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cg-hash") as pool:
+        return dict(pool.map(one, files))
+
+
 def describe_snapshot(spark: SparkSession, path: Path, version: int) -> dict[str, Any]:
     """Facts about one committed snapshot table version: rows, content root, schema, files.
 
-    The content root is computed from the table as committed (read back at ``version``), not
-    from the plan that produced it, so the manifest certifies the bytes readers will see.
+    The content root is computed from the table as committed (read back at ``version`` with
+    delta-spark, so rows a deletion vector hides are not leaves), not from the plan that
+    produced it, so the manifest certifies the rows readers will see;
+    :func:`verify_manifest` recomputes the same root without Spark
+    (:func:`consentgate.verifier.snapshot_content_root`).
     """
+    from consentgate import digest, lake  # the Spark half, only when building
+
     table = lake.open_table(path, version=version)
     files = lake.active_files(table)
     rels = sorted(files.column("path").to_pylist()) if files.num_rows else []
@@ -189,22 +231,26 @@ def describe_snapshot(spark: SparkSession, path: Path, version: int) -> dict[str
 
 
 # --------------------------------------------------------------------------------------------
-# Verification
+# Verification (no JVM: hashlib, delta-rs and consentgate.verifier)
 
 
-def verify_manifest(spark: SparkSession, path: str | Path) -> dict[str, Any]:
-    """Re-check a published manifest and everything it certifies.
+def verify_manifest(path: str | Path) -> dict[str, Any]:
+    """Re-check a published manifest and everything it certifies, without Spark or a JVM.
 
     Checks, each failure becoming one problem that names the dataset and file at fault:
     the manifest's own SHA-256; its registry entry (digest, path, previous link) and the whole
     registry chain; for each snapshot the Delta log at the recorded version (the same file set),
     every data file's existence, size and SHA-256, and the content Merkle root and row count
-    recomputed from those files; the allowlist's Merkle root and asset count recomputed from the
-    stored allowlist leaves.
+    recomputed from the rows a Delta reader sees at that version (the recorded files, minus the
+    rows their deletion vectors hide); the allowlist's Merkle root and asset count recomputed
+    from the allowlist table at its recorded version.
+
+    Files are hashed locally with hashlib; Delta tables are read with delta-rs; leaves and roots
+    come from :mod:`consentgate.verifier`. Neither pyspark nor a JVM is loaded.
 
     Returns:
         ``{"ok", "problems": [...], "manifest", "run_id", "model_version", "manifest_sha256",
-        "checked": {...}}``.
+        "erased": [...], "checked": {...}}``.
     """
     manifest_path = Path(path).resolve()
     manifest = load_manifest(manifest_path)
@@ -230,12 +276,12 @@ def verify_manifest(spark: SparkSession, path: str | Path) -> dict[str, Any]:
         problems.append(f"manifest {label}: no snapshots recorded")
         snapshots = {}
     try:
-        problems.extend(_check_snapshots(spark, root, snapshots, checked))
+        problems.extend(_check_snapshots(root, snapshots, checked))
     except (KeyError, TypeError, ValueError) as exc:
         problems.append(f"manifest {label}: malformed snapshots section: {exc!r}")
     problems.extend(_check_datasheet(manifest_path, manifest))
     try:
-        problems.extend(_check_allowlist(spark, root, manifest))
+        problems.extend(_check_allowlist(root, manifest))
     except (KeyError, TypeError, ValueError) as exc:
         problems.append(f"manifest {label}: malformed allowlist section: {exc!r}")
     return {
@@ -250,14 +296,112 @@ def verify_manifest(spark: SparkSession, path: str | Path) -> dict[str, Any]:
     }
 
 
+# The registry's location and chain rules, without Spark: ``consentgate.registry`` (which
+# builds Spark schemas at import time) uses these same functions to publish.
+
+
+class ChainLink(Protocol):
+    """What the chain rules read of an entry (a :class:`RegistryLink` or a registry entry)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def model_version(self) -> str: ...
+    @property
+    def manifest_sha256(self) -> str: ...
+    @property
+    def previous_manifest_sha256(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class RegistryLink:
+    """The columns of one registry entry that verification checks."""
+
+    seq: int
+    run_id: str
+    model_version: str
+    manifest_path: str
+    manifest_sha256: str
+    previous_manifest_sha256: str | None
+
+
+def registry_path_at(lake_root: Path) -> Path:
+    """The registry table of the lake at ``lake_root``."""
+    return lake_root / "_consentgate" / "registry"
+
+
+def read_registry_links(lake_root: Path) -> list[RegistryLink]:
+    """The registry's entries in ``seq`` order, read with delta-rs; [] when there is none.
+
+    Raises:
+        TableError: the registry exists but cannot be read.
+    """
+    path = registry_path_at(lake_root)
+    if not verifier.is_delta_table(path):
+        return []
+    names = [
+        "seq",
+        "run_id",
+        "model_version",
+        "manifest_path",
+        "manifest_sha256",
+        "previous_manifest_sha256",
+    ]
+    links = [
+        RegistryLink(
+            seq=int(row["seq"]),
+            run_id=str(row["run_id"]),
+            model_version=str(row["model_version"]),
+            manifest_path=str(row["manifest_path"]),
+            manifest_sha256=str(row["manifest_sha256"]),
+            previous_manifest_sha256=row["previous_manifest_sha256"],
+        )
+        for batch in verifier.scan(verifier.open_delta(path), names)
+        for row in batch.to_pylist()
+    ]
+    return sorted(links, key=lambda e: e.seq)
+
+
+def check_registry_chain(entries: Sequence[ChainLink]) -> list[str]:
+    """Problems with the chain, in ``seq`` order; [] when intact.
+
+    Checks: ``seq`` runs 0..n-1 exactly once each, the first entry has no predecessor, each
+    later entry names its predecessor's digest, and no digest, run id or model version repeats.
+    """
+    problems: list[str] = []
+    ordered = sorted(entries, key=lambda e: e.seq)
+    seqs = [e.seq for e in ordered]
+    if seqs != list(range(len(ordered))):
+        problems.append(f"registry: seq values {seqs} are not 0..{len(ordered) - 1}")
+    for kind, values in (
+        ("manifest_sha256", [e.manifest_sha256 for e in ordered]),
+        ("run_id", [e.run_id for e in ordered]),
+        ("model_version", [e.model_version for e in ordered]),
+    ):
+        dupes = sorted({v for v in values if values.count(v) > 1})
+        if dupes:
+            problems.append(f"registry: {kind} repeated: {dupes}")
+    previous: str | None = None
+    for entry in ordered:
+        if entry.previous_manifest_sha256 != previous:
+            problems.append(
+                f"registry: entry seq {entry.seq} (run {entry.run_id}) names previous manifest "
+                f"{entry.previous_manifest_sha256}, but the entry before it has {previous}"
+            )
+        previous = entry.manifest_sha256
+    return problems
+
+
 def _check_registry(root: Path, manifest_path: Path, manifest: Mapping[str, Any]) -> list[str]:
     problems: list[str] = []
-    where = f"registry {registry.registry_path_at(root)}"
+    where = f"registry {registry_path_at(root)}"
     try:
-        entries = registry.read_entries_at(root)
+        entries = read_registry_links(root)
     except ConsentgateError as exc:
         return [f"{where}: unreadable: {exc}"]
-    problems.extend(f"{where}: {p}" for p in registry.check_chain(entries))
+    problems.extend(f"{where}: {p}" for p in check_registry_chain(entries))
     run_id = manifest.get("run_id")
     mine = [e for e in entries if e.run_id == run_id]
     if len(mine) != 1:
@@ -301,8 +445,44 @@ def _check_registry(root: Path, manifest_path: Path, manifest: Mapping[str, Any]
     return problems
 
 
+def check_snapshot_content(table_dir: Path, snap: Mapping[str, Any], *, where: str) -> list[str]:
+    """Recompute one snapshot's content Merkle root and row count at its recorded version.
+
+    The rows are those a Delta reader sees at ``snap["version"]`` (read with delta-rs: rows a
+    deletion vector hides are not leaves), columns in the recorded schema's order; leaves and
+    root by :func:`consentgate.verifier.content_root`. Unreadable rows are a finding, not a
+    crash (fail closed).
+
+    Args:
+        table_dir: The snapshot table.
+        snap: The manifest's record of it (``version``, ``rows``, ``content_merkle_root``,
+            ``schema``), as :func:`describe_snapshot` built it.
+        where: How problems name the snapshot (``dataset <name>``).
+
+    Returns:
+        Problems; [] when the root and row count match.
+    """
+    columns = [str(field["name"]) for field in snap["schema"]["fields"]]
+    try:
+        content_root, rows = verifier.snapshot_content_root(
+            table_dir, int(snap["version"]), columns=columns
+        )
+    except Exception as exc:  # unreadable bytes are a finding, not a crash (fail closed)
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
+        return [f"{where}: content Merkle root not recomputable: {first}"]
+    problems = []
+    if rows != snap["rows"]:
+        problems.append(f"{where}: {rows} rows in the files, manifest says {snap['rows']}")
+    if content_root != snap["content_merkle_root"]:
+        problems.append(
+            f"{where}: content Merkle root {content_root} recomputed from the files, "
+            f"manifest says {snap['content_merkle_root']}"
+        )
+    return problems
+
+
 def _check_snapshots(
-    spark: SparkSession, root: Path, snapshots: Mapping[str, Any], checked: dict[str, Any]
+    root: Path, snapshots: Mapping[str, Any], checked: dict[str, Any]
 ) -> list[str]:
     problems: list[str] = []
     wanted: list[tuple[str, Path]] = []
@@ -310,7 +490,7 @@ def _check_snapshots(
         table_dir = root / snap["path"]
         for f in snap["files"]:
             wanted.append((f"{name}\x00{f['path']}", table_dir / f["path"]))
-    digests = hash_files(spark, wanted)
+    digests = hash_files_local(wanted)
     checked["files"] = len(wanted)
     for name, snap in sorted(snapshots.items()):
         checked["snapshots"] += 1
@@ -335,18 +515,19 @@ def _check_snapshots(
                     f"{f['sha256']} ({f['size']} bytes)"
                 )
         try:
-            table = lake.open_table(table_dir, version=int(snap["version"]))
-            files = lake.active_files(table)
-            active = set(files.column("path").to_pylist()) if files.num_rows else set()
+            active = set(
+                verifier.data_files(verifier.open_delta(table_dir, version=int(snap["version"])))
+            )
         except ConsentgateError as exc:
             problems.append(
                 f"{where}: snapshot table unreadable at version {snap['version']}: {exc}"
             )
-        else:
-            for rel in sorted(active - set(recorded)):
-                problems.append(f"{where}: file {rel} is in the Delta log but not the manifest")
-            for rel in sorted(set(recorded) - active):
-                problems.append(f"{where}: file {rel} is in the manifest but not the Delta log")
+            # Without the log at that version no Delta reader can say which rows it holds.
+            continue
+        for rel in sorted(active - set(recorded)):
+            problems.append(f"{where}: file {rel} is in the Delta log but not the manifest")
+        for rel in sorted(set(recorded) - active):
+            problems.append(f"{where}: file {rel} is in the manifest but not the Delta log")
         if missing:
             unexplained = [rel for rel in missing if rel not in purged]
             if unexplained:
@@ -356,26 +537,7 @@ def _check_snapshots(
             # Files a purge removed were erased on purpose (the creator's right to erasure
             # outranks re-hashing); their digests in the manifest remain the record of use.
             continue
-        schema = StructType.fromJson(snap["schema"])
-        paths = [str(table_dir / rel) for rel in sorted(recorded)]
-        frame = (
-            spark.read.schema(schema).parquet(*paths)
-            if paths
-            else spark.createDataFrame([], schema)
-        )
-        try:
-            content_root, rows = digest.content_merkle_root(frame)
-        except Exception as exc:  # unreadable bytes are a finding, not a crash (fail closed)
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
-            problems.append(f"{where}: content Merkle root not recomputable: {first}")
-            continue
-        if rows != snap["rows"]:
-            problems.append(f"{where}: {rows} rows in the files, manifest says {snap['rows']}")
-        if content_root != snap["content_merkle_root"]:
-            problems.append(
-                f"{where}: content Merkle root {content_root} recomputed from the files, "
-                f"manifest says {snap['content_merkle_root']}"
-            )
+        problems.extend(check_snapshot_content(table_dir, snap, where=where))
     return problems
 
 
@@ -388,8 +550,8 @@ def _purged_files(table_dir: Path, *, after: int) -> dict[str, int]:
     removed the file) from tampering (a file that vanished without such a commit).
     """
     try:
-        latest = lake.table_version(table_dir)
-        entries = lake.history(table_dir)
+        latest = int(verifier.open_delta(table_dir).version())
+        entries = verifier.commit_history(table_dir)
     except ConsentgateError:
         return {}
     purge_versions = sorted(
@@ -401,10 +563,11 @@ def _purged_files(table_dir: Path, *, after: int) -> dict[str, int]:
     for version in purge_versions:
         if version > latest:
             continue
-        before = lake.active_files(lake.open_table(table_dir, version=version - 1))
-        now = lake.active_files(lake.open_table(table_dir, version=version))
-        old = set(before.column("path").to_pylist()) if before.num_rows else set()
-        new = set(now.column("path").to_pylist()) if now.num_rows else set()
+        try:
+            old = set(verifier.data_files(verifier.open_delta(table_dir, version=version - 1)))
+            new = set(verifier.data_files(verifier.open_delta(table_dir, version=version)))
+        except ConsentgateError:
+            continue  # that part of the log is gone: its removals stay unexplained (fail closed)
         for rel in old - new:
             removed.setdefault(rel, version)
     return removed
@@ -424,15 +587,16 @@ def _check_datasheet(manifest_path: Path, manifest: Mapping[str, Any]) -> list[s
     return problems
 
 
-def _check_allowlist(spark: SparkSession, root: Path, manifest: Mapping[str, Any]) -> list[str]:
+def _check_allowlist(root: Path, manifest: Mapping[str, Any]) -> list[str]:
     allowlist = manifest["allowlist"]
     table_dir = root / allowlist["table"]["path"]
     where = f"allowlist {table_dir}"
     try:
-        frame = lake.read_table(spark, table_dir, version=int(allowlist["table"]["version"]))
+        computed, count = verifier.allowlist_root_of_table(
+            table_dir, int(allowlist["table"]["version"])
+        )
     except ConsentgateError as exc:
         return [f"{where}: unreadable: {exc}"]
-    computed, count = digest.allowlist_merkle_root(frame)
     problems = []
     if count != allowlist["asset_count"]:
         problems.append(f"{where}: {count} leaves, manifest says {allowlist['asset_count']}")
@@ -446,11 +610,17 @@ def _check_allowlist(spark: SparkSession, root: Path, manifest: Mapping[str, Any
 __all__ = [
     "FORMAT",
     "MANIFEST_FILE",
+    "RegistryLink",
+    "check_registry_chain",
+    "check_snapshot_content",
     "describe_snapshot",
     "hash_files",
+    "hash_files_local",
     "lake_root_of",
     "load_manifest",
     "manifest_dir",
+    "read_registry_links",
+    "registry_path_at",
     "verify_manifest",
     "write_manifest",
 ]

@@ -59,6 +59,7 @@ from pyspark.sql.types import (
 from consentgate import lake
 from consentgate.config import Config, DatasetConfig
 from consentgate.errors import CheckFailed, ConsentgateError
+from consentgate.manifest import check_registry_chain, registry_path_at
 
 #: Prefix of every snapshot dataset name: ``snapshot/<model_version>/<dataset>``.
 SNAPSHOT_PREFIX: Final = "snapshot/"
@@ -225,11 +226,6 @@ def _snapshot_from(row: Mapping[str, Any]) -> SnapshotRecord:
     )
 
 
-def registry_path_at(lake_root: Path) -> Path:
-    """The registry of the lake at ``lake_root`` (for checks that start from a manifest)."""
-    return lake_root / "_consentgate" / "registry"
-
-
 def read_entries(config: Config, *, ordered: bool = True) -> list[RegistryEntry]:
     """Every registry entry (sorted by ``seq`` unless ``ordered`` is false); [] when empty.
 
@@ -265,31 +261,10 @@ def read_entries_at(lake_root: Path, *, ordered: bool = True) -> list[RegistryEn
 def check_chain(entries: Sequence[RegistryEntry]) -> list[str]:
     """Problems with the chain, in ``seq`` order; [] when it is intact.
 
-    Checks: ``seq`` runs 0..n-1 exactly once each, the first entry has no predecessor, each
-    later entry names its predecessor's digest, and no digest, run id or model version repeats.
+    The rules live with the Spark-free verifier (:func:`consentgate.manifest.check_registry_chain`)
+    so that publishing and verifying can never disagree.
     """
-    problems: list[str] = []
-    ordered = sorted(entries, key=lambda e: e.seq)
-    seqs = [e.seq for e in ordered]
-    if seqs != list(range(len(ordered))):
-        problems.append(f"registry: seq values {seqs} are not 0..{len(ordered) - 1}")
-    for kind, values in (
-        ("manifest_sha256", [e.manifest_sha256 for e in ordered]),
-        ("run_id", [e.run_id for e in ordered]),
-        ("model_version", [e.model_version for e in ordered]),
-    ):
-        dupes = sorted({v for v in values if values.count(v) > 1})
-        if dupes:
-            problems.append(f"registry: {kind} repeated: {dupes}")
-    previous: str | None = None
-    for entry in ordered:
-        if entry.previous_manifest_sha256 != previous:
-            problems.append(
-                f"registry: entry seq {entry.seq} (run {entry.run_id}) names previous manifest "
-                f"{entry.previous_manifest_sha256}, but the entry before it has {previous}"
-            )
-        previous = entry.manifest_sha256
-    return problems
+    return check_registry_chain(entries)
 
 
 def find_entry(config: Config, *, model_version: str) -> RegistryEntry | None:

@@ -1,10 +1,11 @@
 """Spark-free reference implementation of consentgate's row encoding, leaves and proofs.
 
-This module is deliberately small and depends only on the standard library and pyarrow, so a
-creator or auditor can read it top to bottom and check a snapshot or a proof without Spark, a
-cluster, or trust in consentgate's Spark code. ``consentgate.digest`` produces the same bytes
-with Spark SQL functions; the test suite proves the two agree. The byte format is specified in
-``docs/manifest.md``; in short::
+This module is deliberately small and depends only on the standard library, pyarrow and
+delta-rs (``deltalake``, to read Delta tables as delta-spark wrote them, deletion vectors
+included), so a creator or auditor can read it top to bottom and check a snapshot, a manifest
+or a proof without Spark, a JVM, a cluster, or trust in consentgate's Spark code.
+``consentgate.digest`` produces the same bytes with Spark SQL functions; the test suite proves
+the two agree. The byte format is specified in ``docs/manifest.md``; in short::
 
     ROW    = u32(field count) || for each field: u32(len(name)) || name (UTF-8) || VALUE
     VALUE  = 0x00                                   (null, any type)
@@ -19,16 +20,21 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import math
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from deltalake import DeltaTable, QueryBuilder
+from deltalake.exceptions import TableNotFoundError
 
 from consentgate import merkle
+from consentgate.errors import SchemaError, TableError
 
 #: Type tags. Shared with ``consentgate.digest`` so both implementations use one table.
 TAG_NULL = 0x00
@@ -389,3 +395,190 @@ def verify_allowlist_proof(proof: Mapping[str, Any], root: str | bytes) -> bool:
     except (KeyError, TypeError, ValueError, AttributeError):
         return False
     return merkle.verify_proof(proof, root, key_of=allowlist_key)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading Delta tables without a JVM (delta-rs)
+# --------------------------------------------------------------------------------------------
+#
+# Rows are read through delta-rs's query engine (``deltalake.QueryBuilder``), which honours
+# what delta-spark writes (deletion vectors, column mapping, partitions); ``to_pyarrow_*``
+# would refuse deletion vectors. The log itself (add actions, deletion-vector keep-masks,
+# history) is read with ``deltalake.DeltaTable``.
+
+
+def open_delta(path: str | Path, *, version: int | None = None) -> DeltaTable:
+    """Open a Delta table (latest, or ``version``) with delta-rs, or fail naming the path.
+
+    Raises:
+        TableError: the path holds no Delta table or the version does not exist.
+    """
+    location = str(path)
+    try:
+        table = DeltaTable(location)
+        if version is not None:
+            table.load_as_version(int(version))
+    except TableNotFoundError:
+        raise TableError(f"{location}: not a Delta table (no _delta_log)") from None
+    except Exception as exc:  # delta-rs raises several types for a bad version
+        raise TableError(f"{location}: cannot open Delta table: {exc}") from None
+    return table
+
+
+def is_delta_table(path: str | Path) -> bool:
+    """Whether ``path`` holds a Delta table."""
+    return bool(DeltaTable.is_deltatable(str(path)))
+
+
+def data_files(table: DeltaTable) -> list[str]:
+    """The data files of the table's loaded version, relative to the table as the log's add
+    actions spell them (what a manifest records), sorted."""
+    actions = pa.table(table.get_add_actions(flatten=True))
+    return sorted(str(p) for p in actions.column("path").to_pylist())
+
+
+def deletion_vector_masks(table: DeltaTable) -> dict[str, list[bool]]:
+    """Keep-masks of the files that carry a deletion vector at the loaded version.
+
+    Returns:
+        ``relative path (as in :func:`data_files`) -> keep mask`` (``True`` = the row at that
+        position is visible, ``False`` = a deletion vector hides it); files without a vector
+        are absent.
+    """
+    if "deletionVectors" not in (table.protocol().reader_features or ()):
+        return {}
+    vectors = pa.table(table.deletion_vectors())
+    by_name: dict[str, list[tuple[str, list[bool]]]] = {}
+    for uri, mask in zip(
+        vectors.column("filepath").to_pylist(),
+        vectors.column("selection_vector").to_pylist(),
+        strict=True,
+    ):
+        bare = unquote(str(uri))
+        by_name.setdefault(bare.rsplit("/", 1)[-1], []).append((bare, [bool(k) for k in mask]))
+    masks: dict[str, list[bool]] = {}
+    for rel in data_files(table):
+        plain = unquote(rel)
+        for bare, mask in by_name.get(plain.rsplit("/", 1)[-1], ()):
+            if bare.endswith("/" + plain):  # delta-rs names files by absolute URI here
+                masks[rel] = mask
+    return masks
+
+
+def commit_history(path: str | Path) -> list[dict[str, Any]]:
+    """Commit infos of the table, newest first, with ``version`` and our ``userMetadata`` keys
+    (``consentgate.*``) merged in at the top level (same shape as ``lake.history``).
+
+    Read from the latest version: delta-rs numbers history entries from the loaded version.
+    """
+    out: list[dict[str, Any]] = []
+    for entry in open_delta(path).history():
+        merged = dict(entry)
+        text = entry.get("userMetadata")
+        if isinstance(text, str) and text.startswith("{"):
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict):
+                merged.update({k: v for k, v in parsed.items() if k.startswith("consentgate.")})
+        out.append(merged)
+    return out
+
+
+def _identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def scan(table: DeltaTable, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """Stream the rows a Delta reader sees at the table's loaded version.
+
+    Deletion vectors are applied (a hidden row is not returned), column mapping and partition
+    columns resolved, by delta-rs's query engine.
+
+    Args:
+        table: An opened table (see :func:`open_delta`).
+        columns: Logical column names, in the order wanted; default all, in schema order.
+
+    Raises:
+        TableError: the query fails (a named column does not exist, a file is unreadable).
+    """
+    select = ", ".join(_identifier(c) for c in columns) if columns is not None else "*"
+    try:
+        stream = QueryBuilder().register("t", table).execute(f"SELECT {select} FROM t")
+        reader = pa.RecordBatchReader.from_stream(stream)
+        yield from reader
+    except Exception as exc:  # DeltaError / ArrowInvalid / OSError from the engine
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
+        raise TableError(f"{table.table_uri}: cannot read rows: {first}") from None
+
+
+def snapshot_content_root(
+    path: str | Path, version: int, *, columns: Sequence[str] | None = None
+) -> tuple[str, int]:
+    """Content Merkle root and row count of a Delta table at ``version``, without Spark.
+
+    Equal to ``digest.content_merkle_root(lake.read_table(spark, path, version=version))``:
+    rows hidden by a deletion vector are not leaves (and not counted).
+
+    Args:
+        path: Table directory.
+        version: The committed version to read.
+        columns: The table schema's column order (a manifest's recorded schema); default the
+            table's own.
+
+    Raises:
+        TableError: the table or version cannot be read.
+        UnsupportedType: a column type the row encoding does not define.
+    """
+    return content_root(scan(open_delta(path, version=version), columns))
+
+
+def _is_string(typ: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)
+    )
+
+
+def allowlist_root_of_batches(batches: Iterable[pa.RecordBatch]) -> tuple[str, int]:
+    """Allowlist Merkle root over rows holding (at least) the five ``ALLOWLIST_FIELDS``.
+
+    Leaves are :func:`allowlist_leaf` of each row, ordered by ``asset_id`` (UTF-8 bytes, ties by
+    leaf hash: ``merkle.sort_entries``); equal to ``digest.allowlist_merkle_root``.
+
+    Returns:
+        ``(root_hex, asset_count)``.
+
+    Raises:
+        SchemaError: a column is missing or has a type other than the leaf's.
+    """
+    tokens: list[tuple[bytes, bytes]] = []
+    for batch in batches:
+        for name, expected in ALLOWLIST_FIELDS:
+            index = batch.schema.get_field_index(name)
+            if index < 0:
+                raise SchemaError(f"allowlist is missing column {name!r}")
+            actual = batch.schema.field(index).type
+            ok = (
+                _is_string(actual)
+                if _is_string(expected)
+                else pa.types.is_timestamp(actual) and actual.tz is not None
+            )
+            if not ok:
+                raise SchemaError(f"allowlist column {name!r} must be {expected}, found {actual}")
+        columns = [batch.column(name).to_pylist() for name, _ in ALLOWLIST_FIELDS]
+        for values in zip(*columns, strict=True):
+            data = encode_row(values, ALLOWLIST_FIELDS)
+            key = values[0]
+            # Spark's ascending order puts a null key first; no gate allowlist has one.
+            token = b"" if key is None else b"\x01" + str(key).encode("utf-8")
+            tokens.append((token, merkle.leaf_hash(data)))
+    tokens.sort()
+    return merkle.merkle_root([h for _, h in tokens]).hex(), len(tokens)
+
+
+def allowlist_root_of_table(path: str | Path, version: int) -> tuple[str, int]:
+    """Allowlist Merkle root and asset count of an allowlist Delta table at ``version``."""
+    table = open_delta(path, version=version)
+    names = [name for name, _ in ALLOWLIST_FIELDS]
+    return allowlist_root_of_batches(scan(table, names))
