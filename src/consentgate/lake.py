@@ -45,11 +45,11 @@ from urllib.parse import unquote
 import pyarrow as pa
 import rfc8785
 from deltalake import DeltaTable as LogTable
-from deltalake.exceptions import TableNotFoundError
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DataType, MapType, StructField, StructType
 
+from consentgate import verifier
 from consentgate.errors import ConflictError, SchemaError, TableError
 
 WriteMode = Literal["error", "append", "overwrite"]
@@ -96,26 +96,18 @@ _USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 def open_table(path: str | Path, *, version: int | None = None) -> LogTable:
     """Open a Delta table's log (latest, or ``version``) with delta-rs, or fail naming the path.
 
-    For log-only questions (versions, file lists, history); never for rows.
+    For log-only questions (versions, file lists, history); never for rows. The same function
+    as the Spark-free verifier's.
 
     Raises:
         TableError: the path holds no Delta table or the version does not exist.
     """
-    location = str(path)
-    try:
-        table = LogTable(location)
-        if version is not None:
-            table.load_as_version(version)
-    except TableNotFoundError:
-        raise TableError(f"{location}: not a Delta table (no _delta_log)") from None
-    except Exception as exc:  # delta-rs raises several types for a bad version
-        raise TableError(f"{location}: cannot open Delta table: {exc}") from None
-    return table
+    return verifier.open_delta(path, version=version)
 
 
 def is_table(path: str | Path) -> bool:
     """Whether ``path`` holds a Delta table."""
-    return LogTable.is_deltatable(str(path))
+    return verifier.is_delta_table(path)
 
 
 def spark_schema(table: LogTable) -> StructType:
@@ -137,32 +129,19 @@ def active_files(table: LogTable) -> pa.Table:
     """The snapshot's add actions: ``path, size_bytes, num_records, rows`` (+ ``partition.*``).
 
     ``rows`` is what a reader sees: ``num_records`` minus the rows a deletion vector hides
-    (counted from delta-rs's ``deletion_vectors()`` keep-masks, which it reads from the log's
-    descriptors and the vector files; no data file is opened).
+    (from delta-rs's keep-masks, :func:`consentgate.verifier.deletion_vector_masks`).
     """
     actions = pa.table(table.get_add_actions(flatten=True))
-    records = [int(r or 0) for r in actions.column("num_records").to_pylist()]
-    hidden: dict[str, int] = {}
-    if "deletionVectors" in (table.protocol().reader_features or ()):
-        vectors = pa.table(table.deletion_vectors())
-        for uri, mask in zip(
-            vectors.column("filepath").to_pylist(),
-            vectors.column("selection_vector").to_pylist(),
-            strict=True,
-        ):
-            hidden[unquote(str(uri))] = sum(1 for keep in mask if not keep)
-    paths = actions.column("path").to_pylist()
+    masks = verifier.deletion_vector_masks(table)
     rows = [
-        n - _hidden_rows(hidden, path) if hidden else n
-        for n, path in zip(records, paths, strict=True)
+        int(n or 0) - sum(1 for keep in masks.get(str(path), ()) if not keep)
+        for n, path in zip(
+            actions.column("num_records").to_pylist(),
+            actions.column("path").to_pylist(),
+            strict=True,
+        )
     ]
     return actions.append_column("rows", pa.array(rows, pa.int64()))
-
-
-def _hidden_rows(hidden: Mapping[str, int], relative: str) -> int:
-    """Rows hidden in ``relative`` (delta-rs names files by absolute URI in its DV listing)."""
-    suffix = "/" + unquote(relative)
-    return next((n for uri, n in hidden.items() if uri.endswith(suffix)), 0)
 
 
 def table_version(path: str | Path) -> int:
@@ -175,25 +154,10 @@ def history(path: str | Path, *, limit: int | None = None) -> list[dict[str, Any
 
     A commit whose ``userMetadata`` is not a JSON object (someone else's) keeps it as a string.
     """
-    out: list[dict[str, Any]] = []
-    for entry in open_table(path).history(limit):
-        merged = dict(entry)
-        merged.update(user_metadata(entry.get("userMetadata")))
-        out.append(merged)
-    return out
+    return verifier.commit_history(path, limit=limit)
 
 
-def user_metadata(text: Any) -> dict[str, Any]:
-    """Our keys from a commit's ``userMetadata`` (empty when it is absent or not ours)."""
-    if not isinstance(text, str) or not text.startswith("{"):
-        return {}
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        return {}
-    if not isinstance(parsed, dict):
-        return {}
-    return {k: v for k, v in parsed.items() if k.startswith("consentgate.")}
+user_metadata = verifier.user_metadata
 
 
 def table_inventory(path: str | Path) -> dict[str, Any]:

@@ -44,7 +44,7 @@ def new_run_id(kind: str, *, at: dt.datetime | None = None) -> str:
 def versions() -> dict[str, str]:
     """Code and engine versions recorded in manifests and audit entries."""
     out = {"python": platform.python_version()}
-    for package in ("consentgate", "pyspark", "deltalake", "pyarrow"):
+    for package in ("consentgate", "pyspark", "delta-spark", "deltalake", "pyarrow"):
         try:
             out[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

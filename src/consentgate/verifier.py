@@ -465,25 +465,31 @@ def deletion_vector_masks(table: DeltaTable) -> dict[str, list[bool]]:
     return masks
 
 
-def commit_history(path: str | Path) -> list[dict[str, Any]]:
+def commit_history(path: str | Path, *, limit: int | None = None) -> list[dict[str, Any]]:
     """Commit infos of the table, newest first, with ``version`` and our ``userMetadata`` keys
-    (``consentgate.*``) merged in at the top level (same shape as ``lake.history``).
+    (``consentgate.*``) merged in at the top level (what ``lake.history`` returns).
 
     Read from the latest version: delta-rs numbers history entries from the loaded version.
     """
     out: list[dict[str, Any]] = []
-    for entry in open_delta(path).history():
+    for entry in open_delta(path).history(limit):
         merged = dict(entry)
-        text = entry.get("userMetadata")
-        if isinstance(text, str) and text.startswith("{"):
-            try:
-                parsed = json.loads(text)
-            except ValueError:
-                parsed = None
-            if isinstance(parsed, dict):
-                merged.update({k: v for k, v in parsed.items() if k.startswith("consentgate.")})
+        merged.update(user_metadata(entry.get("userMetadata")))
         out.append(merged)
     return out
+
+
+def user_metadata(text: Any) -> dict[str, Any]:
+    """Our keys from a commit's ``userMetadata`` (empty when it is absent or not ours)."""
+    if not isinstance(text, str) or not text.startswith("{"):
+        return {}
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return {}
+    if not isinstance(parsed, dict):
+        return {}
+    return {k: v for k, v in parsed.items() if k.startswith("consentgate.")}
 
 
 def _identifier(name: str) -> str:
