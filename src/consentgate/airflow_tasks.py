@@ -616,8 +616,9 @@ def submit_step(step: str, config: Config, args: Mapping[str, Any], context: Any
     script = jobs_dir() / f"{step}.py"
     if not script.is_file():
         raise ConfigError(f"{JOBS_DIR_ENV}: {script} does not exist")
-    from consentgate.spark import DELTA_CONF, delta_jars
+    from consentgate.spark import DELTA_CONF, JARS_ENV, delta_jars
 
+    jars = delta_jars()
     python = sys.executable
     spark_conf = {
         "spark.pyspark.python": python,
@@ -641,7 +642,7 @@ def submit_step(step: str, config: Config, args: Mapping[str, Any], context: Any
         py_files=str(package_zip()),
         # Delta's jars from `make jars`, shipped with the job (driver and executors): no
         # run-time package resolution on the cluster.
-        jars=",".join(str(j) for j in delta_jars()),
+        jars=",".join(str(j) for j in jars),
         conn_id=config.airflow.spark_conn_id,
         conf=spark_conf,
         application_args=[
@@ -657,6 +658,9 @@ def submit_step(step: str, config: Config, args: Mapping[str, Any], context: Any
             "PATH": _spark_bin_path(),
             "PYSPARK_PYTHON": spark_conf["spark.pyspark.python"],
             "PYSPARK_DRIVER_PYTHON": spark_conf["spark.pyspark.driver.python"],
+            # The job's package comes from a py_files zip, so it cannot find the repository's
+            # .jars/ on its own: tell it where they are (the driver runs here, client mode).
+            JARS_ENV: str(jars[0].parent),
         },
         allow_nested_operators=True,
     )
