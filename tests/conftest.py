@@ -19,7 +19,12 @@ def spark() -> Iterator[SparkSession]:
             "spark.ui.showConsoleProgress": "false",
             "spark.sql.shuffle.partitions": "4",
             "spark.default.parallelism": "4",
-            "spark.driver.memory": "2g",
+            # 2g ran out of execution memory 55 minutes into CI (the demo-lake purge, after
+            # hundreds of tests had cached frames): more heap, a smaller protected storage
+            # region, and the context cleaner's GC every two minutes instead of every 30.
+            "spark.driver.memory": "4g",
+            "spark.memory.storageFraction": "0.3",
+            "spark.cleaner.periodicGC.interval": "2min",
             "spark.sql.adaptive.enabled": "false",
         },
         app_name="consentgate-tests",

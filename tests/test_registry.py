@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -93,3 +94,44 @@ def test_model_version_is_checked() -> None:
     for bad in ("", "../x", "a/b", " x"):
         with pytest.raises(ConsentgateError, match="--model-version"):
             registry.check_model_version(bad)
+
+
+def test_snapshot_retention_follows_a_shorter_config(tmp_path: Path) -> None:
+    """A snapshot published under 365 days is purged under today's 30, never kept longer."""
+    config = parse_config(
+        {
+            "lake_root": str(tmp_path),
+            "use_cases": {"recommendation": {"accepted_policy_versions": ["v1"]}},
+            "datasets": {
+                "gen_shards": {
+                    "path": "gen_shards",
+                    "use_case": "recommendation",
+                    "key": "sample_id",
+                    "retention_days": 30,
+                    "derived_at_column": "made_at",
+                }
+            },
+        },
+        base_dir=tmp_path,
+        check_paths=False,
+    )
+    published = registry.SnapshotRecord(
+        name=registry.snapshot_name("m1", "gen_shards"),
+        dataset="gen_shards",
+        path="_consentgate/snapshots/m1/gen_shards",
+        version=0,
+        use_case="recommendation",
+        key="sample_id",
+    )
+    # Published without retention: the config's 30 days (and its column) apply.
+    ds = published.dataset_config(config)
+    assert (ds.retention_days, ds.derived_at_column) == (30, "made_at")
+    # Published with a longer retention: the shorter one wins, the snapshot's column stays.
+    longer = dataclasses.replace(published, retention_days=365, derived_at_column="derived_at")
+    ds = longer.dataset_config(config)
+    assert (ds.retention_days, ds.derived_at_column) == (30, "derived_at")
+    # Published with a shorter one, or the dataset dropped from the config: the published one.
+    shorter = dataclasses.replace(published, retention_days=7, derived_at_column="derived_at")
+    assert shorter.dataset_config(config).retention_days == 7
+    dropped = config.model_copy(update={"datasets": {}})
+    assert longer.dataset_config(dropped).retention_days == 365

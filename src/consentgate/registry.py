@@ -112,14 +112,30 @@ class SnapshotRecord:
     derived_at_column: str | None = None
 
     def dataset_config(self, config: Config) -> DatasetConfig:
-        """This snapshot as a dataset of its use case (absolute path)."""
+        """This snapshot as a dataset of its use case (absolute path).
+
+        Retention is the stricter of what the snapshot was published with and what the
+        config says of its dataset now: a shortened retention must reach the copies a gate
+        already cut, or a snapshot would keep rows its source may no longer hold. A dataset
+        that was dropped from the config, or lost its retention, keeps the published one
+        (a config change never lengthens how long a copy is kept).
+        """
+        retention, derived_at = self.retention_days, self.derived_at_column
+        current = config.datasets.get(self.dataset)
+        if (
+            current is not None
+            and current.retention_days is not None
+            and (retention is None or current.retention_days < retention)
+        ):
+            retention = current.retention_days
+            derived_at = derived_at or current.derived_at_column
         return DatasetConfig(
             path=str(config.resolve(self.path)),
             use_case=self.use_case,
             key=self.key,
             asset_column=self.asset_column,
-            retention_days=self.retention_days,
-            derived_at_column=self.derived_at_column,
+            retention_days=retention,
+            derived_at_column=derived_at,
         )
 
 
