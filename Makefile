@@ -53,7 +53,7 @@ demo: java $(JARS_STAMP) $(STAMP)
 
 airflow: java $(JARS_STAMP) $(STAMP)
 	@test -f lake/consentgate.yaml || $(VENV)/bin/consentgate init-demo --lake lake
-	CONSENTGATE_CONF=$(CURDIR)/lake/consentgate.yaml \
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH CONSENTGATE_CONF=$(CURDIR)/lake/consentgate.yaml \
 	AIRFLOW_HOME=$(CURDIR)/.airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	  AIRFLOW__API__HOST=127.0.0.1 $(VENV)/bin/airflow standalone
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 from click.testing import CliRunner
 from pyspark.sql import SparkSession
@@ -159,3 +164,162 @@ def test_init_demo_json_then_inventory_agree(spark: SparkSession, tmp_path: Path
     code, _, stderr = run("init-demo", "--lake", str(lake_dir), "--assets", "40")
     assert code == 2
     assert "not empty" in stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Bad arguments fail before any JVM starts (issue #15, item 4). The command runs in a child
+# process where Java cannot start at all (no java on PATH, JAVA_HOME pointing nowhere): a check
+# that ran only after asking for Spark would die there with PySpark's gateway error instead of
+# exiting 2 with a message naming the argument. The control test proves the environment does
+# stop Spark.
+
+CONF = {
+    "lake_root": ".",
+    "use_cases": {"recommendation": {"accepted_policy_versions": ["2026-03"]}},
+    "datasets": {
+        "track_embeddings": {
+            "path": "derived/track_embeddings",
+            "use_case": "recommendation",
+            "key": "embedding_id",
+            "asset_column": "asset_id",
+        }
+    },
+}
+
+
+def _bare_lake(root: Path, **conf: Any) -> Path:
+    """A lake whose configured paths exist (empty directories, no Spark needed)."""
+    for table in ("consent_records", "assets", "lineage", "derived/track_embeddings"):
+        (root / table).mkdir(parents=True)
+    path = root / "consentgate.yaml"
+    path.write_text(yaml.safe_dump({**CONF, **conf}))
+    return path
+
+
+def run_without_java(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    empty_bin = tmp_path / "empty-bin"
+    jars = tmp_path / "jars"
+    empty_bin.mkdir(exist_ok=True)
+    jars.mkdir(exist_ok=True)
+    # A stand-in jar, so that consentgate's own jar check passes and Spark really is launched.
+    (jars / "delta-spark_2.13-0.0.0.jar").touch()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
+    env.update(PATH=str(empty_bin), JAVA_HOME=str(tmp_path / "no-java"), CONSENTGATE_JARS=str(jars))
+    return subprocess.run(
+        [sys.executable, "-c", "from consentgate.cli import main; main()", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_control_spark_cannot_start_without_java(tmp_path: Path) -> None:
+    conf = _bare_lake(tmp_path)
+    done = run_without_java(tmp_path, "audit", "verify", "--conf", str(conf))
+    assert done.returncode not in (0, 2)
+    assert "JAVA_GATEWAY_EXITED" in done.stderr
+
+
+def test_unknown_use_case_on_gate_fails_before_spark_starts(tmp_path: Path) -> None:
+    conf = _bare_lake(tmp_path)
+    done = run_without_java(
+        tmp_path,
+        "gate",
+        "--conf",
+        str(conf),
+        "--use-case",
+        "generative_training",
+        "--model-version",
+        "m1",
+        "--json",
+    )
+    assert done.returncode == 2, done.stderr
+    error = json.loads(done.stdout)["error"]
+    assert error == "--use-case: 'generative_training' is not configured (known: recommendation)"
+    assert "generative_training" in done.stderr
+    assert "JAVA" not in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["gate", "--use-case", "recomendation", "--model-version", "m1"],
+            "--use-case: 'recomendation' is not configured (known: recommendation); "
+            "did you mean 'recommendation'?",
+        ),
+        (
+            ["gate", "--use-case", "recommendation", "--model-version", "../m1"],
+            "--model-version: '../m1' must match",
+        ),
+        (
+            ["gate", "--use-case", "recommendation", "--model-version", "m1", "--datasets", "x"],
+            "--datasets: 'x' is not a configured dataset",
+        ),
+        (
+            ["gate", "--use-case", "recommendation", "--model-version", "m1", "--as-of", "soon"],
+            "--as-of: 'soon' is not an ISO-8601 instant",
+        ),
+        (["evaluate", "--use-case", "nope"], "--use-case: 'nope' is not configured"),
+        (["evaluate", "--use-case", "recommendation", "--out", "."], "--out: . already exists"),
+        (["purge", "--as-of", "yesterday"], "--as-of: 'yesterday' is not an ISO-8601 instant"),
+        (["backfill", "--as-of", "yesterday"], "--as-of: 'yesterday' is not an ISO-8601"),
+        (["impact", "--as-of", "yesterday"], "--as-of: 'yesterday' is not an ISO-8601"),
+        (["explain-model", "a/b"], "MODEL_VERSION: 'a/b' must match"),
+        (["explain-model", "m9"], "MODEL_VERSION: 'm9' is not in the registry"),
+        (["prove", "--manifest", "m.json", "--asset", "  "], "--asset: an asset id is required"),
+        (["prove", "--manifest", "m.json", "--asset", "a1"], "--manifest: file m.json does not"),
+    ],
+)
+def test_bad_arguments_fail_before_spark_starts(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    conf = _bare_lake(tmp_path / "lake")
+    done = run_without_java(tmp_path, *args, "--conf", str(conf), "--json")
+    assert done.returncode == 2, done.stderr
+    assert message in json.loads(done.stdout)["error"]
+    assert "Traceback" not in done.stderr
+
+
+def test_every_config_problem_is_reported_before_spark_starts(tmp_path: Path) -> None:
+    conf = _bare_lake(tmp_path, lake_rooot=".", erasure={"window_hour": 0})
+    text = conf.read_text().replace("lake_root: .\n", "")
+    conf.write_text(text)
+    done = run_without_java(tmp_path, "purge", "--conf", str(conf))
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0] == f"consentgate: 3 problems in {conf.resolve()}:"
+    # One line each, grouped by top-level key in the file's order, a missing key first.
+    assert lines[1:] == [
+        "  lake_root: required key is missing",
+        "  erasure.window_hour: unknown key; did you mean 'window_hours'?",
+        "  lake_rooot: unknown key; did you mean 'lake_root'?",
+    ]
+
+
+def test_gate_back_dated_as_of_exits_2_naming_the_later_changes(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Issue #12: r3 revokes a2 on 2026-01-02; a gate cut at noon the day before would ignore
+    it, so it is refused as bad input (exit 2) and nothing is written."""
+    conf = write_small_lake(spark, tmp_path)
+    code, stdout, stderr = run(
+        "gate",
+        "--conf",
+        str(conf),
+        "--use-case",
+        "recommendation",
+        "--model-version",
+        "m1",
+        "--as-of",
+        "2026-01-01T12:00:00Z",
+        "--json",
+    )
+    assert code == 2, (stdout, stderr)
+    error = json.loads(stdout)["error"]
+    assert "--as-of" in error and "1 later change(s)" in error, error
+    assert "--as-of" in stderr
+    state = tmp_path / "_consentgate"
+    assert not (state / "snapshots").exists() and not (state / "allowlists").exists()

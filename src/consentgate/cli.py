@@ -5,6 +5,11 @@ Every command that reads the lake takes ``--conf``, commands where time matters 
 progress and Spark's own chatter go to stderr). Exit status: 0 success, 1 a check failed
 (verification, a refused gate), 2 bad input (config, arguments, table schema), always with a
 message naming the culprit.
+
+Arguments and the config are checked before any JVM starts: every command loads its config
+(:func:`_config`), checks its arguments against it (use case declared, model version
+well-formed, ``--as-of`` parses, files that must exist do) and only then asks for Spark
+(:func:`_spark`), so bad input fails fast, with the message alone and no JVM output first.
 """
 
 from __future__ import annotations
@@ -14,13 +19,17 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from consentgate.errors import ConsentgateError
+
+if TYPE_CHECKING:
+    from consentgate.config import Config
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,7 +68,9 @@ def _render(result: dict[str, Any], *, title: str) -> None:
 def _fail(exc: ConsentgateError, *, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"ok": False, "error": str(exc), "exit_code": exc.exit_code}))
-    stderr.print(f"[bold red]consentgate:[/] {exc}")
+    # Escaped (a message quotes user input) and not re-wrapped: a config error lists one
+    # problem per line and each must stay on its own line.
+    stderr.print(f"[bold red]consentgate:[/] {escape(str(exc))}", soft_wrap=True)
     sys.exit(exc.exit_code)
 
 
@@ -90,15 +101,63 @@ def _as_of(value: str | None) -> dt.datetime | None:
     return None if value is None else parse_instant(value)
 
 
-def _session(conf_path: Path) -> tuple[Any, Any]:
+def _config(conf_path: Path) -> Config:
+    """Load and validate the config (no JVM): every problem in it, each with its key."""
     from consentgate.config import load_config
+
+    return load_config(conf_path)
+
+
+def _spark(config: Config) -> Any:
+    """Start (or join) Spark: only once the config and every argument have been checked."""
     from consentgate.spark import get_spark
 
-    config = load_config(conf_path)
     with stderr.status("starting Spark"):
         spark = get_spark(master=config.spark.master, conf=config.spark.conf)
     spark.sparkContext.setLogLevel("ERROR")
-    return config, spark
+    return spark
+
+
+def _use_case(config: Config, use_case: str) -> str:
+    """``--use-case`` must be declared in the config."""
+    from consentgate.config import closest
+
+    if use_case not in config.use_cases:
+        known = ", ".join(sorted(config.use_cases))
+        match = closest(use_case, config.use_cases)
+        hint = f"; did you mean {match!r}?" if match else ""
+        raise ConsentgateError(f"--use-case: {use_case!r} is not configured (known: {known}){hint}")
+    return use_case
+
+
+def _model_version(value: str, *, name: str = "--model-version") -> str:
+    """A model version names a snapshot directory, so it must match the registry's rule."""
+    from consentgate.registry import check_model_version
+
+    try:
+        return check_model_version(value)
+    except ConsentgateError as exc:
+        raise ConsentgateError(str(exc).replace("--model-version", name, 1)) from None
+
+
+def _manifest_of_lake(config: Config, manifest: Path, *, name: str = "--manifest") -> Path:
+    """A manifest file that exists, is a JSON object, and lies in ``config``'s lake."""
+    from consentgate.manifest import lake_root_of, load_manifest
+
+    if not manifest.is_file():
+        raise ConsentgateError(f"{name}: file {manifest} does not exist")
+    load_manifest(manifest)
+    if lake_root_of(manifest) != config.lake_root.resolve():
+        raise ConsentgateError(f"{name}: {manifest} does not belong to lake {config.lake_root}")
+    return manifest
+
+
+def _out_dir_exists(out: Path, *, name: str = "--out") -> Path:
+    """An output file's directory must exist (it is not created on the user's behalf)."""
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise ConsentgateError(f"{name}: directory {parent} does not exist")
+    return out
 
 
 def _run(as_json: bool, title: str, job: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -129,6 +188,8 @@ def init_demo_command(lake_dir: Path, assets: int, seed: int, as_json: bool) -> 
         from consentgate.demo import init_demo
         from consentgate.spark import get_spark
 
+        if lake_dir.exists() and not lake_dir.is_dir():
+            raise ConsentgateError(f"--lake: {lake_dir} exists and is not a directory")
         if lake_dir.exists() and any(lake_dir.iterdir()):
             raise ConsentgateError(f"--lake: {lake_dir} exists and is not empty")
         spark = get_spark(master="local[*]")
@@ -149,9 +210,8 @@ def inventory_command(conf_path: Path, as_json: bool) -> None:
 
     def job() -> dict[str, Any]:
         from consentgate import lake
-        from consentgate.config import load_config
 
-        config = load_config(conf_path)
+        config = _config(conf_path)
         tables: dict[str, Any] = {}
         for name in ("consent_records", "assets", "lineage"):
             tables[name] = lake.table_inventory(config.table_path(name))
@@ -177,8 +237,13 @@ def evaluate_command(
         from consentgate.evaluate import run_evaluate
 
         instant = _as_of(as_of)
-        config, spark = _session(conf_path)
-        return run_evaluate(spark, config, use_case=use_case, as_of=instant, out=out)
+        config = _config(conf_path)
+        _use_case(config, use_case)
+        if out is not None and out.exists():
+            raise ConsentgateError(
+                f"--out: {out} already exists; an evaluation is never overwritten"
+            )
+        return run_evaluate(_spark(config), config, use_case=use_case, as_of=instant, out=out)
 
     _run(as_json, f"consent for {use_case}", job)
 
@@ -201,13 +266,16 @@ def gate_command(
     """Allowlist, immutable snapshots, manifest, registry and audit for one training run."""
 
     def job() -> dict[str, Any]:
-        from consentgate.gate import run_gate
+        from consentgate.gate import _resolve_datasets, run_gate
 
         instant = _as_of(as_of)
         names = [d.strip() for d in datasets.split(",") if d.strip()] if datasets else None
-        config, spark = _session(conf_path)
+        _model_version(model_version)
+        config = _config(conf_path)
+        _use_case(config, use_case)
+        _resolve_datasets(config, use_case, names)  # the gate's own dataset rules, JVM-free
         result: dict[str, Any] = run_gate(
-            spark,
+            _spark(config),
             config,
             use_case=use_case,
             model_version=model_version,
@@ -254,8 +322,17 @@ def prove_command(
     def job() -> dict[str, Any]:
         from consentgate.proofs import prove
 
-        config, spark = _session(conf_path)
-        result: dict[str, Any] = prove(spark, config, manifest_path=manifest, asset_id=asset_id)
+        # Asset ids are opaque strings (the demo's are UUIDs, other lakes' need not be): only
+        # an empty or blank one is malformed.
+        if not asset_id.strip():
+            raise ConsentgateError("--asset: an asset id is required (got an empty value)")
+        if out is not None:
+            _out_dir_exists(out)
+        config = _config(conf_path)
+        _manifest_of_lake(config, manifest)
+        result: dict[str, Any] = prove(
+            _spark(config), config, manifest_path=manifest, asset_id=asset_id
+        )
         if out is not None:
             out.write_text(json.dumps(result["proof"], indent=2, sort_keys=True))
             result = {**result, "out": str(out)}
@@ -296,10 +373,15 @@ def explain_model_command(conf_path: Path, model_version: str, as_json: bool) ->
     """Which assets trained a model version, under which consent records."""
 
     def job() -> dict[str, Any]:
+        from consentgate import registry
         from consentgate.gate import explain_model
 
-        config, spark = _session(conf_path)
-        result: dict[str, Any] = explain_model(spark, config, model_version=model_version)
+        _model_version(model_version, name="MODEL_VERSION")
+        config = _config(conf_path)
+        # The registry is read with delta-rs: an unknown version fails without a JVM.
+        if registry.find_entry(config, model_version=model_version) is None:
+            raise ConsentgateError(f"MODEL_VERSION: {model_version!r} is not in the registry")
+        result: dict[str, Any] = explain_model(_spark(config), config, model_version=model_version)
         return result
 
     _run(as_json, f"model {model_version}", job)
@@ -316,8 +398,8 @@ def impact_command(conf_path: Path, as_of: str | None, as_json: bool) -> None:
         from consentgate.gate import impact
 
         instant = _as_of(as_of)
-        config, spark = _session(conf_path)
-        result: dict[str, Any] = impact(spark, config, as_of=instant)
+        config = _config(conf_path)
+        result: dict[str, Any] = impact(_spark(config), config, as_of=instant)
         return result
 
     _run(as_json, "impact", job)
@@ -338,9 +420,9 @@ def purge_command(
         from consentgate.purge import run_purge
 
         instant = _as_of(as_of)
-        config, spark = _session(conf_path)
+        config = _config(conf_path)
         result: dict[str, Any] = run_purge(
-            spark, config, as_of=instant, dry_run=dry_run, erase=not no_erase
+            _spark(config), config, as_of=instant, dry_run=dry_run, erase=not no_erase
         )
         return result
 
@@ -359,8 +441,10 @@ def backfill_command(conf_path: Path, as_of: str | None, dry_run: bool, as_json:
         from consentgate.purge import run_backfill
 
         instant = _as_of(as_of)
-        config, spark = _session(conf_path)
-        result: dict[str, Any] = run_backfill(spark, config, as_of=instant, dry_run=dry_run)
+        config = _config(conf_path)
+        result: dict[str, Any] = run_backfill(
+            _spark(config), config, as_of=instant, dry_run=dry_run
+        )
         return result
 
     _run(as_json, "backfill", job)
@@ -380,8 +464,8 @@ def audit_verify_command(conf_path: Path, as_json: bool) -> None:
     def job() -> dict[str, Any]:
         from consentgate.audit import verify_chain
 
-        config, spark = _session(conf_path)
-        result: dict[str, Any] = verify_chain(spark, config)
+        config = _config(conf_path)
+        result: dict[str, Any] = verify_chain(_spark(config), config)
         return result
 
     result = _run(as_json, "audit", job)

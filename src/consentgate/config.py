@@ -3,7 +3,9 @@
 Validation happens before any read or write: an unknown key, a dataset without a use case, a
 use case without accepted policy versions, a dataset naming an undeclared use case, or a table
 path that does not exist stops the run with a :class:`ConfigError` naming the key, e.g.
-``datasets.gen_shards.use_case``.
+``datasets.gen_shards.use_case``. Every problem is reported at once, one per line, each with
+its dotted key; an unknown key comes with the closest key allowed at its level ("did you mean
+'lake_root'?").
 
 Path rules (decided here, documented in the README): ``lake_root`` is resolved against the
 directory of the config file; every table and dataset path is resolved against ``lake_root``
@@ -12,11 +14,22 @@ unless it is absolute.
 
 from __future__ import annotations
 
+import difflib
+import types
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from consentgate.errors import ConfigError
 
@@ -130,13 +143,15 @@ class Config(_Strict):
     source: Path | None = None
 
     @model_validator(mode="after")
-    def _datasets_name_known_use_cases(self) -> Config:
-        for name, dataset in self.datasets.items():
-            if dataset.use_case not in self.use_cases:
-                raise ConfigError(
-                    f"datasets.{name}.use_case: unknown use case {dataset.use_case!r} "
-                    f"(declared: {', '.join(sorted(self.use_cases))})"
-                )
+    def _datasets_name_known_use_cases(self, info: ValidationInfo) -> Config:
+        # parse_config checks this on the raw mapping (so that it is reported together with
+        # every other problem) and tells us through the context not to raise it a second time.
+        if not (info.context or {}).get(_CROSS_CHECKED):
+            problems = _undeclared_use_cases(
+                {name: d.use_case for name, d in self.datasets.items()}, self.use_cases
+            )
+            if problems:
+                raise config_error(problems)
         return self
 
     def resolve(self, path: str) -> Path:
@@ -158,21 +173,152 @@ class Config(_Strict):
         return self.lake_root / "_consentgate"
 
     def check_paths(self) -> None:
-        """Fail with the key's name when a configured table or dataset path does not exist."""
-        if not self.lake_root.is_dir():
-            raise ConfigError(f"lake_root: directory {self.lake_root} does not exist")
-        for table in ("consent_records", "assets", "lineage"):
-            path = self.table_path(table)
-            if not path.exists():
-                raise ConfigError(f"tables.{table}: path {path} does not exist")
-        for name in self.datasets:
-            path = self.dataset_path(name)
-            if not path.exists():
-                raise ConfigError(f"datasets.{name}.path: path {path} does not exist")
+        """Fail naming every configured table or dataset path that does not exist."""
+        problems = _missing_paths(
+            self.lake_root,
+            self.tables.model_dump(),
+            {name: d.path for name, d in self.datasets.items()},
+        )
+        if problems:
+            raise config_error(problems, source=self.source)
 
 
-def _format_loc(loc: tuple[int | str, ...]) -> str:
+#: Validation-context flag: the dataset/use-case cross-check was done on the raw mapping.
+_CROSS_CHECKED = "consentgate.cross_checked"
+#: Fields of :class:`Config` that parse_config fills in, never the user.
+_INTERNAL_KEYS = frozenset({"source"})
+
+
+def config_error(problems: Sequence[str], *, source: Path | None = None) -> ConfigError:
+    """One :class:`ConfigError` listing every problem on its own line (``key: message``)."""
+    if len(problems) == 1:
+        return ConfigError(problems[0])
+    where = f" in {source}" if source is not None else ""
+    return ConfigError(
+        f"{len(problems)} problems{where}:\n" + "\n".join(f"  {p}" for p in problems)
+    )
+
+
+def closest(word: str, candidates: Iterable[str]) -> str | None:
+    """The candidate closest to ``word`` (difflib's ratio), if any is reasonably close."""
+    matches = difflib.get_close_matches(word, sorted(candidates), n=1)
+    return matches[0] if matches else None
+
+
+def _suggest(word: str, candidates: Iterable[str]) -> str:
+    match = closest(word, candidates)
+    return f"; did you mean {match!r}?" if match else ""
+
+
+def _format_loc(loc: Sequence[int | str]) -> str:
     return ".".join(str(part) for part in loc) or "<root>"
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    if get_origin(annotation) in (Union, types.UnionType):
+        rest = [a for a in get_args(annotation) if a is not type(None)]
+        if len(rest) == 1:
+            return _unwrap_optional(rest[0])
+    return annotation
+
+
+def _allowed_keys(parent: Sequence[int | str]) -> list[str]:
+    """The keys a mapping at ``parent`` (a pydantic error location) may hold."""
+    node: Any = Config
+    for part in parent:
+        node = _unwrap_optional(node)
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(str(part))
+            if field is None:
+                return []
+            node = field.annotation
+        elif get_origin(node) is dict:
+            node = get_args(node)[1]
+        else:
+            return []
+    node = _unwrap_optional(node)
+    if not (isinstance(node, type) and issubclass(node, BaseModel)):
+        return []
+    internal = _INTERNAL_KEYS if node is Config else frozenset()
+    return [key for key in node.model_fields if key not in internal]
+
+
+def _validation_problems(exc: ValidationError) -> list[str]:
+    problems: list[str] = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc[:-1])
+            hint = _suggest(str(loc[-1]), allowed)
+            message = (
+                f"unknown key{hint}"
+                if hint
+                else f"unknown key (allowed: {', '.join(sorted(allowed))})"
+            )
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        problems.append(f"{_format_loc(loc)}: {message}")
+    return problems
+
+
+def _undeclared_use_cases(dataset_use_cases: Mapping[Any, Any], use_cases: Any) -> list[str]:
+    """``datasets.<name>.use_case`` problems for datasets naming an undeclared use case."""
+    if not isinstance(use_cases, Mapping):
+        return []
+    declared = sorted(str(k) for k in use_cases)
+    problems: list[str] = []
+    for name, use_case in dataset_use_cases.items():
+        if isinstance(use_case, str) and use_case not in use_cases:
+            problems.append(
+                f"datasets.{name}.use_case: unknown use case {use_case!r} "
+                f"(declared: {', '.join(declared) or 'none'}){_suggest(use_case, declared)}"
+            )
+    return problems
+
+
+def _missing_paths(
+    lake_root: Any, tables: Mapping[str, Any], dataset_paths: Mapping[Any, Any]
+) -> list[str]:
+    """Problems for configured paths that do not exist (values of the wrong type are skipped:
+    validation reports those)."""
+    if not isinstance(lake_root, Path):
+        return []
+    problems: list[str] = []
+    root_exists = lake_root.is_dir()
+    if not root_exists:
+        problems.append(f"lake_root: directory {lake_root} does not exist")
+    keyed = [(f"tables.{name}", tables.get(name)) for name in TablesConfig.model_fields]
+    keyed += [(f"datasets.{name}.path", path) for name, path in dataset_paths.items()]
+    for key, value in keyed:
+        if not isinstance(value, str):
+            continue
+        relative = Path(value)
+        if not relative.is_absolute() and not root_exists:
+            continue  # already reported as lake_root
+        path = relative if relative.is_absolute() else lake_root / relative
+        if not path.exists():
+            problems.append(f"{key}: path {path} does not exist")
+    return problems
+
+
+def _raw_problems(data: Mapping[str, Any], *, check_paths: bool) -> list[str]:
+    """Cross-key problems found on the raw mapping, so that they are reported even when
+    validation of unrelated keys fails."""
+    datasets = data.get("datasets")
+    datasets = datasets if isinstance(datasets, Mapping) else {}
+    entries = {n: d for n, d in datasets.items() if isinstance(d, Mapping)}
+    problems = _undeclared_use_cases(
+        {n: d.get("use_case") for n, d in entries.items()}, data.get("use_cases")
+    )
+    if check_paths:
+        tables = data.get("tables", {})
+        defaults = TablesConfig().model_dump()
+        known = {**defaults, **tables} if isinstance(tables, Mapping) else {}
+        problems += _missing_paths(
+            data.get("lake_root"), known, {n: d.get("path") for n, d in entries.items()}
+        )
+    return problems
 
 
 def parse_config(
@@ -188,29 +334,29 @@ def parse_config(
             writers that are about to create them, such as ``init-demo``).
 
     Raises:
-        ConfigError: naming the first offending key.
+        ConfigError: listing every problem found, one per line, each with its dotted key
+            (schema errors, unknown keys with the closest allowed key, datasets naming an
+            undeclared use case and, with ``check_paths``, paths that do not exist).
     """
     if not isinstance(data, dict):
         raise ConfigError("<root>: the config must be a mapping")
     data = dict(data)
-    if "lake_root" not in data:
-        raise ConfigError("lake_root: required key is missing")
-    lake_root = Path(str(data["lake_root"]))
-    data["lake_root"] = (lake_root if lake_root.is_absolute() else base_dir / lake_root).resolve()
+    if isinstance(data.get("lake_root"), (str, Path)):
+        lake_root = Path(data["lake_root"])
+        data["lake_root"] = (
+            lake_root if lake_root.is_absolute() else base_dir / lake_root
+        ).resolve()
     data["source"] = source
+    problems = _raw_problems(data, check_paths=check_paths)
     try:
-        config = Config.model_validate(data)
+        config = Config.model_validate(data, context={_CROSS_CHECKED: True})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = _format_loc(tuple(first["loc"]))
-        message = first["msg"]
-        if first["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif first["type"] == "missing":
-            message = "required key is missing"
-        raise ConfigError(f"{loc}: {message}") from None
-    if check_paths:
-        config.check_paths()
+        problems = _validation_problems(exc) + problems
+    if problems:
+        # Grouped by top-level key, in the file's order (a missing required key first).
+        order = {str(key): index for index, key in enumerate(data)}
+        problems.sort(key=lambda p: order.get(p.split(":", 1)[0].split(".", 1)[0], -1))
+        raise config_error(problems, source=source)
     return config
 
 
