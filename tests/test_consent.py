@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import astuple, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import pytest
 from chispa import assert_df_equality
@@ -474,6 +475,340 @@ def test_denials_without_a_decisive_record_carry_no_terms(spark: SparkSession) -
     }
 
 
+# --- Rule 2: canonical values (case, surrounding whitespace, empty strings) ----------------
+
+
+def assert_selected(
+    spark: SparkSession,
+    result: DataFrame,
+    expected: Sequence[tuple[str, str, str, str | None]],
+) -> None:
+    """Like :func:`assert_decisions`, for just the listed (asset_id, use_case) rows."""
+    keys = spark.createDataFrame(
+        [(a, u) for a, u, _, _ in expected], "asset_id string, use_case string"
+    )
+    assert_decisions(spark, result.join(keys, on=["asset_id", "use_case"]), expected, use_case=None)
+
+
+def test_whitespace_is_what_str_isspace_means() -> None:
+    every = "".join(chr(c) for c in range(0x110000) if chr(c).isspace())
+    assert every == consent.WHITESPACE
+    assert consent.canonical_text("\u00a0 Eu\t\n", "upper") == "EU"
+    assert consent.canonical_text(" Revoked", "lower") == "revoked"
+    assert consent.canonical_text(" V1 ", "keep") == "V1"
+    assert consent.canonical_text("", "lower") is None
+    assert consent.canonical_text(" \u3000", "lower") is None
+    # Only ASCII letters change case (never the JVM's locale); inner spaces stay.
+    assert consent.canonical_text("\u0130 E U", "lower") == "\u0130 e u"
+    for case in ("lower", "upper", "keep"):
+        for value in ("", " a", "B\t", "\u00a0x\u2003", "US-ca", None):
+            assert consent.canonical_text(value, case) == model.canonical(value, case)
+
+
+def test_spark_trims_every_whitespace_character_and_only_those(spark: SparkSession) -> None:
+    values: list[str | None] = [f"{c}Ab-{c}-Cd{c}{c}" for c in consent.WHITESPACE]
+    # Not whitespace: zero-width space, BOM, a letter; and an empty and a blank string.
+    values += ["\u200bAb", "\ufeffAb", "xAbx", "", " \t ", None]
+    df = spark.createDataFrame([(v,) for v in values], "v string")
+    actual = [r[0] for r in df.select(consent.canonical_id(F.col("v"))).collect()]
+    assert actual == [model.canonical(v, "lower") for v in values]
+    assert actual[: len(consent.WHITESPACE)] == [f"ab-{c}-cd" for c in consent.WHITESPACE]
+    assert actual[len(consent.WHITESPACE) :] == ["\u200bab", "\ufeffab", "xabx", None, None, None]
+
+
+def test_jurisdiction_case_whitespace_and_empty_string_cannot_bypass_rules(
+    spark: SparkSession,
+) -> None:
+    # (use case, record jurisdiction, asset jurisdiction, reason); generative_training denies
+    # EU, moderation allows only US, recommendation has no rules.
+    cases = [
+        (GEN, "eu", "US", "jurisdiction_blocked"),
+        (GEN, "EU ", "US", "jurisdiction_blocked"),
+        (GEN, "\u00a0Eu\t", "US", "jurisdiction_blocked"),
+        (GEN, "", "EU", "jurisdiction_blocked"),  # "" is null: the asset's EU applies
+        (GEN, "", None, "jurisdiction_unknown"),
+        (GEN, "", "", "jurisdiction_unknown"),
+        (GEN, None, "", "jurisdiction_unknown"),  # an asset's "" no longer hides it
+        (GEN, None, "eu", "jurisdiction_blocked"),
+        (GEN, None, " EU", "jurisdiction_blocked"),
+        (GEN, "us", "EU", "malformed_record"),  # would grant through "us": never
+        (GEN, None, "us", "malformed_record"),  # ... nor through the asset's "us"
+        (GEN, "  ", "US", "malformed_record"),  # blank is a non-canonical null
+        (GEN, "", "US", "granted"),  # "" is plain null, and the asset's US is clean
+        (MOD, "us", None, "malformed_record"),
+        (MOD, " EU", "US", "jurisdiction_blocked"),
+        (MOD, None, "us", "malformed_record"),
+        (MOD, "", "US", "granted"),
+        (REC, "eu", None, "malformed_record"),  # the record's own value, rules or not
+        (REC, None, "us", "granted"),  # without rules the asset's is not consulted
+    ]
+    records, assets, expected = [], [], []
+    for i, (use_case, record_jurisdiction, asset_jurisdiction, reason) in enumerate(cases):
+        records.append(
+            rec(
+                f"r{i}",
+                asset=f"j{i}",
+                use_case=use_case,
+                policy=USE_CASES[use_case].accepted_policy_versions[0],
+                jurisdiction=record_jurisdiction,
+            )
+        )
+        assets.append(asset(f"j{i}", jurisdiction=asset_jurisdiction))
+        expected.append((f"j{i}", use_case, reason, f"r{i}"))
+    result = evaluate(spark, records, assets)
+    assert_selected(spark, result, expected)
+    # The output carries the canonical jurisdiction.
+    jurisdictions = {
+        (r["asset_id"], r["use_case"]): r["jurisdiction"]
+        for r in result.select("asset_id", "use_case", "jurisdiction").collect()
+    }
+    assert jurisdictions[("j1", GEN)] == "EU"
+    assert jurisdictions[("j7", GEN)] == "EU"
+    assert jurisdictions[("j4", GEN)] is None
+    assert jurisdictions[("j12", GEN)] == "US"
+
+
+def test_status_case_and_whitespace_restricts_but_never_grants(spark: SparkSession) -> None:
+    # Each asset: a clean grant, then a later record with a non-canonical status.
+    later = {
+        "s1": (" Revoked", None, "revoked"),
+        "s2": ("REVOKED\n", None, "revoked"),
+        "s3": ("Denied ", None, "denied"),
+        "s4": ("GRANTED", None, "malformed_record"),
+        "s5": (" granted", None, "malformed_record"),
+        "s6": (" granted", at(-0.5), "revoked"),  # revoked in place: restricts
+        "s7": ("", None, "malformed_record"),  # "" is a null status
+        "s8": ("\t", None, "malformed_record"),
+    }
+    records, expected = [], []
+    for a, (status, revoked, reason) in later.items():
+        records.append(rec(f"g-{a}", asset=a, captured=at(-5)))
+        records.append(rec(f"x-{a}", asset=a, status=status, captured=at(-1), revoked=revoked))
+        expected.append((a, REC, reason, f"x-{a}"))
+    assert_decisions(spark, evaluate(spark, records, [asset(a) for a in later]), expected)
+
+
+def test_uppercase_or_padded_ids_revoke_but_never_grant(spark: SparkSession) -> None:
+    owner = "9c1d2e3f-4a5b-4c6d-8e7f-0a1b2c3d4e5f"
+    ids = [f"3f2b8c1e-9a4d-4e7b-8c2a-1b2c3d4e5f6{i}" for i in range(5)]
+    records = [
+        # ids[0]: a clean grant, then a revocation written in upper case: revoked.
+        rec("r0", user=owner, asset=ids[0], captured=at(-5)),
+        rec("R0-X", user=owner.upper(), asset=ids[0].upper(), status="revoked", captured=at(-1)),
+        # ids[1]: a grant through an upper-case asset id: malformed, and named canonically.
+        rec("r1", user=owner, asset=ids[1].upper()),
+        # ids[2]: a grant through a padded user id.
+        rec("r2", user=f" {owner}", asset=ids[2]),
+        # ids[3]: a grant through a non-canonical record id.
+        rec(" R3", user=owner, asset=ids[3]),
+        # ids[4]: a clean grant, then a denial by a padded, upper-case user: denied.
+        rec("r4", user=owner, asset=ids[4], captured=at(-5)),
+        rec("r4-x", user=owner.upper() + "\t", asset=ids[4], status="denied", captured=at(-1)),
+    ]
+    assets = [asset(a, owner=owner) for a in ids]
+    result = evaluate(spark, records, assets)
+    assert_decisions(
+        spark,
+        result,
+        [
+            (ids[0], REC, "revoked", "r0-x"),
+            (ids[1], REC, "malformed_record", "r1"),
+            (ids[2], REC, "malformed_record", "r2"),
+            (ids[3], REC, "malformed_record", "r3"),
+            (ids[4], REC, "denied", "r4-x"),
+        ],
+    )
+    assert set(ignored(spark, records, assets).values()) == {0}
+
+
+def test_use_case_case_and_whitespace_restricts_but_never_grants(spark: SparkSession) -> None:
+    records = [
+        rec("r1", asset="a1", captured=at(-5)),
+        rec("r2", asset="a1", use_case=" Recommendation", status="revoked", captured=at(-1)),
+        rec("r3", asset="a2", use_case="RECOMMENDATION"),
+        rec("r4", asset="a3", use_case="recommendation\u00a0"),
+        rec("r5", asset="a4", use_case="recommendations"),  # another use case: ignored
+    ]
+    assets = [asset(a) for a in ("a1", "a2", "a3", "a4")]
+    assert_decisions(
+        spark,
+        evaluate(spark, records, assets),
+        [
+            ("a1", REC, "revoked", "r2"),
+            ("a2", REC, "malformed_record", "r3"),
+            ("a3", REC, "malformed_record", "r4"),
+            ("a4", REC, "no_consent_record", None),
+        ],
+    )
+    assert ignored(spark, records, assets)["unknown_use_case"] == 1
+
+
+def test_policy_version_is_trimmed_but_its_case_is_kept(spark: SparkSession) -> None:
+    cases = {
+        "p1": (" v1", "granted", "malformed_record"),
+        "p2": ("V1", "granted", "policy_version_not_accepted"),
+        "p3": ("", "granted", "malformed_record"),  # "" is a null policy version
+        "p4": (" v1", "revoked", "revoked"),
+        "p5": ("V1 ", "granted", "policy_version_not_accepted"),
+    }
+    records = [
+        rec(f"r-{a}", asset=a, policy=policy, status=status)
+        for a, (policy, status, _) in cases.items()
+    ]
+    result = evaluate(spark, records, [asset(a) for a in cases])
+    assert_decisions(spark, result, [(a, REC, r, f"r-{a}") for a, (_, _, r) in cases.items()])
+    policies = {
+        r["asset_id"]: r["policy_version"]
+        for r in result.filter(F.col("use_case") == REC)
+        .select("asset_id", "policy_version")
+        .collect()
+    }
+    assert policies == {"p1": "v1", "p2": "V1", "p3": None, "p4": "v1", "p5": "V1"}
+
+
+def test_duplicate_ids_are_compared_in_canonical_form(spark: SparkSession) -> None:
+    records = [
+        # One record, written twice: the same canonical content is not a conflict.
+        rec("d1", asset="a1", status="revoked"),
+        rec(" D1", asset="A1", status=" REVOKED"),
+        # A clean grant and its non-canonical copy: the copy wins the tie and denies.
+        rec("d2", asset="a2"),
+        rec("D2", asset="a2"),
+        # Canonically different content under one id: both malformed.
+        rec("d3", asset="a3"),
+        rec("D3", asset="a3", status="denied"),
+    ]
+    assets = [asset(a) for a in ("a1", "a2", "a3")]
+    assert_decisions(
+        spark,
+        evaluate(spark, records, assets),
+        [
+            ("a1", REC, "revoked", "d1"),
+            ("a2", REC, "malformed_record", "d2"),
+            ("a3", REC, "malformed_record", "d3"),
+        ],
+    )
+
+
+def test_noncanonical_assets_rows_restrict_but_never_grant(spark: SparkSession) -> None:
+    assets = [
+        asset(" A1", owner="U1"),  # a grant would rest on its non-canonical id and owner
+        asset("a2", owner="u2\t"),
+        asset("a3 ", deleted=at(-1)),  # still deletes
+        asset("a4", jurisdiction="EU"),  # two rows of one asset agreeing canonically
+        asset("A4", jurisdiction="eu"),
+        asset("a5"),  # clean: granted
+    ]
+    records = [
+        rec("r1", asset="a1"),
+        rec("r2", asset="a2", user="u2", captured=at(-5)),
+        rec("r2-x", asset="a2", user="u2", status="revoked", captured=at(-1)),
+        rec("r3", asset="a3"),
+        rec("r4", asset="a4", use_case=GEN, policy="v2"),
+        rec("r5", asset="a5"),
+    ]
+    result = evaluate(spark, records, assets)
+    assert_decisions(
+        spark,
+        result,
+        [
+            ("a1", REC, "malformed_record", "r1"),
+            ("a2", REC, "revoked", "r2-x"),
+            ("a3", REC, "asset_deleted", None),
+            ("a4", REC, "no_consent_record", None),
+            ("a5", REC, "granted", "r5"),
+        ],
+    )
+    assert_selected(spark, result, [("a4", GEN, "jurisdiction_blocked", "r4")])
+    assert set(ignored(spark, records, assets).values()) == {0}
+
+
+def test_empty_and_blank_ids_are_null(spark: SparkSession) -> None:
+    assets = [asset("a1"), asset("b1", owner=""), asset("", owner="u1"), asset("  ")]
+    records = [
+        rec("r1", asset="a1", user=""),  # missing user
+        rec("r2", asset="a1", user="  "),  # missing user (and non-canonical)
+        rec("r3", asset=""),  # no asset
+        rec("r4", asset=" \t"),
+        rec("r5", asset="b1"),  # the owner is unknown: attributes nothing
+        rec("r6", asset="a1", use_case=""),  # no use case
+    ]
+    result = evaluate(spark, records, assets, extra=["", " A1 ", "X1"])
+    assert_decisions(
+        spark,
+        result,
+        [
+            ("a1", REC, "no_consent_record", None),
+            ("b1", REC, "no_consent_record", None),
+            ("x1", REC, "asset_unknown", None),
+        ],
+    )
+    assert ignored(spark, records, assets) == {
+        "unknown_use_case": 1,
+        "asset_unknown": 2,
+        "missing_captured_at": 0,
+        "captured_after_as_of": 0,
+        "missing_user_id": 2,
+        "not_owner": 1,
+    }
+
+
+def test_ignored_counts_compare_canonical_values(spark: SparkSession) -> None:
+    records = [
+        rec("r1", use_case=" Recommendation"),  # configured, attributed
+        rec("r2", use_case="recommendations"),  # unknown use case
+        rec("r3", user=" U1 "),  # the owner
+        rec("r4", user="u2"),  # not the owner
+        rec("r5", asset=" A1"),  # a known asset
+        rec("r6", asset="a1\u200b"),  # not whitespace: another, unknown asset
+    ]
+    assert ignored(spark, records) == {
+        "unknown_use_case": 1,
+        "asset_unknown": 1,
+        "missing_captured_at": 0,
+        "captured_after_as_of": 0,
+        "missing_user_id": 0,
+        "not_owner": 1,
+    }
+
+
+def test_deny_list_codes_are_canonicalised_allow_list_codes_are_not(
+    spark: SparkSession,
+) -> None:
+    # Built without validation: whatever config validation accepts, a deny entry restricts.
+    use_cases = {
+        "deny": UseCaseConfig.model_construct(
+            accepted_policy_versions=("v1",),
+            jurisdictions=JurisdictionRules.model_construct(allow=None, deny=(" eu",)),
+        ),
+        "allow": UseCaseConfig.model_construct(
+            accepted_policy_versions=("v1",),
+            jurisdictions=JurisdictionRules.model_construct(allow=("us",), deny=None),
+        ),
+    }
+    records = [
+        rec("r1", asset="a1", use_case="deny", jurisdiction="EU"),
+        rec("r2", asset="a2", use_case="deny", jurisdiction="US"),
+        rec("r3", asset="a3", use_case="allow", jurisdiction="US"),
+    ]
+    assets = [asset(a) for a in ("a1", "a2", "a3")]
+    result = consent.effective_consent(
+        records_df(spark, records), assets_df(spark, assets), use_cases=use_cases, as_of=T
+    )
+    assert_selected(
+        spark,
+        result,
+        [
+            ("a1", "deny", "jurisdiction_blocked", "r1"),
+            ("a2", "deny", "granted", "r2"),
+            ("a3", "allow", "jurisdiction_blocked", "r3"),
+        ],
+    )
+    assert _spark_rows(result) == _model_rows(
+        model.effective_consent(records, assets, use_cases=use_cases, as_of=T)
+    )
+
+
 # --- Bad and empty input, time zones, plan shape --------------------------------------------
 
 
@@ -665,18 +1000,18 @@ def _model_rows(decisions: list[model.Decision]) -> list[tuple[object, ...]]:
 
 
 def _namespaced(
-    h: int, history: tuple[list[Record], list[Asset], list[str]]
+    h: int, history: tuple[list[Record], list[Asset], list[str]], prefix: str = "h"
 ) -> tuple[list[Record], list[Asset], list[str]]:
     """Prefix every id of one history so that several histories can share one Spark run."""
 
     def ns(value: str | None) -> str | None:
-        return None if value is None else f"h{h}:{value}"
+        return None if value is None else f"{prefix}{h}:{value}"
 
     records, assets, extra = history
     return (
         [replace(r, id=ns(r.id), user_id=ns(r.user_id), asset_id=ns(r.asset_id)) for r in records],
         [replace(a, asset_id=ns(a.asset_id), owner_user_id=ns(a.owner_user_id)) for a in assets],
-        [f"h{h}:{x}" for x in extra],
+        [f"{prefix}{h}:{x}" for x in extra],
     )
 
 
@@ -711,3 +1046,131 @@ def test_spark_matches_reference_model(
     assert ignored(spark, records, assets, as_of=as_of) == model.ignored_record_counts(
         records, assets, use_cases=USE_CASES, as_of=as_of
     )
+
+
+# --- Property: no spelling of a value turns a denial into a grant ---------------------------
+
+#: Surrounding whitespace a perturbation may add: ASCII and Unicode blanks, line breaks.
+PADDING = ["", "", " ", "  ", "\t", "\n", " \r\n", "\u00a0", "\u2003", "\u3000"]
+
+
+def _perturb(draw: st.DrawFn, value: str | None, case: str) -> str | None:
+    """Another spelling of ``value``'s canonical value: re-cased (per ASCII letter, unless the
+    case is significant) and padded; None perhaps "" or blank. A value that is already not
+    canonical (the histories hold ``Granted``) is left alone: re-casing it could *fix* it."""
+    if value is None:
+        return draw(st.sampled_from([None, None, None, "", " ", "\t"]))
+    if model.noncanonical(value, case):
+        return value
+    kind = draw(st.sampled_from(["same", "same", "case", "pad", "both"]))
+    if kind in ("case", "both") and case != "keep":
+        flips = draw(st.lists(st.booleans(), min_size=len(value), max_size=len(value)))
+        value = "".join(
+            c.swapcase() if f and c.isascii() else c for c, f in zip(value, flips, strict=True)
+        )
+    if kind in ("pad", "both"):
+        value = draw(st.sampled_from(PADDING)) + value + draw(st.sampled_from(PADDING))
+    return value
+
+
+def _perturbed(
+    draw: st.DrawFn, history: tuple[list[Record], list[Asset], list[str]]
+) -> tuple[list[Record], list[Asset], list[str]]:
+    """The same history with about half its records and assets spelled another way: each of
+    their ids, use case, status, policy version and jurisdiction perhaps re-cased, padded, or
+    (null) written "" or blank. The other half is left as is, so that grants remain."""
+    records, assets, extra = history
+    out_records = []
+    for r in records:
+        if draw(st.booleans()):
+            spelled = {
+                name: _perturb(draw, getattr(r, name), case)
+                for name, case in model.RECORD_CASES.items()
+            }
+            r = replace(r, **cast(dict[str, Any], spelled))
+        out_records.append(r)
+    out_assets = []
+    for a in assets:
+        if draw(st.booleans()):
+            a = replace(
+                a,
+                asset_id=_perturb(draw, a.asset_id, "lower"),
+                owner_user_id=_perturb(draw, a.owner_user_id, "lower"),
+                jurisdiction=_perturb(draw, a.jurisdiction, "upper"),
+            )
+        out_assets.append(a)
+    return out_records, out_assets, [_perturb(draw, x, "lower") or "" for x in extra]
+
+
+@st.composite
+def _perturbations(
+    draw: st.DrawFn, history: tuple[list[Record], list[Asset], list[str]]
+) -> tuple[list[Record], list[Asset], list[str]]:
+    return _perturbed(draw, history)
+
+
+def _renamed(
+    rows: list[tuple[object, ...]], prefix: str
+) -> dict[tuple[object, ...], tuple[object, ...]]:
+    """Rows of one namespace keyed by (asset_id, use_case) with the namespace removed."""
+
+    def strip(value: object) -> object:
+        return value[len(prefix) :] if isinstance(value, str) else value
+
+    out: dict[tuple[object, ...], tuple[object, ...]] = {}
+    for row in rows:
+        if isinstance(row[0], str) and row[0].startswith(prefix):
+            out[(strip(row[0]), row[1])] = (*row[2:4], strip(row[4]), *row[5:])
+    return out
+
+
+# Each example evaluates, in one Spark run, a batch of histories (namespace "o<h>:") next to
+# copies of them with their values perturbed (namespace "p<h>:"). A grant on a perturbed copy
+# must be exactly the grant of the original (it can only rest on values left canonical), and
+# the model, which canonicalises separately, must agree with Spark on everything.
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    batch=st.lists(histories(), min_size=1, max_size=10),
+    as_of=st.sampled_from([at(-1), T]),
+    data=st.data(),
+)
+def test_no_perturbation_of_case_or_whitespace_turns_a_denial_into_a_grant(
+    spark: SparkSession,
+    batch: list[tuple[list[Record], list[Asset], list[str]]],
+    as_of: datetime,
+    data: st.DataObject,
+) -> None:
+    original: tuple[list[Record], list[Asset], list[str]] = ([], [], [])
+    perturbed: tuple[list[Record], list[Asset], list[str]] = ([], [], [])
+    for h, history in enumerate(batch):
+        plain = _namespaced(h, history, prefix="o")
+        spelled = data.draw(_perturbations(_namespaced(h, history, prefix="p")))
+        for group, part in ((original, plain), (perturbed, spelled)):
+            group[0].extend(part[0])
+            group[1].extend(part[1])
+            group[2].extend(part[2])
+    records = original[0] + perturbed[0]
+    assets = original[1] + perturbed[1]
+    extra = original[2] + perturbed[2]
+
+    actual = _spark_rows(evaluate(spark, records, assets, as_of=as_of, extra=extra))
+    before, after = _renamed(actual, "o"), _renamed(actual, "p")
+    assert set(after) == set(before)
+    for key, row in after.items():
+        if row[0] == "granted":
+            assert before[key] == row, key
+    assert actual == _model_rows(
+        model.effective_consent(
+            records, assets, use_cases=USE_CASES, as_of=as_of, extra_asset_ids=extra
+        )
+    )
+    counts = ignored(spark, records, assets, as_of=as_of)
+    assert counts == model.ignored_record_counts(records, assets, use_cases=USE_CASES, as_of=as_of)
+    # Counting compares canonical values too: the perturbed copy counts exactly the same.
+    assert model.ignored_record_counts(
+        perturbed[0], perturbed[1], use_cases=USE_CASES, as_of=as_of
+    ) == model.ignored_record_counts(original[0], original[1], use_cases=USE_CASES, as_of=as_of)

@@ -23,13 +23,50 @@ Decisions the contract leaves open, decided here (fail closed throughout):
 * On a denied row the decisive record's id, policy version, captured_at and jurisdiction are
   still filled (for explanations); they are null when rule 1 or 3 decided. ``jurisdiction`` is
   the record's jurisdiction, else the asset's.
+
+Canonical values (rule 2), decided here:
+
+* "Surrounding whitespace" is every character Python's ``str.isspace`` accepts
+  (:data:`WHITESPACE`: ASCII blanks, NBSP, the Unicode spaces and line separators), not only
+  the ASCII space Spark's ``trim`` removes. Case is folded for ASCII letters only (the
+  vocabularies — statuses, use-case keys, jurisdiction codes, hex UUIDs — are ASCII), so the
+  result never depends on the JVM's locale.
+* Canonical forms: record ``id``, ``user_id`` and ``asset_id`` and the assets table's
+  ``asset_id`` and ``owner_user_id`` are ids (lowercase: UUIDs compare case-insensitively);
+  ``use_case`` and ``consent_status`` lowercase; ``jurisdiction`` (record and asset) uppercase;
+  ``policy_version`` is only trimmed (case is part of a version, compared exactly with the
+  config's, so ``V1`` is simply not accepted). After trimming, an empty string is null.
+* A value is *non-canonical* when it is not null and differs from its canonical spelling, i.e.
+  it needed trimming or case folding. ``""`` is just null (canonical); ``"  "`` is a
+  non-canonical null. Matching, attribution, the duplicate-id check (content is compared in
+  canonical form) and the rules all use canonical values.
+* "May restrict but never grant" is applied at the very end: a candidate that passes rules 5-7
+  but relies on a non-canonical value is ``malformed_record`` instead of ``granted``. It relies
+  on every field of its own record, on the assets table's ``asset_id``/``owner_user_id`` of its
+  asset (any row of it; the record is attributed through them) and, when the use case has
+  jurisdiction rules and the record has no jurisdiction, on the asset's jurisdiction. A
+  non-canonical value that fails earlier keeps its natural reason: `` Revoked`` revokes,
+  ``Denied`` denies, ``eu`` is ``jurisdiction_blocked`` under ``deny: [EU]``, and ``V1 `` that
+  is not accepted is ``policy_version_not_accepted``. The tie-break rank follows the outcome, so
+  a non-canonical copy of a clean grant at the same instant wins the tie and denies.
+* Outputs carry canonical values: ``asset_id`` (so an asset written ``A1`` in one table and
+  ``a1`` in another is one row, ``a1``), ``consent_record_id``, ``policy_version`` and
+  ``jurisdiction``. A granted row rests only on canonical values, so its fields are exactly as
+  stored. Callers joining other tables to ``asset_id`` must canonicalise their side too (see
+  :func:`canonical_id`); an id they leave non-canonical finds no decision, which denies.
+* Config values are compared as written (a use-case key, accepted version or allow-listed code
+  that is not canonical matches nothing, so it can only deny), except deny-list codes, which
+  are canonicalised: a deny entry restricts whatever its spelling.
 """
 
 from __future__ import annotations
 
+import string
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from functools import reduce
+from operator import or_
+from typing import Final, Literal
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -68,8 +105,42 @@ ASSETS_SCHEMA: Final[dict[str, DataType]] = {
 #: The column an ``extra_asset_ids`` frame must have.
 ASSET_IDS_SCHEMA: Final[dict[str, DataType]] = {"asset_id": StringType()}
 
-#: Status values a record may carry; anything else (case, whitespace, null) is malformed.
+#: Canonical status values; anything else (after canonicalisation) or null is malformed.
 STATUSES: Final[tuple[str, ...]] = ("granted", "denied", "revoked")
+
+#: What "surrounding whitespace" means (DESIGN.md rule 2): exactly the characters for which
+#: Python's ``str.isspace`` is true, so ``str.strip()`` is the same trim.
+WHITESPACE: Final[str] = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004"
+    "\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+
+_WHITESPACE_CLASS: Final[str] = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in WHITESPACE) + "]"
+#: A Java regex for leading or trailing whitespace (``\A``/``\z``: the very ends, whatever the
+#: line terminators).
+_SURROUNDING_WHITESPACE: Final[str] = rf"\A{_WHITESPACE_CLASS}+|{_WHITESPACE_CLASS}+\z"
+
+#: How a value's case is canonicalised: ids, use cases and statuses lowercase, jurisdiction
+#: codes uppercase, policy versions as written.
+Case = Literal["lower", "upper", "keep"]
+
+#: Canonical case of every ``consent_records`` value rule 2 canonicalises.
+RECORD_CASES: Final[dict[str, Case]] = {
+    "id": "lower",
+    "user_id": "lower",
+    "asset_id": "lower",
+    "use_case": "lower",
+    "consent_status": "lower",
+    "policy_version": "keep",
+    "jurisdiction": "upper",
+}
+
+#: Canonical case of every ``assets`` value rule 2 canonicalises.
+ASSET_CASES: Final[dict[str, Case]] = {
+    "asset_id": "lower",
+    "owner_user_id": "lower",
+    "jurisdiction": "upper",
+}
 
 GRANTED: Final = "granted"
 DENIED: Final = "denied"
@@ -174,6 +245,79 @@ def instant_literal(as_of: datetime) -> Column:
     return F.timestamp_micros(F.lit(as_of_micros(as_of)))
 
 
+_TO_LOWER: Final = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+_TO_UPPER: Final = str.maketrans(string.ascii_lowercase, string.ascii_uppercase)
+
+
+def canonical_text(value: str | None, case: Case) -> str | None:
+    """Rule 2 in Python: trim :data:`WHITESPACE`, fold ASCII case, empty string -> None."""
+    if value is None:
+        return None
+    spelled = value.strip(WHITESPACE)
+    if case == "lower":
+        spelled = spelled.translate(_TO_LOWER)
+    elif case == "upper":
+        spelled = spelled.translate(_TO_UPPER)
+    return spelled or None
+
+
+def _spelled(value: Column, case: Case) -> Column:
+    """``value`` trimmed and case-folded (ASCII), before the empty string becomes null."""
+    trimmed = F.regexp_replace(value, _SURROUNDING_WHITESPACE, "")
+    if case == "lower":
+        return F.translate(trimmed, string.ascii_uppercase, string.ascii_lowercase)
+    if case == "upper":
+        return F.translate(trimmed, string.ascii_lowercase, string.ascii_uppercase)
+    return trimmed
+
+
+def _canonical(value: Column, case: Case) -> tuple[Column, Column]:
+    """``(canonical value, non-canonical flag)`` of a string column (rule 2).
+
+    The flag is true when the value is not null and needed trimming or case folding; it is
+    never null.
+    """
+    spelled = _spelled(value, case)
+    return (
+        F.when(spelled != F.lit(""), spelled),
+        F.coalesce(value != spelled, F.lit(False)),
+    )
+
+
+def canonical_id(value: Column) -> Column:
+    """An id column in canonical form (trimmed, ASCII-lowercased, empty -> null), the form
+    :func:`effective_consent` outputs ``asset_id`` in, for callers that join to it."""
+    return _canonical(value, "lower")[0]
+
+
+def _canonical_records(records: DataFrame) -> DataFrame:
+    """The records with every :data:`RECORD_CASES` column canonical, plus ``noncanonical``
+    (any of them was not). Extra columns are dropped."""
+    canonical = {name: _canonical(F.col(name), case) for name, case in RECORD_CASES.items()}
+    return records.select(
+        *[value.alias(name) for name, (value, _) in canonical.items()],
+        "captured_at",
+        "revoked_at",
+        reduce(or_, [flag for _, flag in canonical.values()]).alias("noncanonical"),
+    )
+
+
+def _canonical_assets(assets: DataFrame) -> DataFrame:
+    """The assets with every :data:`ASSET_CASES` column canonical, plus ``ids_noncanonical``
+    (``asset_id`` or ``owner_user_id`` was not) and ``jurisdiction_noncanonical``."""
+    asset_id, asset_id_flag = _canonical(F.col("asset_id"), ASSET_CASES["asset_id"])
+    owner, owner_flag = _canonical(F.col("owner_user_id"), ASSET_CASES["owner_user_id"])
+    jurisdiction, jurisdiction_flag = _canonical(F.col("jurisdiction"), ASSET_CASES["jurisdiction"])
+    return assets.select(
+        asset_id.alias("asset_id"),
+        owner.alias("owner_user_id"),
+        jurisdiction.alias("jurisdiction"),
+        "deleted_at",
+        (asset_id_flag | owner_flag).alias("ids_noncanonical"),
+        jurisdiction_flag.alias("jurisdiction_noncanonical"),
+    )
+
+
 def _string_array(values: Iterable[str]) -> Column:
     return F.array(*[F.lit(v) for v in values]).cast("array<string>")
 
@@ -222,15 +366,20 @@ def _jurisdiction_allowed(
         elif rules.allow is not None:
             conditions[name] = jurisdiction.isin(list(rules.allow))
         else:
-            conditions[name] = ~jurisdiction.isin(list(rules.deny or ()))
+            # Deny entries are canonicalised: whatever their spelling, they may restrict.
+            deny = {canonical_text(code, "upper") for code in rules.deny or ()}
+            conditions[name] = ~jurisdiction.isin(sorted(c for c in deny if c is not None))
     return F.coalesce(_by_use_case(use_case, conditions, F.lit(False)), F.lit(False))
 
 
 def _asset_info(assets: DataFrame, *others: DataFrame) -> DataFrame:
     """One row per asset id seen in ``assets`` or any of ``others`` (frames of ``asset_id``).
 
-    A single aggregation (one shuffle on ``asset_id``) both merges duplicate asset rows and
-    builds the universe of ids the output must cover.
+    ``assets`` is :func:`_canonical_assets` output and ``others`` hold canonical ids. A single
+    aggregation (one shuffle on ``asset_id``) both merges duplicate asset rows and builds the
+    universe of ids the output must cover. ``ids_noncanonical`` and
+    ``asset_jurisdiction_noncanonical`` are true when any assets row of the id had that value
+    non-canonical (false for ids only in ``others``).
     """
     null = F.lit(None).cast(StringType())
     known = assets.select(
@@ -238,6 +387,8 @@ def _asset_info(assets: DataFrame, *others: DataFrame) -> DataFrame:
         "owner_user_id",
         "jurisdiction",
         "deleted_at",
+        "ids_noncanonical",
+        "jurisdiction_noncanonical",
         F.lit(1).alias("_asset_row"),
     )
     union = known
@@ -248,6 +399,8 @@ def _asset_info(assets: DataFrame, *others: DataFrame) -> DataFrame:
                 null.alias("owner_user_id"),
                 null.alias("jurisdiction"),
                 F.lit(None).cast(TimestampType()).alias("deleted_at"),
+                F.lit(False).alias("ids_noncanonical"),
+                F.lit(False).alias("jurisdiction_noncanonical"),
                 F.lit(0).alias("_asset_row"),
             )
         )
@@ -267,13 +420,16 @@ def _asset_info(assets: DataFrame, *others: DataFrame) -> DataFrame:
             agreed("owner_user_id").alias("owner_user_id"),
             agreed("jurisdiction").alias("asset_jurisdiction"),
             F.min("deleted_at").alias("deleted_at"),
+            F.max("ids_noncanonical").alias("asset_ids_noncanonical"),
+            F.max("jurisdiction_noncanonical").alias("asset_jurisdiction_noncanonical"),
         )
     )
 
 
 def _with_malformed(records: DataFrame) -> DataFrame:
     """Add ``malformed``: bad status, null policy version or id, revoked before captured, or
-    an id shared with a row of different content (checked over the whole table)."""
+    an id shared with a row of different content (checked over the whole table). ``records``
+    is :func:`_canonical_records` output, so ids and content are compared in canonical form."""
     content = F.struct(*[c for c in CONSENT_RECORDS_SCHEMA if c != "id"])
     by_id = Window.partitionBy("id")
     conflicting = ~F.min(content).over(by_id).eqNullSafe(F.max(content).over(by_id))
@@ -325,8 +481,9 @@ def effective_consent(
             lineage, so that an id known only to a derivative still gets ``asset_unknown``.
 
     Returns:
-        One row per (asset id, use case) for every non-null asset id in ``assets``,
-        ``consent_records`` or ``extra_asset_ids``, with columns ``asset_id``, ``use_case``,
+        One row per (asset id, use case) for every asset id in ``assets``,
+        ``consent_records`` or ``extra_asset_ids`` that is not null in canonical form (rule 2:
+        ``asset_id`` is output trimmed and lowercased), with columns ``asset_id``, ``use_case``,
         ``decision`` (``granted``/``denied``), ``reason`` (one of :data:`REASONS`),
         ``consent_record_id``, ``policy_version``, ``captured_at`` and ``jurisdiction``.
 
@@ -340,12 +497,23 @@ def effective_consent(
     names = sorted(use_cases)
     t = instant_literal(as_of)
 
-    others = [records.select("asset_id")]
+    canonical_records = _canonical_records(records)
+    others = [canonical_records.select("asset_id")]
     if extra_asset_ids is not None:
-        others.append(extra_asset_ids.select("asset_id"))
-    universe = _asset_info(assets, *others)
+        others.append(extra_asset_ids.select(canonical_id(F.col("asset_id")).alias("asset_id")))
+    universe = _asset_info(_canonical_assets(assets), *others)
 
     effective_jurisdiction = F.coalesce(F.col("jurisdiction"), F.col("asset_jurisdiction"))
+    has_rules = _has_jurisdiction_rules(F.col("use_case"), use_cases)
+    # Rule 2's "never grant": the values a grant would rest on, any of them non-canonical
+    # (the record's own fields, the asset's id and owner it is attributed through, the asset's
+    # jurisdiction when rule 7 consults it). Unknown is taken as non-canonical (fail closed).
+    relies_on_noncanonical = F.coalesce(
+        F.col("noncanonical")
+        | F.col("asset_ids_noncanonical")
+        | (has_rules & F.col("jurisdiction").isNull() & F.col("asset_jurisdiction_noncanonical")),
+        F.lit(True),
+    )
     # Each candidate's own outcome, as its restrictiveness rank (see _RESTRICTIVENESS).
     rank = (
         F.when(F.col("malformed"), F.lit(_RANK["malformed_record"]))
@@ -360,13 +528,14 @@ def effective_consent(
             F.lit(_RANK["policy_version_not_accepted"]),
         )
         .when(
-            _has_jurisdiction_rules(F.col("use_case"), use_cases) & effective_jurisdiction.isNull(),
+            has_rules & effective_jurisdiction.isNull(),
             F.lit(_RANK["jurisdiction_unknown"]),
         )
         .when(
             ~_jurisdiction_allowed(F.col("use_case"), effective_jurisdiction, use_cases),
             F.lit(_RANK["jurisdiction_blocked"]),
         )
+        .when(relies_on_noncanonical, F.lit(_RANK["malformed_record"]))
         .otherwise(F.lit(_RANK[GRANTED]))
     )
     # Attribution is checked inside the aggregate, not as a join condition, so the optimizer
@@ -375,7 +544,7 @@ def effective_consent(
         F.col("user_id") == F.col("owner_user_id"), F.lit(False)
     )
     candidates = (
-        _with_malformed(records)
+        _with_malformed(canonical_records)
         .filter(F.col("use_case").isin(names))
         .filter(F.col("captured_at").isNotNull() & (F.col("captured_at") <= t))
         .select(
@@ -389,6 +558,7 @@ def effective_consent(
             "captured_at",
             "revoked_at",
             "malformed",
+            "noncanonical",
         )
     )
     # Each asset beside its candidates, joined on asset_id alone: the universe is already
@@ -472,7 +642,9 @@ def ignored_record_counts(
     ``missing_captured_at``, ``captured_after_as_of`` (checked before attribution: at ``T`` the
     record did not exist yet), ``missing_user_id``, ``not_owner`` (user is not the asset's
     owner, or the owner is unknown). Rows are counted, so identical duplicates count twice.
-    Malformed records are not ignored: they deny.
+    Malformed records are not ignored: they deny. Values are compared in canonical form, as
+    :func:`effective_consent` compares them (a use case `` Recommendation`` is not unknown; a
+    ``user_id`` of ``""`` is missing).
 
     Returns:
         A small frame ``(reason string, count long)`` with one row per reason, zeros included,
@@ -480,21 +652,25 @@ def ignored_record_counts(
     """
     _check_inputs(records, assets, None)
     t = instant_literal(as_of)
-    owners = _asset_info(assets).select("asset_id", "owner_user_id", "in_assets")
-    classified = records.join(owners, on="asset_id", how="left").select(
-        F.when(
-            ~F.coalesce(F.col("use_case").isin(sorted(use_cases)), F.lit(False)),
-            F.lit("unknown_use_case"),
+    owners = _asset_info(_canonical_assets(assets)).select("asset_id", "owner_user_id", "in_assets")
+    classified = (
+        _canonical_records(records)
+        .join(owners, on="asset_id", how="left")
+        .select(
+            F.when(
+                ~F.coalesce(F.col("use_case").isin(sorted(use_cases)), F.lit(False)),
+                F.lit("unknown_use_case"),
+            )
+            .when(F.col("in_assets").isNull(), F.lit("asset_unknown"))
+            .when(F.col("captured_at").isNull(), F.lit("missing_captured_at"))
+            .when(F.col("captured_at") > t, F.lit("captured_after_as_of"))
+            .when(F.col("user_id").isNull(), F.lit("missing_user_id"))
+            .when(
+                ~F.coalesce(F.col("user_id") == F.col("owner_user_id"), F.lit(False)),
+                F.lit("not_owner"),
+            )
+            .alias("reason")
         )
-        .when(F.col("in_assets").isNull(), F.lit("asset_unknown"))
-        .when(F.col("captured_at").isNull(), F.lit("missing_captured_at"))
-        .when(F.col("captured_at") > t, F.lit("captured_after_as_of"))
-        .when(F.col("user_id").isNull(), F.lit("missing_user_id"))
-        .when(
-            ~F.coalesce(F.col("user_id") == F.col("owner_user_id"), F.lit(False)),
-            F.lit("not_owner"),
-        )
-        .alias("reason")
     )
     sums = classified.agg(
         *[
@@ -510,14 +686,20 @@ def ignored_record_counts(
 
 __all__ = [
     "ASSETS_SCHEMA",
+    "ASSET_CASES",
     "ASSET_IDS_SCHEMA",
     "CONSENT_RECORDS_SCHEMA",
     "DENIAL_REASONS",
     "EFFECTIVE_CONSENT_COLUMNS",
     "IGNORED_REASONS",
     "REASONS",
+    "RECORD_CASES",
     "STATUSES",
+    "WHITESPACE",
+    "Case",
     "as_of_micros",
+    "canonical_id",
+    "canonical_text",
     "check_schema",
     "effective_consent",
     "ignored_record_counts",
