@@ -320,3 +320,38 @@ def test_demo_lake_revocations_flow_through_every_derivative(
     assert verified["erased"], "purged snapshot files must be listed as erased"
     recorded = json.loads(Path(gated["manifest_path"]).read_text())["snapshots"]
     assert {e["dataset"] for e in verified["erased"]} <= set(recorded)
+
+
+def test_committed_purge_without_keys_is_no_proof(spark: SparkSession, tmp_path: Path) -> None:
+    """Issue #12: a purge committed but its removed keys cannot be read (key table missing,
+    or holding nothing for it): the check would compare against nothing, so it fails."""
+    config = make_config(tmp_path / "lake", window_hours=0)
+    build(spark, config)
+    purge_emb(spark, config)
+    keys = purge.key_table_path(config, "emb")
+    assert lake.is_table(keys)
+    shutil.rmtree(keys)
+
+    result = erasure.erase_and_verify(spark, config, run_id="e")
+    receipt = result["datasets"]["emb"]
+    assert not result["ok"] and receipt["result"] == "failed"
+    assert receipt["attempts_erased"] == 1 and receipt["keys_checked"] == 0
+    assert receipt["files_with_removed_keys"] == []
+    (problem,) = receipt["problems"]
+    assert "dataset emb" in problem and str(keys) in problem and "missing" in problem, problem
+    logged = audit.events(spark, config, kind="erasure")[-1]["payload"]
+    assert logged["result"] == "failed" and logged["problems"] == receipt["problems"]
+
+    # A key table that holds nothing for the committed attempt is no evidence either.
+    lake.write_table(
+        spark.createDataFrame(
+            [],
+            "key_sha256 string, reason string, attempt string, run_id string, "
+            "recorded_at timestamp",
+        ),
+        keys,
+    )
+    receipt = erasure.erase_and_verify(spark, config, run_id="e2")["datasets"]["emb"]
+    assert receipt["result"] == "failed" and receipt["keys_checked"] == 0
+    (problem,) = receipt["problems"]
+    assert "dataset emb" in problem and "holds no key for 1 of them" in problem, problem

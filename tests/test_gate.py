@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from pyspark.sql import functions as F
 from consentgate import gate, lake, registry
 from consentgate.config import Config, load_config
 from consentgate.demo import DEMO_NOW, POLICY_AFTER, init_demo
-from consentgate.errors import CheckFailed, ConsentgateError
+from consentgate.errors import AsOfRefused, CheckFailed, ConsentgateError
 from consentgate.manifest import load_manifest, verify_manifest
 from consentgate.proofs import prove, verify_proof
 from tests.lakes import write_small_lake
@@ -268,3 +269,49 @@ def test_refused_gate_publishes_nothing(spark: SparkSession, tmp_path: Path) -> 
     assert registry.read_entries(config) == []
     assert not any((state / "allowlists").glob("*")) if (state / "allowlists").exists() else True
     assert not any((state / "gate_runs").glob("*")) if (state / "gate_runs").exists() else True
+
+
+def test_back_dated_as_of_is_refused(spark: SparkSession, tmp_path: Path) -> None:
+    """Issue #12: an explicit instant before a recorded revocation (a2's, a day after T0) or
+    deletion (a3's, two days after) would cut a snapshot that ignores them: refused, exit 2,
+    naming how many later changes, nothing written; at the latest change it is accepted."""
+    from tests.lakes import T0
+
+    assets = [
+        ("a1", "u1", "US", T0, None),
+        ("a2", "u2", "EU", T0, None),
+        ("a3", "u3", "US", T0, T0 + dt.timedelta(days=2)),
+    ]
+    config = load_config(write_small_lake(spark, tmp_path / "small", assets=assets))
+    state = config.state_dir
+    with pytest.raises(AsOfRefused) as info:
+        gate.run_gate(
+            spark,
+            config,
+            use_case=USE_CASE,
+            model_version="m-back",
+            as_of=T0 + dt.timedelta(hours=12),
+        )
+    message = str(info.value)
+    assert info.value.exit_code == 2
+    assert "--as-of" in message and "2 later change(s)" in message, message
+    assert "1 consent record(s)" in message and "1 asset deletion(s)" in message, message
+    assert not re.search(r"\b(?:a[1-3]|u[1-9]|r[1-4])\b", message), message  # no raw ids
+    assert registry.read_entries(config) == []
+    for written in ("snapshots", "manifests", "allowlists", "gate_runs"):
+        assert not (state / written).exists() or not any((state / written).iterdir()), written
+    # A string instant is explicit too; one change later than it is still one too many.
+    with pytest.raises(AsOfRefused, match=r"1 later change\(s\)"):
+        gate.run_gate(
+            spark,
+            config,
+            use_case=USE_CASE,
+            model_version="m-back",
+            as_of="2026-01-02T12:00:00Z",
+        )
+    # At the latest recorded change nothing is ignored: the gate runs.
+    done = gate.run_gate(
+        spark, config, use_case=USE_CASE, model_version="m-at", as_of=T0 + dt.timedelta(days=2)
+    )
+    assert done["allowlist_assets"] == 1
+    assert [e.model_version for e in registry.read_entries(config)] == ["m-at"]

@@ -29,6 +29,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from consentgate import digest, gate, lake, manifest, registry, verifier
+from consentgate.canonical import canonical_json
 from consentgate.config import Config, load_config
 from tests.lakes import write_small_lake
 
@@ -361,3 +362,24 @@ def test_allowlist_root_agrees_with_spark(spark: SparkSession, tmp_path: Path) -
     expected = digest.allowlist_merkle_root(lake.read_table(spark, tmp_path / "allow"))
     assert verifier.allowlist_root_of_table(tmp_path / "allow", version) == expected
     assert expected[1] == len(rows)
+
+
+def test_edited_canonical_manifest_is_not_reported_non_canonical(
+    small_gate: SmallGate, tmp_path: Path
+) -> None:
+    """Issue #12: an edit written back in canonical form breaks the seal, and only the seal:
+    the canonical-form diagnostic is about the bytes on disk, not about a re-sealed copy."""
+    _, copy = _copy_lake(small_gate, tmp_path / "edited")
+    data = json.loads(copy.read_bytes())
+    data["model_version"] = "m1-edited"
+    copy.write_bytes(canonical_json(data))
+    problems = manifest.verify_manifest(copy)["problems"]
+    assert any("does not match its content" in p for p in problems), problems
+    assert not any("canonical form" in p for p in problems), problems
+
+    # The same content, unedited but re-indented: the seal holds, the form does not.
+    _, copy = _copy_lake(small_gate, tmp_path / "indented")
+    copy.write_text(json.dumps(json.loads(copy.read_bytes()), indent=2))
+    problems = manifest.verify_manifest(copy)["problems"]
+    assert any("RFC 8785 canonical form" in p for p in problems), problems
+    assert not any("does not match its content" in p for p in problems), problems

@@ -20,7 +20,9 @@ through delta-spark:
    way :func:`consentgate.purge.key_digest` hashes keys and joined — in Spark, never collected —
    with the hashed removed keys of every committed purge attempt older than the window. Any
    match fails the receipt, naming the file (never the key). Attempts still inside the window
-   are reported as pending.
+   are reported as pending. No evidence is not proof: when committed purges are due but no
+   removed key of theirs can be read (the key table is missing or unreadable, or holds nothing
+   for some of them), the receipt fails and says why.
 4. **Log cleanup, when the log still holds a removed key** (statistics or partition values of a
    table consentgate did not create): ``delta.deletedFileRetentionDuration`` is set to the
    window (so the checkpoint does not carry the erased files' tombstones forward), a
@@ -234,9 +236,14 @@ def verify_erased(
     """Prove that nothing under ``path`` holds a key removed by ``attempts``: no Parquet file
     on disk (data and ``_change_data/``), no file of the Delta log, no directory name.
 
+    Every attempt in ``attempts`` is a committed purge, and a purge records its hashed keys
+    before it commits (:func:`consentgate.purge.purge_table`): an attempt without keys in the
+    key table means the evidence is gone, and the check would prove nothing about its rows.
+
     Returns:
         ``files_scanned, rows_scanned, log_files_scanned, keys_checked,
-        files_with_removed_keys[]`` (paths relative to the table; never a key).
+        files_with_removed_keys[]`` (paths relative to the table; never a key) and
+        ``problems[]``: why the check could not be made (no evidence for committed purges).
 
     Raises:
         TableError: a file cannot be read (named).
@@ -251,28 +258,45 @@ def verify_erased(
     keys_path = key_table_path(config, name)
     files = physical_parquet_files(path)
     logs = _log_files(path)
-    empty = {
+    empty: dict[str, Any] = {
         "files_scanned": len(files),
         "rows_scanned": 0,
         "log_files_scanned": len(logs),
         "keys_checked": 0,
         "files_with_removed_keys": [],
+        "problems": [],
     }
-    if not attempts or not lake.is_table(keys_path):
+    if not attempts:
         return empty
-    wanted = spark.createDataFrame([(a,) for a in attempts], "attempt string")
-    removed = (
-        lake.read_table(spark, keys_path)
-        .join(F.broadcast(wanted), "attempt")
-        .select("key_sha256")
-        .distinct()
-        .persist()
-    )
+
+    def no_evidence(why: str) -> dict[str, Any]:
+        return {
+            **empty,
+            "problems": [
+                f"dataset {name}: {len(set(attempts))} committed purge attempt(s) are due for "
+                f"erasure but {why}; nothing to check the table against, so its erasure is "
+                "not proven"
+            ],
+        }
+
+    if not lake.is_table(keys_path):
+        return no_evidence(f"the removed-key table {keys_path} is missing")
+    wanted = spark.createDataFrame([(a,) for a in sorted(set(attempts))], "attempt string")
+    try:
+        keys = lake.read_table(spark, keys_path).join(F.broadcast(wanted), "attempt")
+        with_keys = {str(r["attempt"]) for r in keys.select("attempt").distinct().collect()}
+    except Exception as exc:  # an unreadable key table is missing evidence, not a crash
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return no_evidence(f"the removed-key table {keys_path} cannot be read ({first})")
+    missing = len(set(attempts) - with_keys)
+    if missing:
+        return no_evidence(f"the removed-key table {keys_path} holds no key for {missing} of them")
+    removed = keys.select("key_sha256").distinct().persist()
     owned: list[DataFrame] = [removed]
     try:
         keys_checked = removed.count()
         if keys_checked == 0:
-            return empty
+            return no_evidence(f"the removed-key table {keys_path} holds no key for them")
         scans: list[DataFrame] = []
         rows_scanned = 0
         if files and stored_in_files:
@@ -312,6 +336,7 @@ def verify_erased(
         "log_files_scanned": len(logs),
         "keys_checked": int(keys_checked),
         "files_with_removed_keys": relative,
+        "problems": [],
     }
 
 
@@ -328,7 +353,8 @@ def erase_dataset(
     Returns:
         The receipt: ``dataset, window_hours, files_removed, bytes_removed, tombstoned_removed,
         orphans_removed, files_scanned, rows_scanned, keys_checked, attempts_erased,
-        attempts_pending, files_with_removed_keys[], result`` (``verified`` or ``failed``).
+        attempts_pending, files_with_removed_keys[], problems[], result`` (``verified`` or
+        ``failed``: a removed key found, or no removed key to check committed purges against).
     """
     dataset = targets(config)[name]
     path = target_path(config, name, dataset)
@@ -344,7 +370,7 @@ def erase_dataset(
         _clean_log(spark, path, window_hours=window, run_id=run_id)
         log_cleaned = True
         checked = verify_erased(spark, config, name, path, key=dataset.key, attempts=old)
-    ok = not checked["files_with_removed_keys"]
+    ok = not checked["files_with_removed_keys"] and not checked["problems"]
     receipt: dict[str, Any] = {
         "dataset": name,
         "window_hours": window,

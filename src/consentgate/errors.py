@@ -26,6 +26,14 @@ class SchemaError(TableError):
     """A table lacks a column the caller needs or has it with the wrong type."""
 
 
+class AsOfRefused(ConsentgateError):
+    """An explicit evaluation instant is earlier than changes already recorded in the lake.
+
+    Bad input (exit 2), not a failed check: the instant the caller asked for would cut a
+    snapshot that ignores known withdrawals; the message says how many later changes there are.
+    """
+
+
 class CheckFailed(ConsentgateError):
     """A verification failed or the gate refused; nothing was published."""
 

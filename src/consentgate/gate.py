@@ -11,8 +11,9 @@ lake, never in memory:
 1. :func:`prepare_gate` pins the source tables' Delta versions, evaluates consent at ``T``,
    writes the run's decisions (work table) and the explicit allowlist (granted assets only,
    kept for proofs), and refuses - nothing published - when the allowlist is empty or below
-   ``gate.min_allowlist_assets``, when a dataset's use case differs (exit 2), or when the model
-   version already has snapshots.
+   ``gate.min_allowlist_assets``, when a dataset's use case differs (exit 2), when an explicit
+   ``as_of`` is earlier than changes the consent or assets table already records (exit 2), or
+   when the model version already has snapshots.
 2. :func:`snapshot_dataset` writes the surviving rows of one dataset (every source asset
    granted, inside retention; decided by :func:`consentgate.lineage.row_decisions`) as a new
    Delta table under ``_consentgate/snapshots/<V>/<dataset>``, range-sorted by asset then key,
@@ -41,7 +42,7 @@ from pyspark.sql import functions as F
 
 from consentgate import audit, datasheet, digest, evaluate, lake, registry
 from consentgate.config import Config
-from consentgate.errors import CheckFailed, ConsentgateError
+from consentgate.errors import AsOfRefused, CheckFailed, ConsentgateError
 from consentgate.manifest import (
     FORMAT,
     MANIFEST_FILE,
@@ -118,6 +119,52 @@ def _refuse_existing(config: Config, model_version: str) -> None:
         )
 
 
+def _refuse_back_dated(sources: evaluate.Sources, instant: dt.datetime) -> None:
+    """Refuse an explicit instant earlier than changes the source tables already record.
+
+    DESIGN.md: an explicit ``--as-of`` earlier than any ``captured_at`` or ``revoked_at`` in
+    ``consent_records`` or any ``deleted_at`` in ``assets`` is refused, so that no snapshot is
+    cut that ignores a known withdrawal. Later grants count too: a record captured after ``T``
+    may be a revocation or a denial, and which is which is the evaluation's business.
+
+    One aggregate over the tables at the versions the run pinned (the ones it would evaluate);
+    only two counts reach the driver, never a row or an id.
+
+    Raises:
+        AsOfRefused: (exit 2) naming how many later changes the instant would ignore.
+    """
+    from consentgate.consent import instant_literal
+
+    t = instant_literal(instant)
+    later_records = sources.records.where(
+        (F.col("captured_at") > t) | (F.col("revoked_at") > t)
+    ).select(F.lit(True).alias("_cg_record"))
+    later_deletions = sources.assets.where(F.col("deleted_at") > t).select(
+        F.lit(False).alias("_cg_record")
+    )
+    counts = (
+        later_records.unionByName(later_deletions)
+        .agg(
+            F.count(F.when(F.col("_cg_record"), 1)).alias("records"),
+            F.count(F.when(~F.col("_cg_record"), 1)).alias("deletions"),
+        )
+        .first()
+    )
+    records = int(counts["records"]) if counts is not None else 0
+    deletions = int(counts["deletions"]) if counts is not None else 0
+    if records + deletions == 0:
+        return
+    versions = sources.versions
+    raise AsOfRefused(
+        f"--as-of {iso(instant)}: refused, it would ignore {records + deletions} later "
+        f"change(s) already recorded ({records} consent record(s) captured or revoked after it "
+        f"in consent_records version {versions['consent_records']}, {deletions} asset "
+        f"deletion(s) after it in assets version {versions['assets']}); a snapshot may not "
+        "ignore a known withdrawal. Give an instant at or after the latest change, or omit "
+        "--as-of to evaluate now; nothing was written"
+    )
+
+
 def prepare_gate(
     spark: SparkSession,
     config: Config,
@@ -135,13 +182,17 @@ def prepare_gate(
         use_case: The use case the model is trained for.
         model_version: The model version the snapshots are for (a directory name).
         datasets: Datasets to snapshot (default: every dataset of ``use_case``).
-        as_of: Evaluation instant (default: now, UTC).
+        as_of: Evaluation instant (default: now, UTC). An explicit instant earlier than a
+            ``captured_at`` or ``revoked_at`` in ``consent_records`` or a ``deleted_at`` in
+            ``assets`` (at the versions the run pins) is refused.
 
     Returns:
         The run: ids, instant, pinned table versions, allowlist facts, evaluation counts.
 
     Raises:
         ConsentgateError: (exit 2) unknown use case or dataset, or a dataset of another use case.
+        AsOfRefused: (exit 2) ``as_of`` is earlier than changes the source tables record;
+            nothing is written.
         CheckFailed: (exit 1) the model version has snapshots, or the allowlist is empty or
             below ``gate.min_allowlist_assets``; nothing is published.
     """
@@ -151,6 +202,8 @@ def prepare_gate(
     instant = parse_instant(as_of) if isinstance(as_of, str) else (as_of or now_utc())
     run_id = new_run_id("gate")
     sources = evaluate.load_sources(spark, config)
+    if as_of is not None:
+        _refuse_back_dated(sources, instant)
     dataset_versions = {n: lake.table_version(config.dataset_path(n)) for n in names}
     work = work_dir(config, run_id)
     allow = allowlist_path(config, run_id)
@@ -605,8 +658,8 @@ def run_gate(
         ``allowlist_assets``, ...).
 
     Raises:
-        ConsentgateError / CheckFailed: as :func:`prepare_gate`; on any failure before the
-            registry commit everything this run wrote is removed.
+        ConsentgateError / AsOfRefused / CheckFailed: as :func:`prepare_gate`; on any failure
+            before the registry commit everything this run wrote is removed.
     """
     run = prepare_gate(
         spark,

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from consentgate import verifier
 from consentgate.canonical import (
     MANIFEST_DIGEST_FIELD,
+    canonical_json,
     check_manifest_digest,
     manifest_bytes,
     manifest_digest,
@@ -267,7 +268,9 @@ def verify_manifest(path: str | Path) -> dict[str, Any]:
         )
     if manifest.get("format") != FORMAT:
         problems.append(f"manifest {label}: unknown format {manifest.get('format')!r}")
-    if manifest_path.read_bytes() != manifest_bytes(manifest):
+    # The bytes on disk against the canonical form of what they hold - not of the re-sealed
+    # manifest: an edited but still canonical file is reported once, by the seal above.
+    if manifest_path.read_bytes() != canonical_json(manifest):
         problems.append(f"manifest {label}: file is not in RFC 8785 canonical form")
 
     problems.extend(_check_registry(root, manifest_path, manifest))
