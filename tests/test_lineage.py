@@ -181,6 +181,33 @@ def test_direct_asset_column(spark: SparkSession) -> None:
     )
 
 
+def test_source_asset_ids_are_canonical(spark: SparkSession) -> None:
+    """Sources carry asset ids in the form effective consent decides under (DESIGN rule 2):
+    a derivative spelling an id in upper case or padded still finds its decision, and a
+    blank one is a missing asset (fail closed)."""
+    rows = spark.createDataFrame(
+        [(1, "A1"), (2, " a2\t"), (3, "  ")], "embedding_id long, asset_id string"
+    )
+    direct = lineage.source_assets(
+        "track_embeddings",
+        rows,
+        key="embedding_id",
+        asset_column="asset_id",
+        lineage=edges_df(spark, []),
+    )
+    assert_sources(
+        spark,
+        direct,
+        [
+            traced("1", "a1"),
+            traced("2", "a2"),
+            problem("3", "missing_asset", "track_embeddings", "3"),
+        ],
+    )
+    walked = sources(spark, ["s1"], [(SHARDS, "s1", "assets", "A9 ")])
+    assert_sources(spark, walked, [traced("s1", "a9")])
+
+
 def test_schema_problems_name_table_and_column(spark: SparkSession) -> None:
     with pytest.raises(SchemaError, match=r"gen_shards\.nope"):
         lineage.source_assets(

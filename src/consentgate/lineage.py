@@ -23,7 +23,13 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import DataType, DateType, StringType, TimestampType
 
-from consentgate.consent import DENIAL_REASONS, GRANTED, as_of_micros, check_schema
+from consentgate.consent import (
+    DENIAL_REASONS,
+    GRANTED,
+    as_of_micros,
+    canonical_id,
+    check_schema,
+)
 from consentgate.errors import SchemaError
 
 log = logging.getLogger(__name__)
@@ -177,7 +183,11 @@ def source_assets(
     keyed = keyed.filter(F.col("key").isNotNull())
     if asset_column is not None:
         _require_column(rows, asset_column, table=dataset_name)
-        pairs = keyed.select("key", F.col(asset_column).cast(StringType()).alias("asset_id"))
+        # Asset ids in canonical form (DESIGN rule 2), the form effective consent decides
+        # under: a derivative that spells an id in upper case still finds its decision.
+        pairs = keyed.select(
+            "key", canonical_id(F.col(asset_column).cast(StringType())).alias("asset_id")
+        )
         problems = _problem_rows(
             pairs.filter(F.col("asset_id").isNull()),
             "missing_asset",
@@ -229,7 +239,7 @@ def source_assets(
         )
         found.append(
             step.filter(F.col("kind") == "asset").select(
-                "key", F.col("parent.key").alias("asset_id")
+                "key", canonical_id(F.col("parent.key")).alias("asset_id")
             )
         )
         problems_found.append(
