@@ -309,6 +309,16 @@ def test_back_dated_as_of_is_refused(spark: SparkSession, tmp_path: Path) -> Non
             model_version="m-back",
             as_of="2026-01-02T12:00:00Z",
         )
+    # An orchestrator's filled-in run start is not the caller's choice: never refused.
+    prepared = gate.prepare_gate(
+        spark,
+        config,
+        use_case=USE_CASE,
+        model_version="m-implicit",
+        as_of=T0 + dt.timedelta(hours=12),
+        as_of_explicit=False,
+    )
+    assert prepared["model_version"] == "m-implicit"
     # At the latest recorded change nothing is ignored: the gate runs.
     done = gate.run_gate(
         spark, config, use_case=USE_CASE, model_version="m-at", as_of=T0 + dt.timedelta(days=2)

@@ -244,6 +244,8 @@ def validate(
         "kind": kind,
         "run_id": new_run_id(kind, at=instant),
         "as_of": iso(instant),
+        # A filled-in run start is "now", not a back-dated instant the gate must refuse.
+        "as_of_explicit": as_of is not None,
         "conf": str(config.source) if config.source else None,
         "lake_root": str(config.lake_root),
         "mode": config.airflow.mode,
@@ -396,6 +398,7 @@ def step_gate_prepare(
     model_version: str,
     datasets: list[str] | None,
     as_of: str,
+    as_of_explicit: bool = True,
 ) -> JSON:
     """Compute the allowlist and fix the gate run's facts; refuses before any snapshot."""
     from consentgate.gate import prepare_gate
@@ -408,6 +411,7 @@ def step_gate_prepare(
             model_version=model_version,
             datasets=datasets,
             as_of=_instant(as_of),
+            as_of_explicit=as_of_explicit,
         )
     )
 
@@ -836,6 +840,7 @@ def gate_prepare(run: Mapping[str, Any]) -> list[str]:
         model_version=run["model_version"],
         datasets=run.get("requested_datasets"),
         as_of=run["as_of"],
+        as_of_explicit=bool(run.get("as_of_explicit", True)),
     )
     _push_xcom("gate", gate)
     return [str(name) for name in gate["datasets"]]

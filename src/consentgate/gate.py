@@ -173,6 +173,7 @@ def prepare_gate(
     model_version: str,
     datasets: Sequence[str] | None = None,
     as_of: dt.datetime | str | None = None,
+    as_of_explicit: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluate consent, store the allowlist, and refuse early; returns the run (JSON-able).
 
@@ -185,6 +186,10 @@ def prepare_gate(
         as_of: Evaluation instant (default: now, UTC). An explicit instant earlier than a
             ``captured_at`` or ``revoked_at`` in ``consent_records`` or a ``deleted_at`` in
             ``assets`` (at the versions the run pins) is refused.
+        as_of_explicit: Whether ``as_of`` is the caller's own choice (default: whenever it is
+            given). An orchestrator that fills in its run's start instant passes False: that
+            instant is "now" for the run, and consent captured a second later must not
+            refuse it (it is simply after the evaluation, as for every run).
 
     Returns:
         The run: ids, instant, pinned table versions, allowlist facts, evaluation counts.
@@ -202,7 +207,8 @@ def prepare_gate(
     instant = parse_instant(as_of) if isinstance(as_of, str) else (as_of or now_utc())
     run_id = new_run_id("gate")
     sources = evaluate.load_sources(spark, config)
-    if as_of is not None:
+    explicit = (as_of is not None) if as_of_explicit is None else as_of_explicit
+    if explicit:
         _refuse_back_dated(sources, instant)
     dataset_versions = {n: lake.table_version(config.dataset_path(n)) for n in names}
     work = work_dir(config, run_id)
