@@ -29,7 +29,6 @@ from typing import Any
 
 import pytest
 import yaml
-from pyspark.sql import SparkSession
 
 from consentgate.airflow_tasks import CONF_ENV
 
@@ -79,12 +78,13 @@ def conf_env(conf: Path) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def pristine_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def pristine_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small demo lake; never written by tests (use :func:`copy_lake`)."""
     from consentgate.demo import init_demo
+    from tests.conftest import spark_session
 
     root = tmp_path_factory.mktemp("pristine") / "lake"
-    init_demo(spark, root, assets=LAKE_ASSETS, seed=LAKE_SEED)
+    init_demo(spark_session(), root, assets=LAKE_ASSETS, seed=LAKE_SEED)
     return root
 
 
