@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
+import tomllib
 import xml.etree.ElementTree as ET
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -66,3 +72,141 @@ def test_session_speaks_delta(spark: SparkSession, tmp_path: Path) -> None:
     spark.sql(f"CREATE TABLE delta.`{table}` (k STRING) USING DELTA")
     detail = spark.sql(f"DESCRIBE DETAIL delta.`{table}`").collect()[0]
     assert detail["format"] == "delta"
+
+
+# --------------------------------------------------------------------------------------------
+# Logs (issue #15 item 2): a new session's JVM keeps quiet unless the user chose otherwise.
+# quiet_jvm_conf is pure (no JVM): what get_spark adds to a new session's settings.
+
+OUR_OPTION = f"-Dlog4j2.configurationFile={spark_module.LOG4J_FILE.as_uri()}"
+
+
+def quiet(
+    conf: dict[str, str] | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    interactive: bool = False,
+    conf_dir: Path | None = None,
+) -> dict[str, str]:
+    return spark_module.quiet_jvm_conf(
+        conf or {}, environ=environ or {}, interactive=interactive, conf_dir=conf_dir
+    )
+
+
+def test_the_log4j_file_is_packaged_and_keeps_errors() -> None:
+    shipped = resources.files("consentgate").joinpath("log4j2.properties")
+    assert shipped.is_file()
+    assert Path(str(shipped)) == spark_module.LOG4J_FILE
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "log4j2.properties" in package_data["package-data"]["consentgate"]
+    props = dict(
+        (key.strip(), value.strip())
+        for key, _, value in (
+            line.partition("=")
+            for line in spark_module.LOG4J_FILE.read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith("#")
+        )
+    )
+    assert props["rootLogger.level"] == "warn"  # WARN and ERROR still show
+    assert props["appender.stderr.target"] == "SYSTEM_ERR"
+    assert props["rootLogger.appenderRef.stderr.ref"] == props["appender.stderr.name"]
+    levels = {
+        props[key]: props[key.replace(".name", ".level")]
+        for key in props
+        if key.startswith("logger.") and key.endswith(".name")
+    }
+    assert levels["org.apache.spark.util.Utils"] == "error"  # "could not bind on port 4040"
+    assert levels["org.apache.hadoop.util.NativeCodeLoader"] == "error"
+    assert levels["org.apache.spark.repl.Main"] == props["rootLogger.level"]
+    assert not set(levels.values()) - {"warn", "error"}
+
+
+def test_a_new_session_gets_our_log4j_file_and_no_progress_bars() -> None:
+    assert quiet() == {
+        "spark.driver.extraJavaOptions": OUR_OPTION,
+        "spark.ui.showConsoleProgress": "false",
+    }
+    # On a terminal Spark's progress bars stay (the user is watching).
+    assert quiet(interactive=True) == {"spark.driver.extraJavaOptions": OUR_OPTION}
+
+
+@pytest.mark.parametrize(
+    ("conf", "environ", "expected"),
+    [
+        # Other JVM options are kept, ours appended.
+        (
+            {"spark.driver.extraJavaOptions": "-XX:+UseG1GC -Dfoo=bar"},
+            {},
+            {"spark.driver.extraJavaOptions": f"-XX:+UseG1GC -Dfoo=bar {OUR_OPTION}"},
+        ),
+        # The user's own log4j configuration wins, wherever it is set.
+        ({"spark.driver.extraJavaOptions": "-Dlog4j2.configurationFile=/etc/l.xml"}, {}, {}),
+        ({"spark.driver.defaultJavaOptions": "-Dlog4j.configuration=file:/l"}, {}, {}),
+        ({}, {"JAVA_TOOL_OPTIONS": "-Dlog4j2.configurationFile=/etc/l.xml"}, {}),
+        ({}, {"LOG4J_CONFIGURATION_FILE": "/etc/l.xml"}, {}),
+        # $CONSENTGATE_SPARK_LOG4J=spark: Spark's own logging and progress bars.
+        ({}, {"CONSENTGATE_SPARK_LOG4J": "spark"}, None),
+    ],
+)
+def test_the_users_logging_choices_are_kept(
+    conf: dict[str, str], environ: dict[str, str], expected: dict[str, str] | None
+) -> None:
+    got = quiet(conf, environ=environ, interactive=True)
+    assert got == (expected if expected is not None else {})
+
+
+def test_console_progress_and_a_log4j_file_of_the_users_are_kept(tmp_path: Path) -> None:
+    assert "spark.ui.showConsoleProgress" not in quiet({"spark.ui.showConsoleProgress": "true"})
+    mine = tmp_path / "my-log4j2.properties"
+    mine.write_text("rootLogger.level = info\n")
+    chosen = quiet(environ={"CONSENTGATE_SPARK_LOG4J": str(mine)}, interactive=True)
+    assert chosen == {
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={mine.as_uri()}"
+    }
+    with pytest.raises(ConsentgateError, match="CONSENTGATE_SPARK_LOG4J"):
+        quiet(environ={"CONSENTGATE_SPARK_LOG4J": str(tmp_path / "nope.properties")})
+
+
+def test_spark_conf_dir_settings_are_kept(tmp_path: Path) -> None:
+    conf_dir = tmp_path / "conf"
+    conf_dir.mkdir()
+    (conf_dir / "log4j2.properties.template").write_text("")  # Spark's template: not a choice
+    (conf_dir / "spark-defaults.conf").write_text(
+        "# site defaults\nspark.driver.extraJavaOptions   -XX:+UseG1GC\n"
+    )
+    # A --conf replaces spark-defaults.conf's value: theirs is carried into ours.
+    assert quiet(conf_dir=conf_dir, interactive=True) == {
+        "spark.driver.extraJavaOptions": f"-XX:+UseG1GC {OUR_OPTION}"
+    }
+    (conf_dir / "log4j2.properties").write_text("rootLogger.level = info\n")
+    assert quiet(conf_dir=conf_dir, interactive=True) == {}
+    assert spark_module.spark_conf_dir({"SPARK_CONF_DIR": str(conf_dir)}) == conf_dir
+    assert spark_module.spark_conf_dir({"SPARK_HOME": str(tmp_path)}) == conf_dir
+
+
+def test_a_running_jvm_gets_no_java_option_even_from_a_zip(tmp_path: Path) -> None:
+    """Under spark-submit the driver JVM runs already and the package is imported from the
+    ``--py-files`` zip, where the log4j file is not on disk: no option, no error (the
+    submitting task passed the option itself)."""
+    assert spark_module.quiet_jvm_conf({}, environ={}, interactive=False, jvm_started=True) == {
+        "spark.ui.showConsoleProgress": "false"
+    }
+    from consentgate.airflow_tasks import package_zip
+
+    script = (
+        "import json, sys\n"
+        "from consentgate import spark\n"
+        "assert '.zip' in spark.__file__, spark.__file__\n"
+        "print(json.dumps(spark.quiet_jvm_conf({}, environ={}, interactive=False)))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(package_zip())}  # as spark-submit's --py-files
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"spark.ui.showConsoleProgress": "false"}

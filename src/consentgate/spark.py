@@ -9,14 +9,37 @@ extension and the Delta catalog.
 Where the jars come from: ``$CONSENTGATE_JARS`` (a directory) if set, else the repository's
 ``.jars/``. A session built elsewhere (spark-submit, a cluster) that already has Delta's classes
 is reused as it is; one without them fails with a message saying how to get them.
+
+Logs: a new session's JVM is told to keep quiet. Airflow records everything the JVM writes to
+stderr at level ERROR, and Spark's start-up lines ("Using Spark's default log4j profile",
+"WARN NativeCodeLoader", "SparkUI could not bind on port 4040", ...) and console progress bars
+buried consentgate's own step lines (:mod:`consentgate.logs`). So :func:`quiet_jvm_conf` adds
+to the driver's ``spark.driver.extraJavaOptions`` ``-Dlog4j2.configurationFile=`` pointing at
+the ``log4j2.properties`` shipped in this package (WARN for Spark, Hadoop, Delta and the rest;
+ERROR for the known harmless warnings; every ERROR still shows), and sets
+``spark.ui.showConsoleProgress=false`` unless stderr is a terminal. Both are only defaults:
+
+- the user's own log4j configuration wins: ``-Dlog4j2.configurationFile`` (or log4j 1's
+  properties) in ``spark.driver.extraJavaOptions`` / ``defaultJavaOptions`` (the config's
+  ``spark.conf`` or ``spark-defaults.conf``) or in ``JAVA_TOOL_OPTIONS``, ``_JAVA_OPTIONS``,
+  ``JDK_JAVA_OPTIONS``, ``SPARK_SUBMIT_OPTS``; ``$LOG4J_CONFIGURATION_FILE``; a ``log4j2.*``
+  file in Spark's conf directory. Other ``extraJavaOptions`` are kept: ours is appended;
+- ``spark.ui.showConsoleProgress`` in the config is kept;
+- ``$CONSENTGATE_SPARK_LOG4J=spark`` gives Spark its own logging and progress bars back,
+  ``$CONSENTGATE_SPARK_LOG4J=/path/to/log4j2.properties`` uses that file instead of ours.
+
+A session that exists already (spark-submit's driver JVM, a test's) keeps its logging: its
+JVM has read its log4j configuration before our code ran.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Final
 
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
@@ -47,6 +70,146 @@ REQUIRED_CONF: dict[str, str] = {
     # the window itself), so Delta's own safety check would only refuse a configured window.
     "spark.databricks.delta.retentionDurationCheck.enabled": "false",
 }
+
+
+#: The log4j2 configuration shipped with the package (see "Logs" above).
+LOG4J_FILE: Final = Path(__file__).with_name("log4j2.properties")
+#: Environment variable choosing the driver's log4j configuration (see "Logs" above).
+LOG4J_ENV: Final = "CONSENTGATE_SPARK_LOG4J"
+#: ``$CONSENTGATE_SPARK_LOG4J`` value that leaves Spark's logging and progress bars as Spark has them.
+SPARK_LOGGING: Final = "spark"
+DRIVER_JAVA_OPTIONS: Final = "spark.driver.extraJavaOptions"
+DRIVER_DEFAULT_JAVA_OPTIONS: Final = "spark.driver.defaultJavaOptions"
+CONSOLE_PROGRESS: Final = "spark.ui.showConsoleProgress"
+#: JVM options that choose a log4j configuration (log4j 2, and log4j 1's that log4j 2 honours).
+_LOG4J_OPTION: Final = re.compile(r"-Dlog4j2?\.configuration(File)?=")
+#: Environment variables whose JVM options reach the driver JVM.
+_JAVA_OPTIONS_ENV: Final = (
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "SPARK_SUBMIT_OPTS",
+)
+#: Files in Spark's conf directory that log4j 2 finds on the classpath by itself.
+_LOG4J_FILE_SUFFIXES: Final = (".properties", ".xml", ".yaml", ".yml", ".json", ".jsn")
+
+
+def spark_conf_dir(environ: Mapping[str, str]) -> Path:
+    """Spark's configuration directory, as spark-submit finds it.
+
+    ``$SPARK_CONF_DIR``, else ``$SPARK_HOME/conf``, else the pip-installed pyspark's ``conf``
+    (pyspark's own ``SPARK_HOME`` when none is set).
+    """
+    if environ.get("SPARK_CONF_DIR"):
+        return Path(environ["SPARK_CONF_DIR"])
+    if environ.get("SPARK_HOME"):
+        return Path(environ["SPARK_HOME"]) / "conf"
+    import pyspark
+
+    return Path(pyspark.__file__).resolve().parent / "conf"
+
+
+def _spark_defaults(conf_dir: Path | None) -> dict[str, str]:
+    """The settings :func:`quiet_jvm_conf` looks at, from ``spark-defaults.conf``.
+
+    The session's settings reach spark-submit as ``--conf``, which replaces the file's value
+    for the same key: the user's options must be read here to be kept.
+    """
+    path = None if conf_dir is None else conf_dir / "spark-defaults.conf"
+    if path is None or not path.is_file():
+        return {}
+    found: dict[str, str] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        match = re.match(r"^(\S+?)\s*[=:\s]\s*(.*)$", line.strip())
+        if match and match.group(1) in (
+            DRIVER_JAVA_OPTIONS,
+            DRIVER_DEFAULT_JAVA_OPTIONS,
+            CONSOLE_PROGRESS,
+        ):
+            found[match.group(1)] = match.group(2).strip()
+    return found
+
+
+def _has_log4j_file(conf_dir: Path | None) -> bool:
+    """Whether Spark's conf directory holds a log4j 2 configuration (not the ``.template``)."""
+    if conf_dir is None or not conf_dir.is_dir():
+        return False
+    return any(
+        p.suffix in _LOG4J_FILE_SUFFIXES and p.stem in ("log4j2", "log4j2-test")
+        for p in conf_dir.iterdir()
+    )
+
+
+def quiet_jvm_conf(
+    settings: Mapping[str, str],
+    *,
+    environ: Mapping[str, str],
+    interactive: bool,
+    conf_dir: Path | None = None,
+    jvm_started: bool = False,
+) -> dict[str, str]:
+    """The settings to add to a new session's ``settings`` so its JVM keeps quiet.
+
+    Pure but for reading ``conf_dir`` (no JVM): :func:`get_spark` applies the result. See
+    "Logs" in the module docstring for what is silenced and how a user keeps Spark's logs.
+
+    Args:
+        settings: Everything the session is about to be built with (the user's conf included).
+        environ: The process environment (``$CONSENTGATE_SPARK_LOG4J``, JVM option variables).
+        interactive: Whether stderr is a terminal (Spark's progress bars stay on then).
+        conf_dir: Spark's conf directory (``spark-defaults.conf``, a user's ``log4j2.*``).
+        jvm_started: The driver JVM runs already (spark-submit's, or an earlier session's): a
+            Java option is too late, only the progress setting applies. Under spark-submit the
+            package comes from a zip, where the packaged file is not on disk; the submitting
+            task passed the option (see ``airflow_tasks.submit_step``).
+
+    Returns:
+        ``spark.ui.showConsoleProgress`` and/or ``spark.driver.extraJavaOptions`` (the user's
+        options with ours appended), each only when the user has not chosen for themselves.
+
+    Raises:
+        ConsentgateError: ``$CONSENTGATE_SPARK_LOG4J`` names a file that does not exist (log4j
+            would silently fall back to its own defaults).
+    """
+    choice = environ.get(LOG4J_ENV, "").strip()
+    if choice.lower() == SPARK_LOGGING:
+        return {}
+    quiet: dict[str, str] = {}
+    defaults = _spark_defaults(conf_dir)
+    if not interactive and CONSOLE_PROGRESS not in settings and CONSOLE_PROGRESS not in defaults:
+        quiet[CONSOLE_PROGRESS] = "false"
+    if jvm_started or (not choice and not LOG4J_FILE.is_file()):
+        return quiet
+    extra = settings.get(DRIVER_JAVA_OPTIONS, defaults.get(DRIVER_JAVA_OPTIONS, "")).strip()
+    options = [
+        extra,
+        settings.get(DRIVER_DEFAULT_JAVA_OPTIONS, defaults.get(DRIVER_DEFAULT_JAVA_OPTIONS, "")),
+        *(environ.get(name, "") for name in _JAVA_OPTIONS_ENV),
+    ]
+    if (
+        any(_LOG4J_OPTION.search(o) for o in options)
+        or environ.get("LOG4J_CONFIGURATION_FILE")
+        or _has_log4j_file(conf_dir)
+    ):
+        return quiet
+    path = Path(choice).expanduser().resolve() if choice else LOG4J_FILE
+    if not path.is_file():
+        raise ConsentgateError(
+            f"${LOG4J_ENV}: {path} is not a file; give a log4j2 configuration file, or "
+            f"{SPARK_LOGGING!r} for Spark's own logging"
+        )
+    # A file: URI, so that a path with spaces stays one option when Spark splits them.
+    option = f"-Dlog4j2.configurationFile={path.as_uri()}"
+    quiet[DRIVER_JAVA_OPTIONS] = f"{extra} {option}" if extra else option
+    return quiet
+
+
+def _stderr_is_terminal() -> bool:
+    """Whether stderr is a terminal (Airflow's task runner replaces it with a pipe or a proxy)."""
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def _local_defaults(master: str | None) -> dict[str, str]:
@@ -102,7 +265,9 @@ def get_spark(
     """Return the active SparkSession, creating one if needed.
 
     An existing session (spark-submit's, or a test's) is reused and only our required settings
-    are applied to it, so that the same job code runs locally and on a cluster.
+    are applied to it, so that the same job code runs locally and on a cluster. A new one also
+    gets :func:`quiet_jvm_conf`'s logging defaults (the JVM's start-up noise and progress bars
+    off, unless the user chose otherwise; see "Logs" in the module docstring).
 
     Args:
         master: Spark master URL for a new session; ignored when a session already exists.
@@ -125,6 +290,14 @@ def get_spark(
         if "delta-spark_" not in given:
             given = ",".join([*([given] if given else []), *(str(j) for j in delta_jars())])
         settings["spark.jars"] = given
+        quiet = quiet_jvm_conf(
+            settings,
+            environ=os.environ,
+            interactive=_stderr_is_terminal(),
+            conf_dir=spark_conf_dir(os.environ),
+            jvm_started="PYSPARK_GATEWAY_PORT" in os.environ or SparkContext._gateway is not None,
+        )
+        settings.update(quiet)
         for key, value in settings.items():
             builder = builder.config(key, value)
         active = builder.getOrCreate()

@@ -1,0 +1,146 @@
+"""consentgate's own progress, as one structured log line per step.
+
+A purge or gate run spends minutes inside Spark; without its own log lines an operator sees
+nothing between "started" and "done" (and, before Spark was quietened, only the JVM's chatter).
+So every main step logs one line at INFO through the module's stdlib logger
+(``logging.getLogger(__name__)``) when it ends::
+
+    step=rewrite table=track_embeddings rows=212 files=3 bytes=48213 seconds=4.210
+
+``key=value`` pairs, step first and seconds last, so the lines read as a story in an Airflow
+task log and can be grepped or parsed (the same fields ride on the record as
+``record.consentgate`` for a structured handler). Only counts, table names and run ids are
+logged: an asset, user or row id never is (the purge's evidence must not leak into logs), which
+:func:`step`'s signature enforces by accepting numbers only besides ``table`` and ``run_id``.
+
+Library code only gets loggers; it never adds handlers, so under Airflow the records propagate
+to the task log. The command line calls :func:`configure_cli_logging` once at start-up.
+
+This module imports the standard library only: ``consentgate verify`` must load no pyspark.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Final, TextIO
+
+#: The package's parent logger: every module's ``logging.getLogger(__name__)`` is under it.
+ROOT_LOGGER: Final = "consentgate"
+#: Attribute of a log record holding the step's fields, for structured handlers.
+RECORD_FIELDS: Final = "consentgate"
+#: Line format of the command line's log records (on stderr, plain text, no colour).
+CLI_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s %(message)s"
+CLI_DATE_FORMAT: Final = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def _value(value: int | float | str) -> str:
+    """One value as it appears after ``=``: numbers plain, seconds to the millisecond, a
+    string quoted (JSON-style) only when it would otherwise break the line into more pairs."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    text = str(value)
+    if not text or any(c.isspace() or c in '="' for c in text):
+        return json.dumps(text)
+    return text
+
+
+def step_fields(
+    name: str,
+    *,
+    table: str | None = None,
+    run_id: str | None = None,
+    seconds: float | None = None,
+    counts: dict[str, int | float | bool | None] | None = None,
+) -> dict[str, int | float | str]:
+    """The ordered fields of a step line: ``step``, ``table``, ``run_id``, counts, ``seconds``.
+
+    A ``None`` count is left out (not known for this step), so callers can pass optional facts
+    without branching.
+    """
+    fields: dict[str, int | float | str] = {"step": name}
+    if table is not None:
+        fields["table"] = table
+    if run_id is not None:
+        fields["run_id"] = run_id
+    for key, count in (counts or {}).items():
+        if count is not None:
+            fields[key] = count
+    if seconds is not None:
+        fields["seconds"] = round(seconds, 3)
+    return fields
+
+
+def format_fields(fields: dict[str, int | float | str]) -> str:
+    """``key=value`` pairs separated by single spaces, in the fields' order."""
+    return " ".join(f"{key}={_value(value)}" for key, value in fields.items())
+
+
+def step(
+    logger: logging.Logger,
+    name: str,
+    *,
+    table: str | None = None,
+    run_id: str | None = None,
+    since: float | None = None,
+    level: int = logging.INFO,
+    **counts: int | float | bool | None,
+) -> None:
+    """Log that a step ended, as one ``step=<name> table=<t> rows=<n> ... seconds=<s>`` line.
+
+    Args:
+        logger: The calling module's logger (its name says which part of consentgate spoke).
+        name: The step, e.g. ``decide``, ``allowlist``, ``snapshot``, ``rewrite``, ``erase``.
+        table: The table the step worked on, if one.
+        run_id: The run, where the line would otherwise not say which one it belongs to.
+        since: ``time.monotonic()`` when the step began; the line then ends with ``seconds``.
+        level: Log level (INFO; WARNING for a step that ended badly but is not an error).
+        **counts: Counts only (rows, files, bytes, assets, ...): never an id or a value.
+    """
+    if not logger.isEnabledFor(level):
+        return
+    seconds = None if since is None else time.monotonic() - since
+    fields = step_fields(name, table=table, run_id=run_id, seconds=seconds, counts=counts)
+    logger.log(level, "%s", format_fields(fields), extra={RECORD_FIELDS: fields})
+
+
+class _CurrentStderr(logging.StreamHandler[TextIO]):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted.
+
+    Looked up at emit time, not bound at set-up: click's test runner and rich's live status
+    both replace ``sys.stderr`` for a while, and the lines must go where the rest of stderr
+    goes (never to a stream that has since been closed).
+    """
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        """Ignored: the stream is always the current ``sys.stderr``."""
+
+
+def configure_cli_logging() -> None:
+    """Send consentgate's INFO lines (and every library's warnings) to stderr, once.
+
+    Called by the command line at start-up, never by library code. stdout stays for the
+    command's result (``--json`` prints exactly one JSON object there). The format is plain
+    text without colour, so a log file or a pipe gets clean lines. Other libraries keep the
+    root logger's WARNING threshold (py4j's INFO chatter stays out); a level someone set on
+    the ``consentgate`` logger before is kept. Calling it again adds nothing.
+    """
+    root = logging.getLogger()
+    if not any(isinstance(h, _CurrentStderr) for h in root.handlers):
+        handler = _CurrentStderr()
+        formatter = logging.Formatter(CLI_FORMAT, datefmt=CLI_DATE_FORMAT)
+        formatter.converter = time.gmtime
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    ours = logging.getLogger(ROOT_LOGGER)
+    if ours.level == logging.NOTSET:
+        ours.setLevel(logging.INFO)
