@@ -12,8 +12,14 @@ proves it in the audit log.
 | `evaluate` | effective consent per asset for every use case a dataset has (decision tables under `_consentgate/evaluations/`) |
 | `plan` | the tables to visit: configured datasets plus registered snapshots (the plan's summary is kept as XCom `plan`) |
 | `purge_dataset` | one mapped instance per table, so a failing table is visible and retryable alone; emits an Asset event for each table it changed |
-| `erase_and_verify` | physical erasure after the window (Delta VACUUM) and its verification |
-| `audit_summary` | records the run's totals in the hash-chained audit log and checks the chain |
+| `erase_and_verify` | physical erasure after the window (Delta VACUUM) and its verification, each table on its own, for every table whose purge succeeded |
+| `audit_summary` | records the run's totals in the hash-chained audit log (naming the tables that failed) and checks the chain; fails the run when a table failed |
+
+**Failures are per table**: `erase_and_verify` and `audit_summary` run whatever the mapped
+`purge_dataset` instances' outcome (trigger rule `all_done`): one bad table (missing, corrupt
+data file, a snapshot of a use case no longer configured is *not* one: its rows are all
+removed as `use_case_not_configured`) never stops the others from being purged, erased and
+audited, and the run still ends failed, naming it.
 
 **Schedule**: env `CONSENTGATE_PURGE_SCHEDULE` (default `0 2 * * *`, UTC), read when the file
 is parsed because a DAG file must not read the config then; `validate` warns when it differs
@@ -34,7 +40,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from airflow.sdk import AssetAlias, Param, dag, task
+from airflow.sdk import AssetAlias, Param, TriggerRule, dag, task
 
 from consentgate.airflow_tasks import PURGED_ALIAS, default_args, purge_schedule
 
@@ -111,29 +117,41 @@ def consentgate_nightly_purge() -> None:
         airflow_tasks.announce_purge(run, result)
         return result
 
-    @task(multiple_outputs=False)
-    def erase_and_verify(run: dict[str, Any], purged: list[dict[str, Any]]) -> dict[str, Any]:
-        from consentgate import airflow_tasks
-
-        if run["dry_run"] or not run.get("erase", True):
-            return {"skipped": True, "reason": "dry run" if run["dry_run"] else "erase=false"}
-        return airflow_tasks.run_step(
-            run, "erase", run_id=run["run_id"], targets=[r["name"] for r in purged]
-        )
-
-    @task(multiple_outputs=False)
-    def audit_summary(
-        run: dict[str, Any], purged: list[dict[str, Any]], erasure: dict[str, Any]
+    # all_done: runs when some purge_dataset instances failed (they push no XCom, so `purged`
+    # holds only the tables whose purge succeeded: those are the ones erased).
+    @task(multiple_outputs=False, trigger_rule=TriggerRule.ALL_DONE)
+    def erase_and_verify(
+        run: dict[str, Any] | None, purged: list[dict[str, Any]] | None
     ) -> dict[str, Any]:
         from consentgate import airflow_tasks
 
-        return airflow_tasks.record_purge(run, list(purged), erasure)
+        if run is None:  # validate failed: nothing was purged (the run fails at audit_summary)
+            return {"skipped": True, "reason": "validate failed"}
+        if run["dry_run"] or not run.get("erase", True):
+            return {"skipped": True, "reason": "dry run" if run["dry_run"] else "erase=false"}
+        return airflow_tasks.run_step(
+            run, "erase", run_id=run["run_id"], targets=[r["name"] for r in purged or ()]
+        )
+
+    # all_done, then fails the run itself when a table failed (it is the run's last task, so
+    # its success would otherwise mark the run successful); that failure is not retried (a
+    # retry would append the audit entry twice).
+    @task(multiple_outputs=False, trigger_rule=TriggerRule.ALL_DONE)
+    def audit_summary(
+        run: dict[str, Any] | None,
+        purged: list[dict[str, Any]] | None,
+        erasure: dict[str, Any] | None,
+        targets: list[str] | None,
+    ) -> dict[str, Any]:
+        from consentgate import airflow_tasks
+
+        return airflow_tasks.record_purge(run, list(purged or ()), erasure, targets)
 
     run = validate()
     targets = plan(run, evaluate(run))
     purged = purge_dataset.partial(run=run).expand(target=targets)
     erasure = erase_and_verify(run, purged)
-    audit_summary(run, purged, erasure)
+    audit_summary(run, purged, erasure, targets)
 
 
 consentgate_nightly_purge()

@@ -21,6 +21,15 @@ re-verifies it.
 A refused gate or a failed verification fails the run without retries (the outcome is
 deterministic); only infrastructure errors are retried.
 
+**One run at a time** (`max_active_runs=1`): a second trigger queues until the first run has
+finished, so two runs of this DAG never cut the same model version side by side. Against
+everything else (the `consentgate gate` command, another Airflow deployment on the same lake)
+`evaluate` claims the model version atomically before it writes anything
+(`_consentgate/gate_claims/<model_version>.json`); a run that finds it claimed fails at once,
+naming the holder, and its `rollback` removes nothing under the holder's snapshots. `manifest`
+(on publication) or `rollback` releases the claim; a claim left by a run that was killed outright
+is cleared by hand, as the refusal explains.
+
 A training DAG can schedule on the asset alias `consentgate_training_snapshots` (or on
 `consentgate/snapshot/<model_version>`); the event's `extra` carries the manifest path and
 digest, the run id and the snapshot paths.
@@ -43,6 +52,8 @@ DEFAULT_ARGS = default_args(retries=2, retry_delay=dt.timedelta(minutes=2))
     schedule=None,
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
+    # Two runs never overlap (issue #12 item 6); the model version's claim guards the rest.
+    max_active_runs=1,
     default_args=DEFAULT_ARGS,
     doc_md=__doc__,
     tags=["consentgate", "gate", "training", "consent", "delta"],

@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from pyspark.sql import SparkSession
 
 from consentgate import lake
-from consentgate.cli import main
-from tests.lakes import write_small_lake
+from consentgate.cli import main, render_human
+from tests.lakes import T0, write_small_lake
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -271,6 +271,9 @@ def test_unknown_use_case_on_gate_fails_before_spark_starts(tmp_path: Path) -> N
         (["explain-model", "m9"], "MODEL_VERSION: 'm9' is not in the registry"),
         (["prove", "--manifest", "m.json", "--asset", "  "], "--asset: an asset id is required"),
         (["prove", "--manifest", "m.json", "--asset", "a1"], "--manifest: file m.json does not"),
+        # issue #12: an id no allowlist can hold (not canonical, DESIGN rule 2) is bad input
+        (["prove", "--manifest", "m.json", "--asset", "A1"], "--asset: the asset id is not in"),
+        (["prove", "--manifest", "m.json", "--asset", " a1"], "(surrounding whitespace)"),
     ],
 )
 def test_bad_arguments_fail_before_spark_starts(
@@ -323,3 +326,247 @@ def test_gate_back_dated_as_of_exits_2_naming_the_later_changes(
     assert "--as-of" in stderr
     state = tmp_path / "_consentgate"
     assert not (state / "snapshots").exists() and not (state / "allowlists").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Human output (issue #15 item 3): plain aligned text, every value whole, --json unchanged
+
+LONG_DIR = "/lake/" + "/".join(["a-rather-long-directory-name"] * 4)
+
+
+def test_human_output_is_plain_aligned_text_with_whole_values() -> None:
+    result = {
+        "ok": False,
+        "manifest": f"{LONG_DIR}/manifest.json",
+        "manifest_sha256": None,
+        "problems": [f"manifest {LONG_DIR}/manifest.json: no datasheet recorded"],
+        "erased": [],
+        "checked": {"files": 12, "snapshots": 2},
+        "tables": {
+            "assets": {"rows": 2000, "version": 3},
+            "consent_records": {"rows": 41, "version": 12},
+        },
+        "proof": {"kind": "inclusion", "leaf": {"index": 5, "path": ["ab" * 32, "cd" * 32]}},
+    }
+    assert render_human(result, title="verify").splitlines() == [
+        "verify",
+        "ok               false",
+        f"manifest         {LONG_DIR}/manifest.json",
+        "manifest_sha256  -",
+        "erased           none",
+        "",
+        "problems:",
+        f"  manifest {LONG_DIR}/manifest.json: no datasheet recorded",
+        "",
+        "checked:",
+        "  files      12",
+        "  snapshots  2",
+        "",
+        "tables:",
+        "  name             rows  version",
+        "  assets           2000  3",
+        "  consent_records  41    12",
+        "",
+        "proof:",
+        "  kind  inclusion",
+        "  leaf:",
+        "    index  5",
+        "    path:",
+        "      " + "ab" * 32,
+        "      " + "cd" * 32,
+    ]
+
+
+def test_human_verify_output_to_a_pipe_is_whole_and_json_is_unchanged(tmp_path: Path) -> None:
+    """Spark-free: ``verify`` of a bogus manifest under a long path, stdout piped."""
+    run_dir = tmp_path / "lake" / "_consentgate" / "manifests" / ("gate-" + "x" * 80)
+    run_dir.mkdir(parents=True)
+    manifest = run_dir / "manifest.json"
+    manifest.write_text(json.dumps({"run_id": "r1", "model_version": "m1"}))
+    human = run_without_java(tmp_path, "verify", str(manifest))
+    as_json = run_without_java(tmp_path, "verify", str(manifest), "--json")
+    assert human.returncode == as_json.returncode == 1, human.stderr + as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert as_json.stdout == json.dumps(report, sort_keys=True, default=str) + "\n"
+    lines = human.stdout.splitlines()
+    assert lines[0] == "verify"
+    assert f"manifest         {manifest}" in lines
+    assert len(report["problems"]) >= 2
+    for problem in report["problems"]:  # each on one line, path and all
+        assert f"  {problem}" in lines
+    assert "problems:" in lines  # a list under its key, not JSON in a table cell
+    assert not {"…", "│", "┃", "╇"} & set(human.stdout)
+
+
+def test_error_message_to_a_pipe_is_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "a-rather-long-directory-name" / ("gate-" + "x" * 80) / "manifest.json"
+    done = run_without_java(tmp_path, "verify", str(missing))
+    assert done.returncode == 2
+    assert done.stderr == f"consentgate: MANIFEST: {missing} does not exist\n"
+
+
+# --------------------------------------------------------------------------------------------
+# prove (issue #12 item 12): exclusion proofs disclose no other creator's data
+
+
+def test_prove_exclusion_discloses_no_other_creators_data(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """A real gate over four granted assets; proofs for an excluded, an unknown and a
+    not-UUID-shaped asset name none of the allowlisted assets' ids, record ids, capture times
+    or jurisdictions, yet check against the manifest's root alone."""
+    granted = [f"creator-asset-{i}" for i in range(1, 5)]
+    assets = [(a, f"u-{a}", "FR", T0, None) for a in [*granted, "creator-asset-5"]]
+    records: list[tuple[Any, ...]] = [
+        (f"rec-{a}", f"u-{a}", a, "recommendation", "granted", "2026-03", f"JUR-{i}", T0, None)
+        for i, a in enumerate(granted)
+    ]
+    records.append(
+        (
+            "rec-5",
+            "u-creator-asset-5",
+            "creator-asset-5",
+            "recommendation",
+            "denied",
+            "2026-03",
+            None,
+            T0,
+            None,
+        )
+    )
+    conf = write_small_lake(spark, tmp_path, assets=assets, records=records)
+    code, stdout, stderr = run(
+        "gate", "--conf", str(conf), "--use-case", "recommendation", "--model-version", "m1",
+        "--as-of", "2026-06-01T00:00:00Z", "--json",
+    )  # fmt: skip
+    assert code == 0, stderr
+    manifest = json.loads(stdout)["manifest_path"]
+    secrets = [
+        *granted,
+        *(f"rec-{a}" for a in granted),
+        *(f"JUR-{i}" for i in range(len(granted))),
+        "FR",
+        "2026-01-01T00:00:00",
+    ]
+    hexed = [s.encode().hex() for s in secrets]
+    for probe in ("creator-asset-5", "zz", "not-a-uuid"):
+        out = tmp_path / f"proof-{probe}.json"
+        code, stdout, stderr = run(
+            "prove", "--conf", str(conf), "--manifest", manifest, "--asset", probe,
+            "--out", str(out), "--json",
+        )  # fmt: skip
+        assert code == 0, stderr
+        result = json.loads(stdout)
+        assert result["included"] is False
+        text = stdout + out.read_text()
+        leaked = [s for s in secrets if s in text] + [h for h in hexed if h in text]
+        assert not leaked, (probe, leaked)
+        code, stdout, stderr = run("verify-proof", str(out), "--manifest", manifest, "--json")
+        assert code == 0, stderr
+        assert json.loads(stdout)["ok"] is True
+
+    # an inclusion proof reveals the asset's own entry, and only its own
+    out = tmp_path / "proof-2.json"
+    code, stdout, stderr = run(
+        "prove", "--conf", str(conf), "--manifest", manifest, "--asset", "creator-asset-2",
+        "--out", str(out), "--json",
+    )  # fmt: skip
+    assert code == 0, stderr
+    proof = json.loads(out.read_text())
+    assert proof["included"] is True
+    assert proof["leaf"]["record"]["consent_record_id"] == "rec-creator-asset-2"
+    own = {"creator-asset-2", "rec-creator-asset-2", "JUR-1", "2026-01-01T00:00:00"}
+    others = [s for s in secrets if s not in own and s in stdout]
+    assert not others
+    code, stdout, _ = run("verify-proof", str(out), "--manifest", manifest, "--json")
+    assert code == 0 and json.loads(stdout)["ok"] is True
+
+
+def test_prove_refuses_bad_ids_and_pre_scheme_manifests(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Issue #12: a non-canonical id exits 2 (nothing printed about the lake), and a manifest
+    from before allowlist scheme 2 gets no proof (its tree would disclose neighbours)."""
+    from consentgate.manifest import load_manifest, write_manifest
+
+    conf = write_small_lake(spark, tmp_path)
+    code, stdout, stderr = run(
+        "gate", "--conf", str(conf), "--use-case", "recommendation", "--model-version", "m1",
+        "--as-of", "2026-06-01T00:00:00Z", "--json",
+    )  # fmt: skip
+    assert code == 0, stderr
+    manifest = json.loads(stdout)["manifest_path"]
+    for bad in ("A1", "a1 ", "\u00a0a1"):
+        code, stdout, _ = run(
+            "prove", "--conf", str(conf), "--manifest", manifest, "--asset", bad, "--json"
+        )
+        assert code == 2
+        assert "not in canonical form" in json.loads(stdout)["error"]
+    code, stdout, stderr = run(
+        "prove", "--conf", str(conf), "--manifest", manifest, "--asset", "a1", "--json"
+    )
+    assert code == 0 and json.loads(stdout)["included"] is True, stderr
+
+    old = load_manifest(Path(manifest))
+    del old["allowlist"]["scheme"]
+    del old["manifest_sha256"]
+    Path(manifest).unlink()
+    write_manifest(Path(manifest), old)
+    code, stdout, _ = run(
+        "prove", "--conf", str(conf), "--manifest", manifest, "--asset", "a1", "--json"
+    )
+    assert code == 2
+    assert "predates consentgate-allowlist/2" in json.loads(stdout)["error"]
+
+
+# --------------------------------------------------------------------------------------------
+# Logs (issue #15 item 2): our step lines on stderr, none of the JVM's start-up noise or
+# progress bars, stdout exactly the JSON. One real run in a child process (its own JVM, started
+# the way a user's is, with no test settings).
+
+JVM_NOISE = (
+    "NativeCodeLoader",
+    "Using Spark's default log4j profile",
+    "Setting default log level",
+    "could not bind on port",
+    "[Stage",
+)
+
+
+def test_purge_logs_its_steps_on_stderr_without_jvm_noise(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    conf = write_small_lake(
+        spark,
+        tmp_path,
+        conf={"spark": {"master": "local[2]", "conf": {"spark.sql.shuffle.partitions": "4"}}},
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PYSPARK_GATEWAY") and k != "CONSENTGATE_SPARK_LOG4J"
+    }
+    args = ["purge", "--conf", str(conf), "--as-of", "2026-06-01T00:00:00Z", "--json"]
+    done = subprocess.run(
+        [sys.executable, "-c", "from consentgate.cli import main; main()", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(done.stdout.splitlines()) == 1, done.stdout  # nothing but the one JSON object
+    result = json.loads(done.stdout)
+    assert result["ok"] is True
+    assert result["datasets"]["track_embeddings"]["rows_deleted"] == 2  # a2 revoked, a3 no record
+    steps = [line.split(" step=", 1)[1] for line in done.stderr.splitlines() if " step=" in line]
+    assert [s.split()[0] for s in steps] == ["decide", "rewrite", "erase", "purge"], steps
+    assert steps[1].startswith("rewrite table=track_embeddings rows=2 files="), steps
+    assert steps[2].startswith("erase table=track_embeddings files="), steps
+    assert all(" INFO consentgate." in line for line in done.stderr.splitlines() if "step=" in line)
+    for noise in JVM_NOISE:
+        assert noise not in done.stderr, done.stderr[-3000:]
+    # Counts only: no asset, user or row id reaches the log.
+    words = set(done.stderr.replace("=", " ").split())
+    assert words.isdisjoint({"a1", "a2", "a3", "e1", "e2", "e3", "u1", "u2", "u9"})

@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 import yaml
 
-from consentgate.config import Config, DatasetConfig, UseCaseConfig, load_config, parse_config
+from consentgate.config import (
+    Config,
+    DatasetConfig,
+    JurisdictionRules,
+    UseCaseConfig,
+    load_config,
+    parse_config,
+)
 from consentgate.demo import demo_config
 from consentgate.errors import ConfigError
 
@@ -138,3 +145,28 @@ def test_an_undeclared_use_case_is_still_refused_when_config_is_built_directly()
             use_cases={"y": UseCaseConfig(accepted_policy_versions=("1",))},
             datasets={"d": DatasetConfig(path="d", use_case="x", key="k")},
         )
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        ({"deny": ["EU", "eu"]}, "'eu' is not a canonical jurisdiction code"),
+        ({"deny": ["EU "]}, "write 'EU'"),
+        ({"allow": ["us"]}, "write 'US'"),
+        ({"allow": [" "]}, "a jurisdiction code cannot be empty"),
+    ],
+)
+def test_jurisdiction_codes_must_be_canonical(
+    tmp_path: Path, rules: dict[str, list[str]], message: str
+) -> None:
+    """DESIGN rule 2: records' jurisdictions are compared in canonical form, so a code in the
+    config written otherwise would match nothing; it is refused, naming the spelling to use."""
+    data = _valid()
+    data["use_cases"]["recommendation"]["jurisdictions"] = rules
+    (line,) = _problems(data, tmp_path)
+    assert line.startswith("use_cases.recommendation.jurisdictions."), line
+    assert message in line
+    data["use_cases"]["recommendation"]["jurisdictions"] = {"deny": ["EU", "BR"]}
+    assert parse_config(data, base_dir=tmp_path, check_paths=False).use_cases[
+        "recommendation"
+    ].jurisdictions == JurisdictionRules(deny=("EU", "BR"))

@@ -80,10 +80,50 @@ def test_nightly_purge_shape(bag: Any) -> None:
     assert upstream(dag, "plan") == {"validate", "evaluate"}
     assert upstream(dag, "purge_dataset") == {"validate", "plan"}
     assert upstream(dag, "erase_and_verify") == {"validate", "purge_dataset"}
-    assert upstream(dag, "audit_summary") == {"validate", "purge_dataset", "erase_and_verify"}
+    # the plan's targets tell audit_summary which tables have no result (their task failed)
+    assert upstream(dag, "audit_summary") == {
+        "validate",
+        "plan",
+        "purge_dataset",
+        "erase_and_verify",
+    }
     purge = dag.get_task("purge_dataset")
     assert type(purge).__name__ == "DecoratedMappedOperator"
     assert [o.name for o in purge.partial_kwargs["outlets"]] == [airflow_tasks.PURGED_ALIAS]
+
+
+def test_nightly_purge_one_failed_table_stops_no_other(bag: Any) -> None:
+    """Issue #12: a failed mapped purge_dataset instance must not skip erasure and audit of
+    the tables that were purged; the purge tasks themselves keep the default rule."""
+    dag = bag.get_dag("consentgate_nightly_purge")
+
+    def rule(task_id: str) -> str:
+        return str(dag.get_task(task_id).trigger_rule).rsplit(".", 1)[-1].lower()
+
+    assert rule("erase_and_verify") == "all_done"
+    assert rule("audit_summary") == "all_done"
+    for task_id in ("validate", "evaluate", "plan", "purge_dataset"):
+        assert rule(task_id) == "all_success", task_id
+    # audit_summary is the only leaf, so its own failure is what fails the run
+    assert [t.task_id for t in dag.tasks if not t.downstream_task_ids] == ["audit_summary"]
+
+
+def test_purge_summary_names_tables_whose_task_failed() -> None:
+    """A failed mapped instance pushes no XCom: audit_summary finds it from the plan."""
+    run = {"run_id": "purge-x", "as_of": "2026-06-01T00:00:00Z", "dry_run": False}
+    purged = [{"name": "a", "rows_deleted": 2, "reasons": {"revoked": 2}}]
+    erasure = {"ok": True, "datasets": {"a": {"result": "verified"}}}
+    summary = airflow_tasks.purge_summary(run, purged, erasure, ["a", "snapshot/m1/b"])
+    assert summary["ok"] is False
+    assert summary["failed"] == {"snapshot/m1/b": airflow_tasks.PURGE_TASK_FAILED}
+    assert summary["rows_deleted"] == 2 and list(summary["datasets"]) == ["a"]
+    fine = airflow_tasks.purge_summary(run, purged, erasure, ["a"])
+    assert fine["ok"] is True and fine["failed"] == {}
+    # the erase task failed (no XCom): the run is not ok, whatever the tables did
+    no_erasure = airflow_tasks.purge_summary(run, purged, None, ["a"])
+    assert no_erasure["ok"] is False and no_erasure["erasure"]["ok"] is False
+    skipped = airflow_tasks.purge_summary(run, purged, {"skipped": True}, ["a"])
+    assert skipped["ok"] is True
 
 
 def test_purge_schedule_comes_from_the_environment(
@@ -227,3 +267,110 @@ def test_purge_schedule_default_and_override(monkeypatch: pytest.MonkeyPatch) ->
     assert airflow_tasks.purge_schedule() == "0 2 * * *"
     monkeypatch.setenv(airflow_tasks.SCHEDULE_ENV, "15 1 * * *")
     assert airflow_tasks.purge_schedule() == "15 1 * * *"
+
+
+def test_record_purge_fails_the_run_naming_the_failed_table() -> None:
+    """audit_summary is the run's only leaf: it must fail when a table failed (dry run here,
+    so no audit entry is written and no lake is needed)."""
+    from airflow.exceptions import AirflowFailException
+
+    run = {"run_id": "purge-x", "as_of": "2026-06-01T00:00:00Z", "dry_run": True}
+    purged = [{"name": "a", "rows_deleted": 0, "reasons": {}}]
+    with pytest.raises(AirflowFailException, match=r"1 of 2 tables failed: snapshot/m1/b"):
+        airflow_tasks.record_purge(run, purged, {"skipped": True}, ["a", "snapshot/m1/b"])
+    assert airflow_tasks.record_purge(run, purged, {"skipped": True}, ["a"])["ok"] is True
+    with pytest.raises(AirflowFailException, match="plan task failed"):
+        airflow_tasks.record_purge(run, [], {"skipped": True}, None)
+
+
+def test_pretraining_gate_runs_one_at_a_time(bag: Any) -> None:
+    """Issue #12 item 6: two runs of the gate DAG never overlap; the doc says what guards the
+    rest (the model version's claim)."""
+    dag = bag.get_dag("consentgate_pretraining_gate")
+    assert dag.max_active_runs == 1
+    assert "max_active_runs=1" in dag.doc_md and "gate_claims" in dag.doc_md
+
+
+def test_gate_rollback_removes_snapshots_only_under_its_own_claim(tmp_path: Path) -> None:
+    """Issue #12 item 6: the gate DAG's rollback task of a run that does not hold the model
+    version's claim (it lost the race) removes nothing under the holder's snapshots; the
+    holder's rollback removes them and releases the claim. Spark-free: no table is read."""
+    from consentgate import gate, registry
+    from consentgate.config import load_config
+    from tests.test_gate import _spark_free_config
+
+    conf = _spark_free_config(tmp_path / "lake")
+    for table in ("consent_records", "assets", "lineage", "derived/track_embeddings"):
+        (conf.parent / table).mkdir(parents=True)  # the rollback task loads the config checked
+    config = load_config(conf)
+    gate.claim_model_version(config, model_version="m1", run_id="gate-holder")
+    snapshot = registry.snapshot_path(config, "m1", "track_embeddings")
+    snapshot.mkdir(parents=True)
+    (snapshot / "part-00000.parquet").write_bytes(b"the holder's rows")
+
+    def facts(run_id: str) -> dict[str, Any]:
+        return {
+            "run_id": run_id,
+            "model_version": "m1",
+            "datasets": ["track_embeddings"],
+            "allowlist": {"path": f"_consentgate/allowlists/{run_id}"},
+        }
+
+    run = {"conf": str(conf), "model_version": "m1", "run_id": "gate-loser"}
+    loser = airflow_tasks.gate_rollback(run, facts("gate-loser"))
+    assert loser["held_claim"] is False and loser["removed_snapshots"] == []
+    assert (snapshot / "part-00000.parquet").read_bytes() == b"the holder's rows"
+    assert gate.holds_claim(config, model_version="m1", run_id="gate-holder")
+    nothing = airflow_tasks.gate_rollback(run, None)  # evaluate failed before pushing its run
+    assert nothing["rolled_back"] is False and nothing["published"] is False
+    assert snapshot.exists()
+    holder = airflow_tasks.gate_rollback(run, facts("gate-holder"))
+    assert holder["held_claim"] is True and holder["removed_snapshots"] == ["track_embeddings"]
+    assert not registry.snapshots_root(config, "m1").exists()
+    assert gate.read_claim(config, "m1") is None
+
+
+def test_gate_rollback_releases_a_claim_left_by_a_dead_evaluate_attempt(tmp_path: Path) -> None:
+    """The evaluate task claims under the DAG run's id; if an attempt dies after claiming and
+    pushes no run, the retry takes the claim back (same id) and, should the run still fail,
+    rollback releases it and removes that run's allowlist: the model version is not blocked."""
+    from consentgate import gate
+    from consentgate.config import load_config
+    from consentgate.errors import ConflictError
+    from tests.test_gate import _spark_free_config
+
+    conf = _spark_free_config(tmp_path / "lake")
+    for table in ("consent_records", "assets", "lineage", "derived/track_embeddings"):
+        (conf.parent / table).mkdir(parents=True)
+    config = load_config(conf)
+    gate.claim_model_version(config, model_version="m1", run_id="gate-dagrun")
+    # the retried attempt of the same run takes it back; another run cannot
+    gate.claim_model_version(config, model_version="m1", run_id="gate-dagrun")
+    with pytest.raises(ConflictError, match="being cut by another gate run"):
+        gate.claim_model_version(config, model_version="m1", run_id="gate-other")
+    allowlist = gate.allowlist_path(config, "gate-dagrun")
+    allowlist.mkdir(parents=True)
+    (allowlist / "part-00000.parquet").write_bytes(b"half an allowlist")
+    run = {"conf": str(conf), "model_version": "m1", "run_id": "gate-dagrun"}
+    result = airflow_tasks.gate_rollback(run, None)
+    assert result["rolled_back"] is True and result["held_claim"] is True
+    assert result["removed_snapshots"] == []
+    assert gate.read_claim(config, "m1") is None and not allowlist.exists()
+
+
+def test_backfill_report_fails_the_run_after_reporting_a_partial_backfill() -> None:
+    """A backfill with a failed table comes back as a result (``ok`` false), so the report
+    task announces what did change before failing the run (dry run here: no event, no lake)."""
+    from airflow.exceptions import AirflowFailException
+
+    run = {"run_id": "backfill-x", "as_of": "2026-06-01T00:00:00Z", "dry_run": True}
+    result = {
+        "ok": False,
+        "error": "backfill backfill-x: 1 of 2 tables failed: dataset b: opening the table: gone",
+        "failed": {"b": "dataset b: opening the table: gone"},
+        "datasets": {"a": {"rows_deleted": 1, "reasons": {"revoked": 1}}},
+        "impact": {"runs": []},
+    }
+    with pytest.raises(AirflowFailException, match="1 of 2 tables failed: dataset b"):
+        airflow_tasks.backfill_report(run, result)
+    assert airflow_tasks.backfill_report(run, {**result, "ok": True})["kind"] == "backfill"

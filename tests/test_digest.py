@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -250,18 +251,28 @@ ALLOWLIST_SCHEMA = (
 )
 
 
+def allowlist_entries() -> list[bytes]:
+    return [verifier.allowlist_entry(*row) for row in ALLOWLIST]
+
+
 def allowlist_root() -> str:
-    entries = merkle.sort_entries([(row[0], verifier.allowlist_leaf(*row)) for row in ALLOWLIST])
-    return merkle.merkle_root([merkle.leaf_hash(d) for _, d in entries]).hex()
+    tree = verifier.allowlist_tree_entries(allowlist_entries())
+    return merkle.merkle_root([merkle.leaf_hash(d) for _, d in tree]).hex()
 
 
 def test_allowlist_root_and_proofs(spark: SparkSession) -> None:
     df = spark.createDataFrame(ALLOWLIST, ALLOWLIST_SCHEMA).withColumn("extra", F.lit(1))
     root, count = digest.allowlist_merkle_root(df, chunk_log2=2)
     assert (root, count) == (allowlist_root(), 11)
+    # Spark's leaf bytes are the reference's
+    spark_leaves = sorted(
+        bytes(r["l"]) for r in df.select(digest.allowlist_leaf_column(df).alias("l")).collect()
+    )
+    assert spark_leaves == sorted(verifier.allowlist_leaf(e) for e in allowlist_entries())
 
     included = digest.allowlist_proof(df, "asset-08", chunk_log2=2)
     json.dumps(included)  # JSON-able as is
+    assert included == verifier.build_allowlist_proof(allowlist_entries(), "asset-08")
     assert included["included"] is True and included["tree"] == "allowlist"
     assert included["leaf"]["record"] == {
         "asset_id": "asset-08",
@@ -273,25 +284,48 @@ def test_allowlist_root_and_proofs(spark: SparkSession) -> None:
     assert verifier.verify_allowlist_proof(included, root)
     assert not verifier.verify_allowlist_proof(included, merkle.EMPTY_ROOT.hex())
 
-    # the neighbours straddle a chunk boundary (asset-06 is index 3, asset-08 index 4)
-    excluded = digest.allowlist_proof(df, "asset-07", chunk_log2=2)
-    assert excluded["included"] is False
-    assert (excluded["left"]["key"], excluded["right"]["key"]) == ("asset-06", "asset-08")
-    assert verifier.verify_allowlist_proof(excluded, root)
-    assert not verifier.verify_allowlist_proof(excluded, allowlist_root()[::-1])
+    # Absent assets: below, above and between leaves, one pair straddling a chunk boundary
+    # (indices 3 and 4 with chunks of 4); every proof equals the in-memory reference.
+    keys = sorted(verifier.allowlist_key(row[0]) for row in ALLOWLIST)
+    probes = [f"probe-{i}" for i in range(400)]
 
-    # a readable record that disagrees with the leaf bytes is rejected
+    def first_probe(test: Callable[[str], bool]) -> str:
+        return next(p for p in probes if test(verifier.allowlist_key(p)))
+
+    straddle = first_probe(lambda k: keys[3] < k < keys[4])
+    below = first_probe(lambda k: k < keys[0])
+    above = first_probe(lambda k: k > keys[-1])
+    for probe in (straddle, below, above, "asset-07", "not-a-uuid"):
+        excluded = digest.allowlist_proof(df, probe, chunk_log2=2)
+        assert excluded == verifier.build_allowlist_proof(allowlist_entries(), probe), probe
+        assert excluded["included"] is False
+        assert verifier.verify_allowlist_proof(excluded, root), probe
+        assert not verifier.verify_allowlist_proof(excluded, allowlist_root()[::-1])
+        text = json.dumps(excluded)
+        assert not any(row[0] in text or row[1] in text for row in ALLOWLIST), probe
+    excluded = digest.allowlist_proof(df, straddle, chunk_log2=2)
+    assert (excluded["left"]["index"], excluded["right"]["index"]) == (3, 4)
+
+    # a readable record that disagrees with the entry is rejected
     tampered = json.loads(json.dumps(included))
     tampered["leaf"]["record"]["policy_version"] = "2099-01"
     assert not verifier.verify_allowlist_proof(tampered, root)
-    # so is a leaf whose bytes were edited to match a forged record
-    forged_leaf = verifier.allowlist_leaf(
+    # so is an entry edited to match a forged record
+    forged = verifier.allowlist_entry(
         "asset-08", "rec-08", "2099-01", dt.datetime(2026, 3, 1, 12, 0, 8, 8000, tzinfo=UTC), None
     )
-    tampered["leaf"]["leaf"] = forged_leaf.hex()
+    tampered["leaf"]["entry"] = forged.hex()
+    tampered["leaf"]["record"] = verifier.allowlist_record(forged)
     assert not verifier.verify_allowlist_proof(tampered, root)
     # claiming inclusion with an exclusion proof
     assert not verifier.verify_allowlist_proof({**excluded, "included": True}, root)
+
+
+def test_allowlist_row_without_asset_id_fails_the_job(spark: SparkSession) -> None:
+    rows = [*ALLOWLIST[:2], (None, "rec-x", "2026-03", ALLOWLIST[0][3], None)]
+    df = spark.createDataFrame(rows, ALLOWLIST_SCHEMA)
+    with pytest.raises(Exception, match="allowlist row without asset_id"):
+        digest.allowlist_merkle_root(df, chunk_log2=2)
 
 
 def test_allowlist_schema_is_checked(spark: SparkSession) -> None:

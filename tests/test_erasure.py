@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
 from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -355,3 +356,12 @@ def test_committed_purge_without_keys_is_no_proof(spark: SparkSession, tmp_path:
     assert receipt["result"] == "failed" and receipt["keys_checked"] == 0
     (problem,) = receipt["problems"]
     assert "dataset emb" in problem and "holds no key for 1 of them" in problem, problem
+
+    # A whole purge run whose erasure does not verify fails (exit 1), with every table's
+    # result, instead of returning ok: false with exit 0.
+    with pytest.raises(purge.PurgeFailed) as raised:
+        purge.run_purge(spark, config, as_of=AS_OF, deciders={"emb": decide})
+    assert raised.value.exit_code == 1
+    assert "erasure did not verify for emb" in str(raised.value)
+    assert raised.value.result["ok"] is False and raised.value.result["failed"] == {}
+    assert raised.value.result["erasure"]["datasets"]["emb"]["result"] == "failed"

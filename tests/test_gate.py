@@ -26,7 +26,13 @@ from pyspark.sql import functions as F
 from consentgate import gate, lake, registry
 from consentgate.config import Config, load_config
 from consentgate.demo import DEMO_NOW, POLICY_AFTER, init_demo
-from consentgate.errors import AsOfRefused, CheckFailed, ConsentgateError
+from consentgate.errors import (
+    AsOfRefused,
+    CheckFailed,
+    ConflictError,
+    ConsentgateError,
+    TableError,
+)
 from consentgate.manifest import load_manifest, verify_manifest
 from consentgate.proofs import prove, verify_proof
 from tests.lakes import write_small_lake
@@ -94,6 +100,9 @@ def gated(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 def test_revoked_asset_leaves_the_second_allowlist(spark: SparkSession, gated: Gated) -> None:
     assert gated.first["allowlist_assets"] == gated.second["allowlist_assets"] + 1
+    # exclusions count what was left out: the revoked asset, never the grants
+    assert "granted" not in gated.second["exclusions"]
+    assert gated.second["exclusions"].get("revoked", 0) >= 1
     for name, path in gated.first["snapshots"].items():
         assert Path(path).is_dir() and name.startswith("snapshot/m1/")
     first_rows = lake.read_table(spark, gated.first["snapshots"]["snapshot/m1/track_embeddings"])
@@ -325,3 +334,252 @@ def test_back_dated_as_of_is_refused(spark: SparkSession, tmp_path: Path) -> Non
     )
     assert done["allowlist_assets"] == 1
     assert [e.model_version for e in registry.read_entries(config)] == ["m-at"]
+
+
+# --------------------------------------------------------------------------------------------
+# Two gates for one model version (issue #12 item 6)
+
+RACE_SCRIPT = """
+import json, sys
+from consentgate import gate
+from consentgate.config import load_config
+from consentgate.errors import ConflictError
+config = load_config(sys.argv[1], check_paths=False)
+try:
+    claim = gate.claim_model_version(config, model_version=sys.argv[2], run_id=sys.argv[3])
+except ConflictError as exc:
+    print(json.dumps({"won": False, "message": str(exc)}))
+else:
+    print(json.dumps({"won": True, "pid": claim.pid}))
+"""
+
+
+def _spark_free_config(root: Path) -> Path:
+    """A config whose lake has no tables: enough for the claim, which needs only state_dir."""
+    root.mkdir(parents=True)
+    conf = root / "consentgate.yaml"
+    conf.write_text(
+        "lake_root: .\n"
+        "use_cases: {recommendation: {accepted_policy_versions: ['2026-03']}}\n"
+        "datasets:\n"
+        "  track_embeddings: {path: derived/track_embeddings, use_case: recommendation,"
+        " key: embedding_id, asset_column: asset_id}\n"
+    )
+    return conf
+
+
+def test_claim_is_exclusive_across_processes(tmp_path: Path) -> None:
+    """Gates racing from separate processes: exactly one gets the model version, every other
+    one is told who holds it; only the holder can release it. Spark-free."""
+    import subprocess
+    import sys
+
+    conf = _spark_free_config(tmp_path / "lake")
+    config = load_config(conf, check_paths=False)
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE_SCRIPT, str(conf), "m-race", f"gate-racer-{i}"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    results = []
+    for racer in racers:
+        out, _ = racer.communicate(timeout=120)
+        assert racer.returncode == 0, out
+        results.append(json.loads(out))
+    winners = [i for i, r in enumerate(results) if r["won"]]
+    assert len(winners) == 1, results
+    holder = gate.read_claim(config, "m-race")
+    assert holder is not None and holder.run_id == f"gate-racer-{winners[0]}"
+    assert holder.pid == results[winners[0]]["pid"] and holder.host and holder.claimed_at
+    for loser in (r for r in results if not r["won"]):
+        assert "being cut by another gate run" in loser["message"]
+        assert holder.run_id in loser["message"] and "wrote nothing" in loser["message"]
+        assert str(gate.claim_path(config, "m-race")) in loser["message"]
+    # Ours now: refused with exit 1, naming the holder; a non-holder's release is a no-op.
+    with pytest.raises(ConflictError, match=holder.run_id) as info:
+        gate.claim_model_version(config, model_version="m-race", run_id="gate-late")
+    assert info.value.exit_code == 1
+    assert not gate.release_claim(config, model_version="m-race", run_id="gate-late")
+    assert gate.holds_claim(config, model_version="m-race", run_id=holder.run_id)
+    # Another model version is independent.
+    gate.claim_model_version(config, model_version="m-other", run_id="gate-late")
+    assert gate.release_claim(config, model_version="m-race", run_id=holder.run_id)
+    assert gate.read_claim(config, "m-race") is None
+    claim = gate.claim_model_version(config, model_version="m-race", run_id="gate-late")
+    assert claim.run_id == "gate-late"
+
+
+def test_unreadable_claim_still_blocks(tmp_path: Path) -> None:
+    """A claim file caught between create and write (or damaged) is held by nobody we know:
+    it blocks every run and no run may release it. Spark-free."""
+    config = load_config(_spark_free_config(tmp_path / "lake"), check_paths=False)
+    path = gate.claim_path(config, "m-torn")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"")
+    holder = gate.read_claim(config, "m-torn")
+    assert holder is not None and holder.run_id == "(unreadable)"
+    with pytest.raises(ConflictError, match="being cut by another gate run"):
+        gate.claim_model_version(config, model_version="m-torn", run_id="gate-a")
+    for run_id in ("gate-a", "(unreadable)"):
+        assert not gate.holds_claim(config, model_version="m-torn", run_id=run_id)
+        assert not gate.release_claim(config, model_version="m-torn", run_id=run_id)
+    assert path.exists()
+
+
+def test_second_gate_for_a_claimed_model_version_fails_fast(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Issue #12 item 6: a second gate started while the first holds the model version (before
+    and after the first cut its snapshot) fails at once, writes nothing, removes nothing; the
+    first one's snapshot files all stay and its manifest verifies."""
+    from consentgate.runtime import new_run_id
+
+    config = load_config(write_small_lake(spark, tmp_path / "small"))
+    state = config.state_dir
+    version = "m-race"
+    winner = gate.prepare_gate(spark, config, use_case=USE_CASE, model_version=version)
+    holder = gate.read_claim(config, version)
+    assert holder is not None and holder.run_id == winner["run_id"]
+
+    def lose() -> str:
+        with pytest.raises(ConflictError) as info:
+            gate.run_gate(spark, config, use_case=USE_CASE, model_version=version)
+        assert info.value.exit_code == 1
+        return str(info.value)
+
+    messages = [lose()]
+    # A torn earlier attempt of the holder's snapshot step (files, no Delta commit) is its own:
+    # the retry starts over instead of failing for good.
+    torn = registry.snapshot_path(config, version, "track_embeddings")
+    torn.mkdir(parents=True)
+    (torn / "part-torn.snappy.parquet").write_bytes(b"half a file")
+    snap = gate.snapshot_dataset(spark, config, run=winner, dataset="track_embeddings")
+    table = config.resolve(snap["path"])
+    assert table == torn and not (torn / "part-torn.snappy.parquet").exists()
+    before = sorted(str(p.relative_to(table)) for p in table.rglob("*"))
+    assert any(p.endswith(".parquet") for p in before)
+    messages.append(lose())
+    for message in messages:
+        assert "being cut by another gate run" in message and winner["run_id"] in message
+        assert str(gate.claim_path(config, version)) in message and "wrote nothing" in message
+    # The losers wrote nothing of their own: only the winner's allowlist and work tables.
+    assert [p.name for p in (state / "allowlists").iterdir()] == [winner["run_id"]]
+    assert [p.name for p in (state / "gate_runs").iterdir()] == [winner["run_id"]]
+    assert sorted(str(p.relative_to(table)) for p in table.rglob("*")) == before
+    # A rollback by a run that does not hold the claim (a losing run's Airflow rollback task)
+    # removes no snapshot, and leaves the claim to its holder.
+    other = new_run_id("gate")
+    other_allowlist = registry.relative_to_lake(config, gate.allowlist_path(config, other))
+    result = gate.rollback_gate(
+        config,
+        {**winner, "run_id": other, "allowlist": {**winner["allowlist"], "path": other_allowlist}},
+    )
+    assert result == {
+        "run_id": other,
+        "published": False,
+        "held_claim": False,
+        "removed_snapshots": [],
+    }
+    assert sorted(str(p.relative_to(table)) for p in table.rglob("*")) == before
+    assert gate.holds_claim(config, model_version=version, run_id=winner["run_id"])
+    # The winner publishes; every file it cut is there and verifies; the claim is released and
+    # the registry now refuses the model version for good.
+    published = gate.publish_gate(spark, config, run=winner, snapshots=[snap])
+    report = verify_manifest(published["manifest_path"])
+    assert report["ok"], report["problems"]
+    assert report["checked"]["files"] == len(snap["files"]) > 0
+    assert gate.read_claim(config, version) is None
+    with pytest.raises(CheckFailed, match="already has snapshots"):
+        gate.run_gate(spark, config, use_case=USE_CASE, model_version=version)
+    assert [e.model_version for e in registry.read_entries(config)] == [version]
+
+
+def test_failed_gate_removes_only_what_it_created(spark: SparkSession, tmp_path: Path) -> None:
+    """Issue #12 item 6: a gate whose second snapshot write fails (something it did not write
+    appeared at that path while it ran, here a Delta table written by a process that ignores
+    the claim) removes its own first snapshot, its allowlist and work tables, and releases the
+    claim - and leaves the table it did not write exactly as it was."""
+    import threading
+    import time
+
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    from tests.lakes import T0
+
+    dataset = {
+        "use_case": "recommendation",
+        "key": "embedding_id",
+        "asset_column": "asset_id",
+        "retention_days": 365,
+        "derived_at_column": "derived_at",
+    }
+    root = tmp_path / "small"
+    conf = write_small_lake(
+        spark,
+        root,
+        conf={
+            "datasets": {
+                "track_embeddings": {"path": "derived/track_embeddings", **dataset},
+                "voice_embeddings": {"path": "derived/voice_embeddings", **dataset},
+            }
+        },
+    )
+    lake.write_table(
+        spark.createDataFrame(
+            [("v1", "a1", T0), ("v3", "a3", T0)],
+            "embedding_id string, asset_id string, derived_at timestamp",
+        ),
+        root / "derived" / "voice_embeddings",
+    )
+    config = load_config(conf)
+    state = config.state_dir
+    version = "m-partial"
+    foreign = registry.snapshot_path(config, version, "voice_embeddings")
+    outcome: dict[str, BaseException] = {}
+
+    def cut() -> None:
+        try:
+            gate.run_gate(spark, config, use_case=USE_CASE, model_version=version)
+        except BaseException as exc:  # the outcome under test
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=cut, name="gate-under-test")
+    worker.start()
+    # Once the run holds the claim and writes its work tables, its leftover check is behind
+    # it; its snapshots (track_embeddings first, then voice_embeddings) are still to come.
+    deadline = time.monotonic() + 600
+    run_id = ""
+    while not run_id:
+        holder = gate.read_claim(config, version)
+        if holder is not None and gate.work_dir(config, holder.run_id).exists():
+            run_id = holder.run_id
+        else:
+            assert worker.is_alive() and time.monotonic() < deadline, outcome
+            time.sleep(0.02)
+    foreign.mkdir(parents=True)
+    write_deltalake(str(foreign), pa.table({"embedding_id": ["not-this-run"]}))
+    before = sorted(str(p.relative_to(foreign)) for p in foreign.rglob("*"))
+    worker.join(timeout=600)
+    assert not worker.is_alive()
+
+    error = outcome.get("error")
+    assert isinstance(error, TableError), repr(error)
+    assert "voice_embeddings" in str(error) and f"run {run_id} did not write it" in str(error)
+    # What it did not write: untouched.
+    assert sorted(str(p.relative_to(foreign)) for p in foreign.rglob("*")) == before
+    assert DeltaTable(str(foreign)).to_pyarrow_table().column("embedding_id").to_pylist() == [
+        "not-this-run"
+    ]
+    # What it wrote: gone (its first snapshot, allowlist, work tables, manifest directory).
+    assert not registry.snapshot_path(config, version, "track_embeddings").exists()
+    assert [p.name for p in registry.snapshots_root(config, version).iterdir()] == [
+        "voice_embeddings"
+    ]
+    for written in ("allowlists", "gate_runs", "manifests"):
+        assert not (state / written / run_id).exists(), written
+    assert gate.read_claim(config, version) is None
+    assert registry.read_entries(config) == []

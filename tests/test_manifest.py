@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -36,3 +38,18 @@ def test_lake_root_and_bad_files(tmp_path: Path) -> None:
     bad.write_text(json.dumps([1, 2]))
     with pytest.raises(ConsentgateError, match="not a JSON object"):
         load_manifest(bad)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_manifest_mode_matches_the_files_beside_it(tmp_path: Path, umask: int) -> None:
+    run_dir = tmp_path / "run-1"
+    previous = os.umask(umask)
+    try:
+        datasheet = run_dir / "datasheet.md"
+        run_dir.mkdir()
+        datasheet.write_text("# sheet\n")  # how the datasheet files are written
+        write_manifest(run_dir / "manifest.json", {"run_id": "run-1"})
+    finally:
+        os.umask(previous)
+    mode = stat.S_IMODE((run_dir / "manifest.json").stat().st_mode)
+    assert mode == stat.S_IMODE(datasheet.stat().st_mode) == 0o666 & ~umask

@@ -324,3 +324,185 @@ def test_materialised_plan_is_what_a_task_in_another_process_purges_with(
     assert purge.load_run(spark, config, "purge-airflow", as_of=AS_OF + dt.timedelta(1)) is None
     purge.discard_run(config, "purge-airflow")
     assert not root.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Issue #12: one bad table never stops the others
+
+
+def _lake_with_moderation(spark: SparkSession, root: Path) -> Path:
+    """``tests/lakes.py``'s lake plus a second use case, ``moderation`` (a1 and a3 granted),
+    and its dataset ``mod_embeddings`` (k1 -> a1, k2 -> a2, k3 -> a3). Returns the conf."""
+    import yaml
+
+    from tests.lakes import T0, write_small_lake
+
+    def record(rid: str, user: str, asset: str, use_case: str, status: str) -> tuple[Any, ...]:
+        return (rid, user, asset, use_case, status, "2026-03", None, T0, None)
+
+    records = [
+        record("r1", "u1", "a1", "recommendation", "granted"),
+        record("r2", "u2", "a2", "recommendation", "granted"),
+        (
+            "r3",
+            "u2",
+            "a2",
+            "recommendation",
+            "revoked",
+            "2026-03",
+            None,
+            T0 + dt.timedelta(1),
+            None,
+        ),
+        record("r4", "u9", "a3", "recommendation", "granted"),
+        record("r5", "u1", "a1", "moderation", "granted"),
+        record("r6", "u3", "a3", "moderation", "granted"),
+    ]
+    conf_path = write_small_lake(spark, root, records=records)
+    lake.write_table(
+        spark.createDataFrame(
+            [("k1", "a1", T0), ("k2", "a2", T0), ("k3", "a3", T0)],
+            "embedding_id string, asset_id string, derived_at timestamp",
+        ),
+        root / "derived" / "mod_embeddings",
+    )
+    conf = yaml.safe_load(conf_path.read_text())
+    conf["use_cases"]["moderation"] = {"accepted_policy_versions": ["2026-03"]}
+    conf["datasets"]["mod_embeddings"] = {
+        "path": "derived/mod_embeddings",
+        "use_case": "moderation",
+        "key": "embedding_id",
+        "asset_column": "asset_id",
+    }
+    conf_path.write_text(yaml.safe_dump(conf, sort_keys=False))
+    return conf_path
+
+
+def test_snapshot_of_a_use_case_no_longer_configured_is_purged_entirely(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    import yaml
+
+    from consentgate.config import load_config
+    from consentgate.gate import run_gate
+
+    conf_path = _lake_with_moderation(spark, tmp_path / "lake")
+    config = load_config(conf_path)
+    published = run_gate(spark, config, use_case="moderation", model_version="m1", as_of=AS_OF)
+    snapshot = "snapshot/m1/mod_embeddings"
+    snap_path = Path(published["snapshots"][snapshot])
+    assert _keys(spark, snap_path) == {"k1", "k3"}
+    # The operator drops the use case (and its dataset) from the config; the snapshot stays
+    # registered, and nothing grants its use case any more.
+    conf = yaml.safe_load(conf_path.read_text())
+    del conf["use_cases"]["moderation"]
+    del conf["datasets"]["mod_embeddings"]
+    conf_path.write_text(yaml.safe_dump(conf, sort_keys=False))
+    config = load_config(conf_path)
+    assert snapshot in purge.targets(config)
+
+    # One table on its own (an Airflow mapped task): no KeyError, every row goes.
+    alone = purge.purge_dataset(spark, config, snapshot, as_of=AS_OF, dry_run=True)
+    assert alone["reasons"] == {purge.USE_CASE_NOT_CONFIGURED: 2}
+
+    result = purge.run_purge(spark, config, as_of=AS_OF)
+
+    assert result["ok"] is True and result["failed"] == {}
+    assert _keys(spark, snap_path) == set()
+    snap = result["datasets"][snapshot]
+    assert snap["rows_deleted"] == 2 and snap["rows_after"] == 0
+    assert snap["reasons"] == {purge.USE_CASE_NOT_CONFIGURED: 2}
+    # the other tables are purged as usual
+    assert _keys(spark, config.dataset_path("track_embeddings")) == {"e1"}
+    assert result["datasets"]["track_embeddings"]["reasons"] == {
+        "no_consent_record": 1,
+        "revoked": 1,
+    }
+    assert result["erasure"]["ok"] is True
+    assert result["erasure"]["datasets"][snapshot]["result"] == "verified"
+    assert result["erasure"]["datasets"][snapshot]["keys_checked"] == 2
+    commit = next(
+        h for h in lake.history(snap_path) if h.get("consentgate.operation") == purge.OPERATION
+    )
+    assert commit["consentgate.reasons"] == {purge.USE_CASE_NOT_CONFIGURED: 2}
+    assert json.loads(commit["consentgate.policy"])["configured"] is False
+    assert not any(f'"{raw}"' in json.dumps(commit) for raw in ("a1", "a3", "k1", "k3"))
+    entry = audit.events(spark, config, kind="purge")[-1]
+    assert entry["payload"]["datasets"][snapshot]["reasons"] == {purge.USE_CASE_NOT_CONFIGURED: 2}
+    assert "failed" not in entry["payload"]
+
+
+@pytest.mark.parametrize("damage", ["corrupt_data_file", "missing_table"])
+def test_one_bad_table_is_named_and_every_other_one_is_purged_and_erased(
+    spark: SparkSession, tmp_path: Path, damage: str
+) -> None:
+    import shutil
+
+    from consentgate.config import load_config
+
+    root = tmp_path / "lake"
+    config = load_config(_lake_with_moderation(spark, root))
+    broken = config.dataset_path("mod_embeddings")
+    good = config.dataset_path("track_embeddings")
+    if damage == "corrupt_data_file":
+        # a truncated file in the log: its footer is garbage, as after a torn copy
+        data = lake.active_files(lake.open_table(broken)).column("path").to_pylist()[0]
+        (broken / data).write_bytes(b"PAR1" + b"\x00garbage" * 16)
+    else:
+        shutil.rmtree(broken)
+    version = lake.table_version(broken) if damage == "corrupt_data_file" else None
+
+    with pytest.raises(purge.PurgeFailed) as raised:
+        purge.run_purge(spark, config, as_of=AS_OF)
+
+    assert raised.value.exit_code == 1
+    assert "mod_embeddings" in str(raised.value)
+    result = raised.value.result
+    assert result["ok"] is False
+    assert list(result["failed"]) == ["mod_embeddings"]
+    message = result["failed"]["mod_embeddings"]
+    assert message.startswith("dataset mod_embeddings")
+    if damage == "corrupt_data_file":
+        assert "reading data file part-" in message
+        assert str(root) not in message and "file:" not in message  # a file name, no path
+        assert lake.table_version(broken) == version  # nothing committed to the bad table
+    # every other table was purged and erased
+    assert _keys(spark, good) == {"e1"}
+    assert result["datasets"]["track_embeddings"]["rows_deleted"] == 2
+    assert "mod_embeddings" not in result["datasets"]
+    assert set(result["erasure"]["datasets"]) == {"track_embeddings"}
+    assert result["erasure"]["datasets"]["track_embeddings"]["result"] == "verified"
+    # the run is audited, naming the failed table
+    entry = audit.events(spark, config, kind="purge")[-1]
+    # the audit refuses UUID-shaped values (possible raw ids): a data file's name is redacted
+    assert entry["payload"]["failed"] == {"mod_embeddings": purge.redact_uuids(message)}
+    assert set(entry["payload"]["datasets"]) == {"track_embeddings"}
+    assert audit.verify_chain(spark, config)["ok"]
+
+
+def test_table_failure_names_the_table_and_file_never_the_path() -> None:
+    from consentgate.errors import TableError
+
+    spark_error = RuntimeError(
+        "An error occurred while calling o12.collectToPython.\n: org.apache.spark."
+        "SparkException: [FAILED_READ_FILE.NO_HINT] Encountered error while reading file "
+        "file:///lake/derived/t/asset_id=secret-asset/part-00001-0a1b.c000.snappy.parquet. "
+        "SQLSTATE: KD001"
+    )
+    failure = purge.table_failure("snapshot/m1/t", spark_error, doing="deciding")
+    assert isinstance(failure, purge.TableFailure)
+    assert str(failure) == (
+        "dataset snapshot/m1/t: deciding failed reading data file "
+        "part-00001-0a1b.c000.snappy.parquet (FAILED_READ_FILE.NO_HINT; details in the Spark log)"
+    )
+    ours = purge.table_failure("t", TableError("/lake/t: not a Delta table"), doing="opening")
+    assert (
+        isinstance(ours, TableError)
+        and str(ours) == "dataset t: opening: /lake/t: not a Delta table"
+    )
+    named = TableError("dataset t: key column 'k' is not in table /lake/t")
+    assert purge.table_failure("t", named, doing="opening") is named
+    assert (
+        purge.redact_uuids("file part-00001-1b4e28ba-2fa1-11d2-883f-0016d3cca427.c000.parquet")
+        == "file part-00001-<uuid>.c000.parquet"
+    )

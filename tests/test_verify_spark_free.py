@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -28,9 +29,10 @@ from deltalake import write_deltalake
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from consentgate import digest, gate, lake, manifest, registry, verifier
+from consentgate import digest, gate, lake, manifest, merkle, registry, verifier
 from consentgate.canonical import canonical_json
 from consentgate.config import Config, load_config
+from consentgate.errors import SchemaError
 from tests.lakes import write_small_lake
 
 UTC = dt.UTC
@@ -345,6 +347,106 @@ def test_describe_snapshot_and_the_verifier_agree_on_a_deletion_vector(
 
 # --------------------------------------------------------------------------------------------
 # Allowlist
+
+
+ALLOWLIST_ARROW = pa.schema(
+    [
+        ("asset_id", pa.string()),
+        ("consent_record_id", pa.string()),
+        ("policy_version", pa.string()),
+        ("captured_at", pa.timestamp("us", tz="UTC")),
+        ("jurisdiction", pa.string()),
+    ]
+)
+
+
+def _allowlist_batch(n: int) -> pa.RecordBatch:
+    at = dt.datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    rows = [
+        {
+            "asset_id": f"asset-{i:02d}",
+            "consent_record_id": f"rec-{i:02d}",
+            "policy_version": "2026-03",
+            "captured_at": at + dt.timedelta(seconds=i),
+            "jurisdiction": None if i % 3 == 0 else "US-CA",
+        }
+        for i in range(n)
+    ]
+    return pa.RecordBatch.from_pylist(rows, schema=ALLOWLIST_ARROW)
+
+
+def merkle_root_of(leaves: list[bytes]) -> str:
+    return merkle.merkle_root([merkle.leaf_hash(d) for d in leaves]).hex()
+
+
+def test_allowlist_leaf_vector_in_the_docs() -> None:
+    """The worked example of docs/manifest.md section 4, byte for byte."""
+    entry = verifier.allowlist_entry(
+        "a1", "r1", "2026-03", dt.datetime(2026, 3, 1, 12, tzinfo=UTC), None
+    )
+    assert entry.hex() == (
+        "00000005"
+        "0000000861737365745f6964" "08000000026131"
+        "00000011636f6e73656e745f7265636f72645f6964" "08000000027231"
+        "0000000e706f6c6963795f76657273696f6e" "0800000007323032362d3033"
+        "0000000b63617074757265645f6174" "0b00064bf535af1000"
+        "0000000c6a7572697364696374696f6e" "00"
+    )  # fmt: skip
+    key = "74ce1e8a6d3c07d6ce6128f537ee03ea39cd6136e6955f44ae0f52566b5bbb75"
+    assert verifier.allowlist_key("a1") == key
+    assert key == hashlib.sha256(b"consentgate-allowlist/2 key:a1").hexdigest()
+    digest_ = "0d75672f46bc3607231dba48344ad93061374064f7d7be2bf800c16c8884171a"
+    assert verifier.allowlist_entry_digest(entry).hex() == digest_
+    assert digest_ == hashlib.sha256(b"consentgate-allowlist/2 entry:" + entry).hexdigest()
+    leaf = verifier.allowlist_leaf(entry)
+    assert leaf.hex() == key + digest_
+    assert hashlib.sha256(b"\x00" + leaf).hexdigest() == (
+        "82deea7043c0d9ab998dad72c93bbb3c543f4dd08d75bf3282c763ba5dda7af4"
+    )
+
+
+def test_allowlist_root_is_keyed_by_asset_id_hash() -> None:
+    """Scheme 2 from its definition (hashlib only): leaves ``H(key domain || id) ||
+    H(entry domain || ROW)``, ordered by the key hash, not by the id."""
+    batch = _allowlist_batch(11)
+    leaves = []
+    for row in batch.to_pylist():
+        entry = verifier.encode_row(list(row.values()), verifier.ALLOWLIST_FIELDS)
+        key = hashlib.sha256(b"consentgate-allowlist/2 key:" + row["asset_id"].encode()).digest()
+        leaves.append(key + hashlib.sha256(b"consentgate-allowlist/2 entry:" + entry).digest())
+    by_key = sorted(leaves)
+    expected = (merkle_root_of(by_key), 11)
+    assert verifier.allowlist_root_of_batches([batch]) == expected
+    # the order matters: the same leaves ordered by asset id give another root
+    assert by_key != leaves
+    assert merkle_root_of(leaves) != expected[0]
+
+
+def test_legacy_allowlist_root_still_recomputes(tmp_path: Path) -> None:
+    """Manifests written before scheme 2 keep verifying: their root (leaves = entries ordered
+    by asset id) is recomputed on request, from batches and from a Delta table."""
+    batch = _allowlist_batch(7)
+    entries = [
+        verifier.encode_row(list(row.values()), verifier.ALLOWLIST_FIELDS)
+        for row in batch.to_pylist()
+    ]
+    legacy = (merkle_root_of(entries), 7)  # asset-00 .. asset-06 are already in id order
+    scheme = verifier.LEGACY_ALLOWLIST_SCHEME
+    assert verifier.allowlist_root_of_batches([batch], scheme=scheme) == legacy
+    write_deltalake(str(tmp_path / "allow"), pa.Table.from_batches([batch]))
+    assert verifier.allowlist_root_of_table(tmp_path / "allow", 0, scheme=scheme) == legacy
+    current = verifier.allowlist_root_of_table(tmp_path / "allow", 0)
+    assert current == verifier.allowlist_root_of_batches([batch]) and current != legacy
+    with pytest.raises(SchemaError, match="unknown allowlist scheme"):
+        verifier.allowlist_root_of_batches([batch], scheme="consentgate-allowlist/9")
+
+
+def test_allowlist_row_without_asset_id_is_refused() -> None:
+    rows = _allowlist_batch(2).to_pylist()
+    rows[1]["asset_id"] = None
+    batch = pa.RecordBatch.from_pylist(rows, schema=ALLOWLIST_ARROW)
+    with pytest.raises(SchemaError, match="without an asset_id"):
+        verifier.allowlist_root_of_batches([batch])
 
 
 def test_allowlist_root_agrees_with_spark(spark: SparkSession, tmp_path: Path) -> None:

@@ -282,24 +282,36 @@ def step_plan_purge(spark: SparkSession | None, config: Config, *, as_of: str) -
     change between this task and that one, so scanning every table here would double the
     purge's cost for a preview. Rows and versions come from the Delta logs.
 
+    A table whose log cannot be read is still a target (with ``error`` in the plan): its own
+    mapped task fails and names it, while every other table is purged.
+
     Returns:
         ``targets`` (the names the mapped task expands over, configured datasets first) and
-        ``plan`` (per table: path, use case, Delta version, rows, files).
+        ``plan`` (per table: path, use case, configured or not, Delta version, rows, files).
     """
     from consentgate import lake
-    from consentgate.purge import target_path, targets
+    from consentgate.purge import table_failure, target_path, targets
 
     plan: JSON = {"as_of": as_of, "tables": {}}
     for name, dataset in targets(config).items():
         path = target_path(config, name, dataset)
-        inventory = lake.table_inventory(path)
-        plan["tables"][name] = {
+        entry: JSON = {
             "path": str(path),
             "use_case": dataset.use_case,
-            "version": lake.table_version(path),
-            "rows": inventory.get("rows"),
-            "files": inventory.get("files"),
+            "use_case_configured": dataset.use_case in config.use_cases,
         }
+        try:
+            inventory = lake.table_inventory(path)
+        except Exception as exc:
+            entry["error"] = str(table_failure(name, exc, doing="reading the table's log"))
+            log.warning("purge plan: %s", entry["error"])
+        else:
+            entry.update(
+                version=inventory.get("version"),
+                rows=inventory.get("rows"),
+                files=inventory.get("files"),
+            )
+        plan["tables"][name] = entry
     return {"targets": _plan_targets(plan["tables"], config), "plan": jsonable(plan)}
 
 
@@ -331,19 +343,36 @@ def step_purge_dataset(
 def step_erase(spark: SparkSession, config: Config, *, run_id: str, targets: list[str]) -> JSON:
     """Physically erase what purges removed longer ago than the window, and verify it on disk.
 
-    Raises:
-        CheckFailed: a removed key is still present in a file on disk (names the tables).
-    """
-    from consentgate import erasure
-    from consentgate.errors import CheckFailed
+    ``targets`` are the tables whose purge succeeded; each is erased on its own
+    (:func:`consentgate.purge.erase_tables`), so one whose erasure raises never stops the
+    others'.
 
-    result = jsonable(erasure.erase_and_verify(spark, config, run_id=run_id, datasets=targets))
+    Raises:
+        CheckFailed: a removed key is still present in a file on disk, or a table's erasure
+            failed for a reason of ours (names the tables; raised after every other table
+            was erased).
+        RuntimeError: a table's erasure failed for a reason that may pass (Spark's error, an
+            unreadable file): the task is retried, after every other table was erased.
+    """
+    from consentgate.errors import CheckFailed
+    from consentgate.purge import erase_tables
+
+    erased, failed = erase_tables(spark, config, run_id=run_id, names=targets)
+    result: JSON = jsonable(erased)
     if not result.get("ok"):
-        failed = sorted(
+        unverified = sorted(
             n for n, r in result.get("datasets", {}).items() if r.get("result") != "verified"
         )
-        raise CheckFailed(f"erasure verification failed for {', '.join(failed)}")
-    return result  # type: ignore[no-any-return]
+        problems = (
+            [f"erasure verification failed for {', '.join(unverified)}"] if unverified else []
+        )
+        problems += [str(exc) for _, exc in sorted(failed.items())]
+        if any(not isinstance(exc, ConsentgateError) for exc in failed.values()):
+            # not known to be deterministic (a lost executor, an unreadable file): retryable,
+            # raised only after every other table was erased
+            raise RuntimeError("; ".join(problems))
+        raise CheckFailed("; ".join(problems))
+    return result
 
 
 def step_audit_summary(
@@ -355,11 +384,13 @@ def step_audit_summary(
     as_of: str,
     datasets: Mapping[str, Mapping[str, Any]],
     erasure: Mapping[str, Any],
+    failed: Mapping[str, str] | None = None,
 ) -> JSON:
     """Append the run's summary to the audit log, then check the log's hash chain.
 
-    The entry is the one ``consentgate purge`` writes (same kind, same payload), so the audit
-    trail does not depend on whether a purge ran from the command line or from Airflow.
+    The entry is the one ``consentgate purge`` writes (same kind, same payload, ``failed``
+    naming the tables whose purge or erasure failed when there are any), so the audit trail
+    does not depend on whether a purge ran from the command line or from Airflow.
     """
     from consentgate import audit
     from consentgate.errors import CheckFailed
@@ -373,17 +404,16 @@ def step_audit_summary(
         for name, result in datasets.items()
     }
     receipts = erasure.get("datasets", {}) if isinstance(erasure, Mapping) else {}
-    entry = audit.append_event(
-        spark,
-        config,
-        kind=kind,
-        run_id=run_id,
-        payload={
-            "as_of": as_of,
-            "datasets": summary,
-            "erasure": {n: r.get("result") for n, r in receipts.items()},
-        },
-    )
+    payload: JSON = {
+        "as_of": as_of,
+        "datasets": summary,
+        "erasure": {n: r.get("result") for n, r in receipts.items()},
+    }
+    if failed:
+        from consentgate.purge import redact_uuids
+
+        payload["failed"] = {name: redact_uuids(why) for name, why in failed.items()}
+    entry = audit.append_event(spark, config, kind=kind, run_id=run_id, payload=payload)
     chain = jsonable(audit.verify_chain(spark, config))
     if not chain.get("ok"):
         raise CheckFailed(f"audit log hash chain is broken: {chain.get('problems')}")
@@ -399,8 +429,13 @@ def step_gate_prepare(
     datasets: list[str] | None,
     as_of: str,
     as_of_explicit: bool = True,
+    run_id: str | None = None,
 ) -> JSON:
-    """Compute the allowlist and fix the gate run's facts; refuses before any snapshot."""
+    """Compute the allowlist and fix the gate run's facts; refuses before any snapshot.
+
+    ``run_id`` is the DAG run's (from ``validate``): one id in XComs, manifest, audit and
+    commits, and a retry of this step takes back its earlier attempt's claim.
+    """
     from consentgate.gate import prepare_gate
 
     return jsonable(  # type: ignore[no-any-return]
@@ -412,6 +447,7 @@ def step_gate_prepare(
             datasets=datasets,
             as_of=_instant(as_of),
             as_of_explicit=as_of_explicit,
+            run_id=run_id,
         )
     )
 
@@ -444,10 +480,19 @@ def step_gate_verify(spark: SparkSession, config: Config, *, manifest_path: str)
 
 
 def step_backfill(spark: SparkSession, config: Config, *, as_of: str, dry_run: bool) -> JSON:
-    """Re-evaluate under the current policy, purge what no longer complies, report impact."""
-    from consentgate.purge import run_backfill
+    """Re-evaluate under the current policy, purge what no longer complies, report impact.
 
-    return jsonable(run_backfill(spark, config, as_of=_instant(as_of), dry_run=dry_run))  # type: ignore[no-any-return]
+    A backfill in which some tables failed is returned (``ok`` false, ``failed{}``, ``error``)
+    rather than raised: the report task must still announce the tables it changed, then it
+    fails the run (see :func:`backfill_report`).
+    """
+    from consentgate.purge import PurgeFailed, run_backfill
+
+    try:
+        result = run_backfill(spark, config, as_of=_instant(as_of), dry_run=dry_run)
+    except PurgeFailed as exc:
+        result = {**exc.result, "ok": False, "error": str(exc)}
+    return jsonable(result)  # type: ignore[no-any-return]
 
 
 #: Every step a task can run, by the name ``jobs/<name>.py`` is submitted under.
@@ -493,6 +538,9 @@ def job_main(step: str, argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--args-file", help="read the step's JSON arguments from this file")
     parser.add_argument("--result", help="also write the JSON result to this file")
     ns = parser.parse_args(argv)
+    from consentgate.logs import configure_cli_logging
+
+    configure_cli_logging()  # the step lines go to the driver's stderr, the task log
     spark = None
     try:
         config = load_config(ns.conf)
@@ -620,7 +668,13 @@ def submit_step(step: str, config: Config, args: Mapping[str, Any], context: Any
     script = jobs_dir() / f"{step}.py"
     if not script.is_file():
         raise ConfigError(f"{JOBS_DIR_ENV}: {script} does not exist")
-    from consentgate.spark import DELTA_CONF, JARS_ENV, delta_jars
+    from consentgate.spark import (
+        DELTA_CONF,
+        JARS_ENV,
+        delta_jars,
+        quiet_jvm_conf,
+        spark_conf_dir,
+    )
 
     jars = delta_jars()
     python = sys.executable
@@ -630,6 +684,15 @@ def submit_step(step: str, config: Config, args: Mapping[str, Any], context: Any
         **DELTA_CONF,
         **config.spark.conf,
     }
+    # The submitted driver's JVM keeps quiet too (its stderr becomes the task log).
+    spark_conf.update(
+        quiet_jvm_conf(
+            spark_conf,
+            environ=os.environ,
+            interactive=False,
+            conf_dir=spark_conf_dir(os.environ),
+        )
+    )
     result_root = os.environ.get(RESULT_DIR_ENV) or None
     if result_root:
         Path(result_root).mkdir(parents=True, exist_ok=True)
@@ -841,6 +904,7 @@ def gate_prepare(run: Mapping[str, Any]) -> list[str]:
         datasets=run.get("requested_datasets"),
         as_of=run["as_of"],
         as_of_explicit=bool(run.get("as_of_explicit", True)),
+        run_id=run["run_id"],
     )
     _push_xcom("gate", gate)
     return [str(name) for name in gate["datasets"]]
@@ -862,22 +926,46 @@ def gate_rollback(run: Mapping[str, Any], gate: Mapping[str, Any] | None) -> JSO
     """Remove what an unpublished gate run wrote, so the model version can be gated again.
 
     Runs after the snapshot and manifest tasks whatever their outcome. A published run (its
-    model version is in the registry) is never touched: its snapshots are evidence.
+    model version is in the registry) is never touched: its snapshots are evidence. Snapshots
+    are removed only while this run holds the model version's claim (a run that lost the race
+    for it removes nothing under ``snapshots/<V>``), and the claim is released.
     """
     from consentgate import gate as gate_job
     from consentgate import registry
 
     try:
         config = load_config(run["conf"])
-        if registry.find_entry(config, model_version=str(run["model_version"])) is not None:
-            return {"rolled_back": False, "published": True}
         if gate is None:
-            return {"rolled_back": False, "published": False, "reason": "nothing was written"}
-        rollback = getattr(gate_job, "rollback_gate", None) or gate_job._rollback
-        rollback(config, gate, list(gate["datasets"]))
+            # evaluate failed before it pushed the run. It releases its claim on any failure
+            # Python sees; one left by an attempt that died (same run id) is released here,
+            # with that attempt's allowlist and work tables. No snapshot was cut.
+            model_version = str(run["model_version"])
+            if registry.find_entry(config, model_version=model_version) is not None:
+                return {"rolled_back": False, "published": True}
+            run_id = str(run["run_id"])
+            if not gate_job.holds_claim(config, model_version=model_version, run_id=run_id):
+                return {"rolled_back": False, "published": False, "reason": "nothing was written"}
+            allowlist = registry.relative_to_lake(config, gate_job.allowlist_path(config, run_id))
+            gate = {
+                "run_id": run_id,
+                "model_version": model_version,
+                "datasets": [],
+                "allowlist": {"path": allowlist},
+            }
+        # The snapshot tasks ran in other processes: which of them wrote is unknown here, and
+        # the claim is what makes removing every dataset of the run safe (see rollback_gate).
+        result = gate_job.rollback_gate(config, gate)
     except ConsentgateError as exc:
         raise _fail_fast(exc) from exc
-    return {"rolled_back": True, "published": False, "run_id": gate["run_id"]}
+    if result["published"]:
+        return {"rolled_back": False, "published": True}
+    return {
+        "rolled_back": True,
+        "published": False,
+        "run_id": gate["run_id"],
+        "held_claim": result["held_claim"],
+        "removed_snapshots": result["removed_snapshots"],
+    }
 
 
 def announce_snapshot(run: Mapping[str, Any], published: Mapping[str, Any]) -> None:
@@ -955,10 +1043,34 @@ def _add_counts(into: dict[str, int], counts: Any) -> None:
                 into[str(reason)] = into.get(str(reason), 0) + n
 
 
+#: What the audit says of a table whose mapped ``purge_dataset`` task failed: a failed task
+#: instance leaves no XCom, its error is in its task log.
+PURGE_TASK_FAILED: Final = "purge_dataset task failed (its error is in the task log)"
+#: What the audit says of the erasure when the ``erase_and_verify`` task failed.
+ERASE_TASK_FAILED: Final = "erase_and_verify task failed (its error is in the task log)"
+
+
+def failed_targets(
+    targets: Sequence[str] | None, purged: Sequence[Mapping[str, Any]]
+) -> dict[str, str]:
+    """The planned tables with no result: their mapped ``purge_dataset`` task failed (a failed
+    mapped task instance pushes no XCom, so only the others' results reach downstream tasks)."""
+    done = {str(r.get("name")) for r in purged}
+    return {str(t): PURGE_TASK_FAILED for t in targets or () if str(t) not in done}
+
+
 def purge_summary(
-    run: Mapping[str, Any], purged: Sequence[Mapping[str, Any]], erasure: Mapping[str, Any]
+    run: Mapping[str, Any],
+    purged: Sequence[Mapping[str, Any]],
+    erasure: Mapping[str, Any] | None,
+    targets: Sequence[str] | None = None,
 ) -> JSON:
-    """The nightly purge's totals: per table, per reason, and the erasure outcome."""
+    """The nightly purge's totals: per table, per reason, the erasure outcome, and ``failed``
+    (the tables of ``targets`` with no result, see :func:`failed_targets`) with ``ok``.
+
+    ``erasure`` is None when the ``erase_and_verify`` task failed (no XCom).
+    """
+    purged = [r for r in purged if isinstance(r, Mapping)]
     datasets = {str(r["name"]): {k: v for k, v in r.items() if k != "name"} for r in purged}
     reasons: dict[str, int] = {}
     rows_deleted = 0
@@ -966,41 +1078,86 @@ def purge_summary(
         _add_counts(reasons, result.get("reasons"))
         deleted = result.get("rows_deleted")
         rows_deleted += deleted if isinstance(deleted, int) else 0
+    failed = failed_targets(targets, purged)
+    erased: JSON = (
+        dict(erasure) if isinstance(erasure, Mapping) else {"ok": False, "error": ERASE_TASK_FAILED}
+    )
+    erasure_ok = bool(erased.get("skipped")) or bool(erased.get("ok"))
     return {
         "kind": "purge",
         "run_id": run["run_id"],
         "dag_run_id": run.get("dag_run_id"),
         "as_of": run["as_of"],
         "dry_run": bool(run.get("dry_run")),
+        "ok": not failed and erasure_ok,
+        "failed": failed,
         "datasets": dict(sorted(datasets.items())),
         "datasets_changed": sorted(n for n, r in datasets.items() if _changed(r)),
         "rows_deleted": rows_deleted,
         "reasons": dict(sorted(reasons.items())),
-        "erasure": dict(erasure),
+        "erasure": erased,
     }
 
 
 def record_purge(
-    run: Mapping[str, Any], purged: Sequence[Mapping[str, Any]], erasure: Mapping[str, Any]
+    run: Mapping[str, Any] | None,
+    purged: Sequence[Mapping[str, Any]] | None,
+    erasure: Mapping[str, Any] | None,
+    targets: Sequence[str] | None = None,
 ) -> JSON:
-    """The purge's ``audit_summary`` task: totals, and (unless a dry run) the audit entry."""
-    summary = purge_summary(run, purged, erasure)
-    if run.get("dry_run"):
-        return summary
-    recorded = run_step(
-        run,
-        "audit_summary",
-        kind="purge",
-        run_id=run["run_id"],
-        as_of=run["as_of"],
-        datasets=summary["datasets"],
-        erasure=dict(erasure),
-    )
-    return {**summary, "audit": recorded}
+    """The purge's ``audit_summary`` task: totals, and (unless a dry run) the audit entry.
+
+    It runs whatever the purge tasks' outcome (trigger rule ``all_done``) so that the tables
+    that were purged are audited, then fails the DAG run (it is the run's last task) when a
+    table failed or the erasure did not verify, naming the failed tables, without retries: a
+    retry would append the entry again.
+
+    Args:
+        run: The run context (None when ``validate`` failed: nothing ran).
+        purged: The results of the ``purge_dataset`` instances that succeeded.
+        erasure: The ``erase_and_verify`` result (None when that task failed).
+        targets: The ``plan`` task's tables (None when it failed: nothing was purged).
+    """
+    from consentgate.errors import CheckFailed
+
+    if run is None:
+        raise _fail_fast(CheckFailed("validate failed: nothing was purged"))
+    if targets is None:
+        raise _fail_fast(CheckFailed("the plan task failed: no table was purged"))
+    summary = purge_summary(run, list(purged or ()), erasure, targets)
+    if not run.get("dry_run"):
+        summary["audit"] = run_step(
+            run,
+            "audit_summary",
+            kind="purge",
+            run_id=run["run_id"],
+            as_of=run["as_of"],
+            datasets=summary["datasets"],
+            erasure=summary["erasure"],
+            failed=summary["failed"],
+        )
+    if not summary["ok"]:
+        problems: list[str] = []
+        failed = summary["failed"]
+        if failed:
+            problems.append(
+                f"{len(failed)} of {len(targets)} tables failed: {', '.join(failed)} (see "
+                "their purge_dataset task logs); every other table was purged"
+            )
+        erased = summary["erasure"]
+        if not (erased.get("skipped") or erased.get("ok")):
+            problems.append(str(erased.get("error") or "erasure verification failed"))
+        raise _fail_fast(CheckFailed(f"purge run {run['run_id']}: " + "; ".join(problems)))
+    return summary
 
 
 def backfill_report(run: Mapping[str, Any], result: Mapping[str, Any]) -> JSON:
-    """The backfill's report; emits an Asset event per dataset it changed (none on a dry run)."""
+    """The backfill's report; emits an Asset event per dataset it changed (none on a dry run).
+
+    Raises:
+        AirflowFailException: some tables failed (``ok`` false): raised after the events for
+            the tables that did change, so the run fails without hiding them.
+    """
     datasets = result.get("datasets") if isinstance(result.get("datasets"), Mapping) else {}
     changed: list[str] = []
     for name, facts in sorted(dict(datasets or {}).items()):
@@ -1008,6 +1165,10 @@ def backfill_report(run: Mapping[str, Any], result: Mapping[str, Any]) -> JSON:
             changed.append(str(name))
     impact = result.get("impact")
     runs = impact.get("runs", []) if isinstance(impact, Mapping) else []
+    if result.get("ok") is False:  # after announcing what changed: training DAGs must know
+        from consentgate.errors import CheckFailed
+
+        raise _fail_fast(CheckFailed(str(result.get("error") or "backfill failed")))
     return {
         "kind": "backfill",
         "run_id": run["run_id"],

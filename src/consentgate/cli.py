@@ -1,8 +1,8 @@
 """The ``consentgate`` command line: the stable contract that scripts and the DAGs call.
 
 Every command that reads the lake takes ``--conf``, commands where time matters take
-``--as-of``, and ``--json`` prints exactly one JSON object on stdout (human output otherwise;
-progress and Spark's own chatter go to stderr). Exit status: 0 success, 1 a check failed
+``--as-of``, and ``--json`` prints exactly one JSON object on stdout (plain aligned text
+otherwise, see :func:`render_human`; progress and Spark's own chatter go to stderr). Exit status: 0 success, 1 a check failed
 (verification, a refused gate), 2 bad input (config, arguments, table schema), always with a
 message naming the culprit.
 
@@ -15,16 +15,18 @@ well-formed, ``--as-of`` parses, files that must exist do) and only then asks fo
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from consentgate.errors import ConsentgateError
 
@@ -34,35 +36,169 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 stderr = Console(stderr=True)
-stdout = Console()
 
 
-def _emit(result: dict[str, Any], *, as_json: bool, title: str) -> None:
+def _emit(
+    result: dict[str, Any],
+    *,
+    as_json: bool,
+    title: str,
+    human: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+) -> None:
+    """Print a result: one sorted JSON object, or :func:`render_human`'s text.
+
+    The text goes out through click, not rich: nothing is cut or re-wrapped at a console
+    width (a terminal soft-wraps a long line itself, a file or pipe gets every line whole), and
+    click drops the title's bold when stdout is not a terminal.
+    """
     if as_json:
         click.echo(json.dumps(result, sort_keys=True, default=str))
         return
-    _render(result, title=title)
+    text = render_human(result if human is None else human(result), title=title)
+    head, _, body = text.partition("\n")
+    click.echo(click.style(head, bold=True))
+    click.echo(body, nl=False)
 
 
-def _render(result: dict[str, Any], *, title: str) -> None:
-    table = Table(title=title, show_header=True, header_style="bold")
-    table.add_column("field")
-    table.add_column("value", overflow="fold")
-    for key, value in result.items():
-        if (
-            isinstance(value, dict)
-            and value
-            and all(not isinstance(v, (dict, list)) for v in value.values())
-        ):
-            inner = Table(show_header=False, box=None, pad_edge=False)
-            for k, v in value.items():
-                inner.add_row(str(k), str(v))
-            table.add_row(key, inner)
-        elif isinstance(value, (dict, list)):
-            table.add_row(key, json.dumps(value, indent=1, default=str))
-        else:
-            table.add_row(key, str(value))
-    stdout.print(table)
+#: Separator between the columns of a plain table.
+_GAP: Final = "  "
+
+
+@dataclass(frozen=True)
+class PlainTable:
+    """Rows of text cells, each column padded to its widest cell.
+
+    Human output is copied into tickets and grepped in logs, so a cell is never cut, folded or
+    wrapped: the table is as wide as its widest row, whatever the terminal.
+
+    Attributes:
+        rows: The body, one tuple of cells per line.
+        header: Column names, printed above the body when given.
+    """
+
+    rows: tuple[tuple[str, ...], ...]
+    header: tuple[str, ...] = ()
+
+    def lines(self, *, indent: int = 0) -> list[str]:
+        """The table as lines of text, each starting with ``indent`` spaces."""
+        body = ((self.header,) if self.header else ()) + self.rows
+        if not body:
+            return []
+        width = max(len(row) for row in body)
+        widths = [
+            max((len(row[i]) for row in body if i < len(row)), default=0) for i in range(width)
+        ]
+        return [
+            (
+                " " * indent + _GAP.join(c.ljust(w) for c, w in zip(row, widths, strict=False))
+            ).rstrip()
+            for row in body
+        ]
+
+
+def _is_leaf(value: object) -> bool:
+    """A value printed in one cell: a scalar, or an empty container (printed as ``none``)."""
+    return not isinstance(value, (Mapping, list, tuple)) or not value
+
+
+def _cell(value: object) -> str:
+    """One value as text, in JSON's spelling for the values JSON spells differently."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (Mapping, list, tuple)):
+        return "none"  # only empty containers reach a cell
+    return str(value)
+
+
+def _records(values: Sequence[Any]) -> tuple[str, ...] | None:
+    """The columns of ``values`` when it is a list of flat mappings (a table), else ``None``."""
+    if not values or not all(
+        isinstance(v, Mapping) and v and all(_is_leaf(x) for x in v.values()) for v in values
+    ):
+        return None
+    return tuple(dict.fromkeys(str(k) for v in values for k in v))
+
+
+def _table_lines(
+    rows: Sequence[Mapping[str, Any]],
+    columns: tuple[str, ...],
+    *,
+    names: Sequence[str] | None,
+    indent: int,
+) -> list[str]:
+    """Flat records as a table, one column per key; ``names`` adds a first ``name`` column.
+
+    A record without some column shows ``-`` there, like a ``None``, so rows stay aligned.
+    """
+    header = (("name",) if names is not None else ()) + columns
+    body = tuple(
+        ((names[i],) if names is not None else ())
+        + tuple(_cell(row[c]) if c in row else "-" for c in columns)
+        for i, row in enumerate(rows)
+    )
+    return PlainTable(rows=body, header=header).lines(indent=indent)
+
+
+def _value_lines(value: Any, *, indent: int) -> list[str]:
+    """A nested value: a key/value block, a table, or one item per line, never JSON."""
+    pad = " " * indent
+    if isinstance(value, Mapping):
+        inner = list(value.values())
+        columns = _records(inner)
+        if columns is not None:
+            # {name: {column: value}}, e.g. tables by name: one row per name.
+            names = [str(k) for k in value]
+            return _table_lines(inner, columns, names=names, indent=indent)
+        return _block_lines(value, indent=indent)
+    if isinstance(value, (list, tuple)):
+        columns = _records(value)
+        if columns is not None:
+            return _table_lines(value, columns, names=None, indent=indent)
+        lines: list[str] = []
+        for number, item in enumerate(value, start=1):
+            if _is_leaf(item):
+                lines.append(pad + _cell(item))
+            else:
+                lines.append(f"{pad}[{number}]")
+                lines += _value_lines(item, indent=indent + 2)
+        return lines
+    return [pad + _cell(value)]
+
+
+def _block_lines(mapping: Mapping[str, Any], *, indent: int) -> list[str]:
+    """Scalars first as aligned ``key  value`` rows, then each nested value under its key."""
+    pad = " " * indent
+    flat = tuple((str(k), _cell(v)) for k, v in mapping.items() if _is_leaf(v))
+    lines = PlainTable(rows=flat).lines(indent=indent)
+    for key, value in mapping.items():
+        if _is_leaf(value):
+            continue
+        if indent == 0:
+            lines.append("")  # top-level sections apart, the first one from the title too
+        lines.append(f"{pad}{key}:")
+        lines += _value_lines(value, indent=indent + 2)
+    return lines
+
+
+def render_human(result: Mapping[str, Any], *, title: str) -> str:
+    """A command's result as plain text for people, the counterpart of ``--json``.
+
+    The same facts as the JSON object, laid out as aligned ``key  value`` rows, nested objects
+    under their key (a mapping of flat records becomes a table with a ``name`` column, a list
+    of flat records a table), lists one item per line. Paths, digests and messages are printed
+    whole on one line each, so the output can be pasted or grepped; ``None`` prints as ``-``,
+    an empty list or object as ``none``.
+
+    Args:
+        result: The command's result, as ``--json`` would print it.
+        title: First line, naming what the result is about.
+
+    Returns:
+        The text, ending with a newline.
+    """
+    return "\n".join([title, *_block_lines(result, indent=0)]) + "\n"
 
 
 def _fail(exc: ConsentgateError, *, as_json: bool) -> None:
@@ -160,13 +296,34 @@ def _out_dir_exists(out: Path, *, name: str = "--out") -> Path:
     return out
 
 
-def _run(as_json: bool, title: str, job: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _run(
+    as_json: bool,
+    title: str,
+    job: Callable[[], dict[str, Any]],
+    *,
+    human: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Run a command's job and print its result: ``--json`` as is, else as plain text.
+
+    Args:
+        as_json: Print the one JSON object instead of text.
+        title: The text output's first line.
+        job: Checks the arguments and does the work; a :class:`ConsentgateError` exits.
+        human: Adapts the result for people (the JSON is never adapted).
+    """
     try:
         result = job()
     except ConsentgateError as exc:
+        partial = getattr(exc, "result", None)
+        if isinstance(partial, dict):
+            # A run that failed in part (a purge with a failed table): what it did to every
+            # other table is part of the answer, then the failure and its exit status.
+            failed = {**partial, "ok": False, "error": str(exc), "exit_code": exc.exit_code}
+            _emit(failed, as_json=as_json, title=title, human=human)
+            _fail(exc, as_json=False)
         _fail(exc, as_json=as_json)
         raise AssertionError("unreachable") from exc
-    _emit(result, as_json=as_json, title=title)
+    _emit(result, as_json=as_json, title=title, human=human)
     return result
 
 
@@ -174,6 +331,33 @@ def _run(as_json: bool, title: str, job: Callable[[], dict[str, Any]]) -> dict[s
 @click.version_option(package_name="consentgate")
 def main() -> None:
     """Enforce creator consent on machine-learning training data (Spark + Delta + Airflow)."""
+    from consentgate.logs import configure_cli_logging
+
+    configure_cli_logging()  # step lines at INFO on stderr; stdout stays for the result
+    _keep_stdout_for_the_result()
+
+
+def _keep_stdout_for_the_result() -> None:
+    """Send whatever writes to file descriptor 1 behind our back to stderr.
+
+    The JVM inherits the process's descriptors and prints to its stdout on its own (Delta's
+    VACUUM prints "Deleted N files and directories…"), which would break ``--json``'s promise
+    of exactly one JSON object on stdout. So before any JVM starts, descriptor 1 becomes a copy
+    of stderr and ``sys.stdout`` writes to a private duplicate of the real stdout. Skipped when
+    stdout is not the process's descriptor 1 (click's test runner, an embedding program).
+    """
+    try:
+        if sys.stdout.fileno() != 1:
+            return
+    except (AttributeError, OSError, io.UnsupportedOperation, ValueError):
+        return
+    sys.stdout.flush()
+    result_fd = os.dup(1)
+    os.dup2(2, 1)
+    encoding = sys.stdout.encoding or "utf-8"
+    sys.stdout = io.TextIOWrapper(
+        os.fdopen(result_fd, "wb"), encoding=encoding, line_buffering=True
+    )
 
 
 @main.command("init-demo")
@@ -320,12 +504,11 @@ def prove_command(
     """Inclusion or exclusion proof for one asset in a gate run."""
 
     def job() -> dict[str, Any]:
-        from consentgate.proofs import prove
+        from consentgate.proofs import check_asset_id, prove
 
-        # Asset ids are opaque strings (the demo's are UUIDs, other lakes' need not be): only
-        # an empty or blank one is malformed.
-        if not asset_id.strip():
-            raise ConsentgateError("--asset: an asset id is required (got an empty value)")
+        # Asset ids are opaque strings (the demo's are UUIDs, other lakes' need not be): one
+        # that is empty or not in canonical form (rule 2) is malformed; see consentgate.proofs.
+        check_asset_id(asset_id)
         if out is not None:
             _out_dir_exists(out)
         config = _config(conf_path)

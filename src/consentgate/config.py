@@ -52,6 +52,26 @@ class JurisdictionRules(_Strict):
     allow: tuple[str, ...] | None = None
     deny: tuple[str, ...] | None = None
 
+    @field_validator("allow", "deny")
+    @classmethod
+    def _canonical(cls, codes: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        """Codes in canonical form only (DESIGN rule 2: upper case, no surrounding spaces).
+
+        A record's jurisdiction is canonicalised before it is compared; a code written
+        otherwise would match nothing (an allow entry that grants nothing, a deny entry the
+        datasheet would not show as a rule), so it is refused here, naming the spelling.
+        """
+        for code in codes or ():
+            canonical = "".join(c.upper() if c.isascii() else c for c in code.strip())
+            if not canonical:
+                raise ValueError("a jurisdiction code cannot be empty")
+            if canonical != code:
+                raise ValueError(
+                    f"{code!r} is not a canonical jurisdiction code (upper case, no "
+                    f"surrounding spaces): write {canonical!r}"
+                )
+        return codes
+
     @model_validator(mode="after")
     def _one_of(self) -> JurisdictionRules:
         if (self.allow is None) == (self.deny is None):

@@ -14,7 +14,9 @@ table is read.
 
 Opt-in rate (defined here): granted assets / assets that exist at the evaluation instant
 (every evaluated asset except ``asset_unknown`` and ``asset_deleted``), per jurisdiction (the
-consent record's, else the asset's; ``(none)`` when both are null).
+consent record's, else the asset's; ``(none)`` when both are null). A jurisdiction the use
+case's jurisdiction rule shuts out has no rate: its owners' choices never count, so "0.0%"
+would read as a refusal that nobody gave; the sheet says "blocked by jurisdiction rule".
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ from __future__ import annotations
 import hashlib
 import html
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from consentgate.config import Config
+from consentgate.config import Config, JurisdictionRules
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Label for assets/records without a jurisdiction.
 NO_JURISDICTION: Final = "(none)"
@@ -52,20 +58,68 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def opt_in_rates(by_jurisdiction: Mapping[str, Mapping[str, int]]) -> list[dict[str, Any]]:
-    """Per jurisdiction: existing assets, granted, and the opt-in rate (``None`` if no asset)."""
+@dataclass(frozen=True)
+class OptInRate:
+    """One jurisdiction's row of the opt-in table.
+
+    Attributes:
+        jurisdiction: The code, or :data:`NO_JURISDICTION`.
+        assets: Assets that exist at the evaluation instant.
+        granted: Of those, the granted ones.
+        rate: ``granted / assets``; ``None`` when no asset exists.
+        blocked: The use case's jurisdiction rule shuts this jurisdiction out (a null
+            jurisdiction never passes a rule), so no owner there could opt in.
+    """
+
+    jurisdiction: str
+    assets: int
+    granted: int
+    rate: float | None
+    blocked: bool
+
+    def describe(self) -> str:
+        """The rate as the sheet prints it, naming the rule when the rule is the cause."""
+        if self.assets == 0:
+            return "n/a"
+        if self.blocked and self.granted == 0:
+            if self.jurisdiction == NO_JURISDICTION:
+                return "blocked by jurisdiction rule (jurisdiction unknown)"
+            return "blocked by jurisdiction rule"
+        return _pct(self.rate)
+
+
+def opt_in_rates(
+    by_jurisdiction: Mapping[str, Mapping[str, int]], *, rules: JurisdictionRules | None = None
+) -> list[OptInRate]:
+    """Per jurisdiction: existing assets, granted, the opt-in rate, and whether ``rules`` block it.
+
+    Args:
+        by_jurisdiction: Evaluated assets per jurisdiction and reason.
+        rules: The use case's jurisdiction rule, if it has one.
+    """
     out = []
     for jurisdiction, counts in sorted(by_jurisdiction.items()):
         existing = sum(n for r, n in counts.items() if r not in _NOT_EXISTING)
         granted = counts.get("granted", 0)
-        rate = granted / existing if existing else None
+        code = None if jurisdiction == NO_JURISDICTION else jurisdiction
         out.append(
-            {"jurisdiction": jurisdiction, "assets": existing, "granted": granted, "rate": rate}
+            OptInRate(
+                jurisdiction=jurisdiction,
+                assets=existing,
+                granted=granted,
+                rate=granted / existing if existing else None,
+                blocked=rules is not None and not rules.permits(code),
+            )
         )
     return out
 
 
-def _chart(path: Path, by_jurisdiction: Mapping[str, Mapping[str, int]], title: str) -> None:
+def chart_figure(by_jurisdiction: Mapping[str, Mapping[str, int]], *, title: str) -> Figure:
+    """Excluded assets per reason, stacked by jurisdiction; the caller closes the figure.
+
+    The legend sits outside the plot, right of it, and the layout makes room for it: inside
+    the axes it covered the end of the longest bar, the one a reader looks at first.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,12 +135,29 @@ def _chart(path: Path, by_jurisdiction: Mapping[str, Mapping[str, int]], title: 
                 values = [by_jurisdiction[jurisdiction].get(r, 0) for r in reasons]
                 ax.barh(reasons, values, left=bottoms, label=jurisdiction)
                 bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
-            ax.legend(title="jurisdiction", fontsize=8, loc="lower right")
+            ax.legend(
+                title="jurisdiction",
+                fontsize=8,
+                loc="upper left",
+                bbox_to_anchor=(1.01, 1.0),
+                borderaxespad=0.0,
+            )
         else:
             ax.text(0.5, 0.5, "no exclusions", ha="center", va="center")
         ax.set_xlabel("excluded assets")
         ax.set_title(title)
-        fig.tight_layout()
+        fig.tight_layout()  # counts the outside legend, shrinking the axes to fit it
+    except BaseException:
+        plt.close(fig)
+        raise
+    return fig
+
+
+def _chart(path: Path, by_jurisdiction: Mapping[str, Mapping[str, int]], title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = chart_figure(by_jurisdiction, title=title)
+    try:
         # Fixed metadata so the same counts always give the same bytes.
         fig.savefig(path, format="png", metadata={"Software": None})
     finally:
@@ -156,20 +227,27 @@ def render_markdown(config: Config, *, run: Mapping[str, Any], snapshots: Mappin
         "| jurisdiction | existing assets | granted | opt-in rate |",
         "|---|---|---|---|",
     ]
-    for row in opt_in_rates(ev["by_jurisdiction"]):
+    # A jurisdiction with no existing asset (only unknown or deleted ones) has no rate to show.
+    rates = [
+        rate
+        for rate in opt_in_rates(ev["by_jurisdiction"], rules=uc.jurisdictions if uc else None)
+        if rate.assets
+    ]
+    for rate in rates:
         lines.append(
-            f"| {row['jurisdiction']} | {row['assets']} | {row['granted']} | {_pct(row['rate'])} |"
+            f"| {rate.jurisdiction} | {rate.assets} | {rate.granted} | {rate.describe()} |"
         )
-    lines += ["", "## Exclusions per reason", "", "Assets:", "", "| reason | assets |", "|---|---|"]
-    for reason, n in sorted(ev["reasons"].items()):
-        if reason != "granted":
-            lines.append(f"| {reason} | {n} |")
+    if any(r.blocked and r.granted == 0 for r in rates):
+        lines += [
+            "",
+            "A jurisdiction blocked by the use case's jurisdiction rule has no opt-in rate: its "
+            "assets are left out whatever their owners chose.",
+        ]
+    lines += ["", "## Exclusions per reason", ""]
+    lines += _exclusion_lines("Assets", "assets", ev["reasons"])
     for name, snap in sorted(snapshots.items()):
-        lines += ["", f"Rows of `{name}` (by key):", "", "| reason | keys |", "|---|---|"]
-        for reason, n in sorted(snap["exclusions"].items()):
-            lines.append(f"| {reason} | {n} |")
-        if not snap["exclusions"]:
-            lines.append("| (none) | 0 |")
+        rows = _exclusion_lines(f"Rows of `{name}` (by key)", "keys", snap["exclusions"])
+        lines += ["", *rows]
     lines += [
         "",
         f"![Exclusions per reason and jurisdiction]({CHART_FILE})",
@@ -193,6 +271,19 @@ def render_markdown(config: Config, *, run: Mapping[str, Any], snapshots: Mappin
     ]
     lines += [f"- {limit}" for limit in KNOWN_LIMITS]
     return "\n".join(lines) + "\n"
+
+
+def _exclusion_lines(what: str, unit: str, counts: Mapping[str, int]) -> list[str]:
+    """A reason table for ``what``, or one line saying nothing was excluded.
+
+    ``granted`` is a decision, not an exclusion, so it never appears here; a table whose only
+    row would read ``(none) | 0`` is replaced by the sentence it means.
+    """
+    excluded = {r: n for r, n in sorted(counts.items()) if r != "granted" and n}
+    if not excluded:
+        return [f"{what}: nothing excluded."]
+    rows = [f"| {reason} | {n} |" for reason, n in excluded.items()]
+    return [f"{what}:", "", f"| reason | {unit} |", "|---|---|", *rows]
 
 
 def _markdown_to_html(markdown: str, title: str) -> str:
@@ -284,6 +375,8 @@ __all__ = [
     "KNOWN_LIMITS",
     "MARKDOWN_FILE",
     "NO_JURISDICTION",
+    "OptInRate",
+    "chart_figure",
     "opt_in_rates",
     "render_markdown",
     "write_datasheet",

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from consentgate import merkle, verifier
-from consentgate.errors import SchemaError
+from consentgate.errors import CheckFailed, SchemaError
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -237,8 +237,8 @@ def _allowlist_frame(df: DataFrame) -> DataFrame:
     return df.select(*[_top_level(n) for n in ALLOWLIST_COLUMNS])
 
 
-def allowlist_leaf_column(df: DataFrame) -> Column:
-    """Binary column of allowlist leaf data: ROW of the five ``ALLOWLIST_COLUMNS`` in order.
+def allowlist_entry_column(df: DataFrame) -> Column:
+    """Binary column of allowlist entries: ROW of the five ``ALLOWLIST_COLUMNS`` in order.
 
     Args:
         df: Has at least ``asset_id, consent_record_id, policy_version`` (string),
@@ -248,8 +248,39 @@ def allowlist_leaf_column(df: DataFrame) -> Column:
     return row_encoding_column(_allowlist_frame(df).schema)
 
 
+def allowlist_key_column(df: DataFrame) -> Column:
+    """String column: the tree key ``hex(SHA-256(key domain || asset_id))`` (lowercase).
+
+    A Spark expression (``sha2`` over the UTF-8 bytes), so ordering by it runs on the executors
+    like any sort. Lowercase hex sorts exactly as the digest bytes (``verifier.allowlist_key``).
+    A null ``asset_id`` fails the job: such a row could be no creator's leaf.
+    """
+    from pyspark.sql import functions as F
+
+    _allowlist_frame(df)  # checks the schema
+    asset_id = _top_level("asset_id")
+    hashed = F.sha2(F.concat(F.lit(verifier.ALLOWLIST_KEY_DOMAIN), asset_id.cast("binary")), 256)
+    return F.when(
+        asset_id.isNull(), F.raise_error(F.lit("allowlist row without asset_id"))
+    ).otherwise(hashed)
+
+
+def allowlist_leaf_column(df: DataFrame) -> Column:
+    """Binary column of allowlist leaf data: key hash (32 bytes) || entry digest (32 bytes).
+
+    The same bytes as ``verifier.allowlist_leaf``: the entry itself (ids, times, jurisdiction)
+    is only under a hash, so a revealed neighbour discloses nothing about its creator.
+    """
+    from pyspark.sql import functions as F
+
+    entry = F.concat(F.lit(verifier.ALLOWLIST_ENTRY_DOMAIN), allowlist_entry_column(df))
+    return F.unhex(F.concat(allowlist_key_column(df), F.sha2(entry, 256)))
+
+
 def allowlist_merkle_root(df: DataFrame, *, chunk_log2: int = 16) -> tuple[str, int]:
-    """Allowlist Merkle root: one leaf per granted asset, leaves ordered by ``asset_id``.
+    """Allowlist Merkle root (scheme ``verifier.ALLOWLIST_SCHEME``): one leaf per granted asset.
+
+    Leaves are :func:`allowlist_leaf_column`, ordered by :func:`allowlist_key_column`.
 
     Returns:
         ``(root_hex, asset_count)``.
@@ -258,24 +289,47 @@ def allowlist_merkle_root(df: DataFrame, *, chunk_log2: int = 16) -> tuple[str, 
 
     frame = _allowlist_frame(df)
     leaves = frame.select(
-        "asset_id",
+        allowlist_key_column(frame).alias("key"),
         F.unhex(F.sha2(F.concat(F.lit(b"\x00"), allowlist_leaf_column(frame)), 256)).alias("h"),
     )
-    return merkle.spark_merkle_root(
-        leaves, key_col="asset_id", leaf_hash_col="h", chunk_log2=chunk_log2
-    )
+    return merkle.spark_merkle_root(leaves, key_col="key", leaf_hash_col="h", chunk_log2=chunk_log2)
 
 
 def allowlist_proof(df: DataFrame, asset_id: str, *, chunk_log2: int = 16) -> dict[str, Any]:
     """Inclusion or exclusion proof for ``asset_id`` in the allowlist ``df``.
 
-    Returns the proof annotated for people (``format``, ``tree``, ``included``, a decoded
-    ``record`` per revealed leaf); check it with ``verifier.verify_allowlist_proof`` against the
-    manifest's allowlist root.
+    The tree proof is for the asset's key hash, so neither the raw id nor any other creator's
+    entry enters a query plan or the proof: the driver receives the neighbours' 64-byte leaves
+    and, for an inclusion proof, the asset's own entry (one row, selected by key hash).
+
+    Returns:
+        The proof as ``verifier.annotate_allowlist_proof`` shapes it; check it with
+        ``verifier.verify_allowlist_proof`` against the manifest's allowlist root.
+
+    Raises:
+        CheckFailed: the stored entry does not hash to the leaf the tree proof revealed.
     """
+    from pyspark.sql import functions as F
+
     frame = _allowlist_frame(df)
-    leaves = frame.select("asset_id", allowlist_leaf_column(frame).alias("leaf"))
-    proof = merkle.spark_prove(
-        leaves, asset_id, key_col="asset_id", leaf_col="leaf", chunk_log2=chunk_log2
+    key = verifier.allowlist_key(asset_id)
+    leaves = frame.select(
+        allowlist_key_column(frame).alias("key"),
+        allowlist_leaf_column(frame).alias("leaf"),
+        allowlist_entry_column(frame).alias("entry"),
     )
-    return verifier.annotate_allowlist_proof(proof)
+    proof = merkle.spark_prove(
+        leaves.drop("entry"), key, key_col="key", leaf_col="leaf", chunk_log2=chunk_log2
+    )
+    entry: bytes | None = None
+    if proof["kind"] == merkle.INCLUSION:
+        rows = leaves.where(F.col("key") == F.lit(key)).select("entry").limit(2).collect()
+        if len(rows) != 1:
+            raise CheckFailed(f"allowlist: {len(rows)} entries under one key")
+        entry = bytes(rows[0]["entry"])
+    try:
+        return verifier.annotate_allowlist_proof(proof, asset_id=asset_id, entry=entry)
+    except ValueError as exc:
+        raise CheckFailed(
+            f"allowlist proof is inconsistent with the stored allowlist: {exc}"
+        ) from None

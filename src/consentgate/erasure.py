@@ -44,7 +44,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,7 +58,8 @@ from pyspark.sql.types import StructField, StructType
 
 from consentgate import audit, lake
 from consentgate.config import Config
-from consentgate.errors import TableError
+from consentgate.errors import TableError, foreign_cause
+from consentgate.logs import step
 from consentgate.purge import (
     OPERATION,
     key_digest,
@@ -67,6 +70,8 @@ from consentgate.purge import (
 from consentgate.runtime import iso, new_run_id, now_utc
 
 _LOG_DIR = "_delta_log"
+
+log = logging.getLogger(__name__)
 
 
 def physical_parquet_files(root: Path) -> list[str]:
@@ -315,7 +320,8 @@ def verify_erased(
                 rows_scanned = on_disk.count()
             except Exception as exc:
                 raise TableError(
-                    f"dataset {name}: cannot read the files on disk: {str(exc).splitlines()[0]}"
+                    f"dataset {name}: cannot read the files on disk ({foreign_cause(exc)}; "
+                    "details in the Spark log)"
                 ) from None
             scans.append(on_disk)
         in_log = _log_scan(spark, path)
@@ -356,6 +362,7 @@ def erase_dataset(
         attempts_pending, files_with_removed_keys[], problems[], result`` (``verified`` or
         ``failed``: a removed key found, or no removed key to check committed purges against).
     """
+    started = time.monotonic()
     dataset = targets(config)[name]
     path = target_path(config, name, dataset)
     window = config.erasure.window_hours
@@ -388,6 +395,19 @@ def erase_dataset(
         "\n".join(checked["files_with_removed_keys"]).encode()
     ).hexdigest()
     audit.append_event(spark, config, kind="erasure", run_id=run_id, payload=audit_payload)
+    step(
+        log,
+        "erase",
+        table=name,
+        files=receipt.get("files_removed"),
+        bytes=receipt.get("bytes_removed"),
+        files_scanned=receipt.get("files_scanned"),
+        keys_checked=receipt.get("keys_checked"),
+        attempts_pending=len(pending),
+        verified=ok,
+        since=started,
+        level=logging.INFO if ok else logging.WARNING,
+    )
     return receipt
 
 

@@ -25,6 +25,28 @@ lake, never in memory:
 :func:`run_gate` runs all three in-process and, when a step fails before publication, removes
 what this run wrote (its snapshots are unregistered, so nobody could have relied on them).
 
+Two gates for one model version (decision, issue #12 item 6). Checking the registry and then
+cutting is check-then-act: two runs could both pass the check, and the loser's rollback would
+delete the winner's snapshots. So :func:`prepare_gate` first *claims* the model version: it
+creates ``_consentgate/gate_claims/<V>.json`` with ``O_CREAT|O_EXCL`` (atomic on a local disk
+and on NFSv3+, the shared mount the registry lock already relies on), recording the gate run
+id, pid, host and time - never an asset or user id. Only then does it re-check the registry
+and refuse leftover, unregistered ``snapshots/<V>`` directories. A second gate finds the file
+and fails at once with :class:`~consentgate.errors.ConflictError` (exit 1) naming the holder,
+before it writes anything. While the claim is held, whatever appears under ``snapshots/<V>``
+was written by the holder; :func:`snapshot_dataset` and :func:`publish_gate` check that they
+still hold it, and :func:`rollback_gate` deletes snapshots only for the run that holds it and,
+in-process, only the ones this run created (recorded after the write, never before it).
+Publication (the registry commit) and rollback release the claim.
+
+A claim outlives only a gate that was killed outright (SIGKILL, a lost machine): any failure
+Python sees releases it, and in Airflow the ``rollback`` task runs whatever happened upstream.
+It never expires on its own - a gate over a large lake may legitimately hold it for hours,
+and in Airflow its steps run in different processes, so neither age nor pid proves a holder
+dead. Clearing it is a documented manual step: the refusal names the claim file; once the run
+in it is known to be dead and the model version is not in the registry, remove
+``_consentgate/snapshots/<V>`` (if present) and the claim file, and gate again.
+
 Also here: :func:`explain_model` ("which assets trained V, under which consent records?") and
 :func:`impact` (which published runs contain assets that have since lost consent).
 """
@@ -32,17 +54,30 @@ Also here: :func:`explain_model` ("which assets trained V, under which consent r
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
+import os
 import shutil
+import socket
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from consentgate import audit, datasheet, digest, evaluate, lake, registry
+from consentgate import audit, datasheet, digest, evaluate, lake, registry, verifier
 from consentgate.config import Config
-from consentgate.errors import AsOfRefused, CheckFailed, ConsentgateError
+from consentgate.errors import (
+    AsOfRefused,
+    CheckFailed,
+    ConflictError,
+    ConsentgateError,
+    TableError,
+)
+from consentgate.logs import step
 from consentgate.manifest import (
     FORMAT,
     MANIFEST_FILE,
@@ -57,6 +92,22 @@ from consentgate.runtime import iso, new_run_id, now_utc, parse_instant, version
 ALLOWLIST_COLUMNS: Final = digest.ALLOWLIST_COLUMNS
 #: Default cap on the assets :func:`explain_model` returns inline.
 EXPLAIN_LIMIT: Final = 1000
+
+log = logging.getLogger(__name__)
+
+
+class _Sizes(TypedDict):
+    rows: int
+    files: int
+    bytes: int
+
+
+def _sizes(path: Path) -> _Sizes:
+    """A written table's rows, files and bytes for a step line (from its log, no data read)."""
+    inventory = lake.table_inventory(path)
+    return _Sizes(
+        rows=int(inventory["rows"]), files=int(inventory["files"]), bytes=int(inventory["bytes"])
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,6 +126,165 @@ def allowlist_path(config: Config, run_id: str) -> Path:
 
 def _rel(config: Config, path: Path) -> str:
     return registry.relative_to_lake(config, path)
+
+
+# --------------------------------------------------------------------------------------------
+# The model version's claim: one gate at a time per model version
+
+
+#: What a claim file says when it cannot be parsed (being written, or damaged).
+_UNREADABLE: Final = "(unreadable)"
+
+
+@dataclass(frozen=True)
+class GateClaim:
+    """Who holds a model version's claim: enough to find the run and judge whether it is dead.
+
+    Attributes:
+        model_version: The claimed model version.
+        run_id: The gate run id (``gate-...``) that holds it.
+        pid: The process that took the claim (in Airflow that task's process, long gone while
+            later steps run: information for the operator, not a liveness test).
+        host: Where that process ran.
+        claimed_at: When, ISO-8601 UTC.
+    """
+
+    model_version: str
+    run_id: str
+    pid: int
+    host: str
+    claimed_at: str
+
+    def describe(self) -> str:
+        """The holder in one phrase, for refusals."""
+        return (
+            f"run {self.run_id}, pid {self.pid} on host {self.host}, claimed at {self.claimed_at}"
+        )
+
+
+def claim_path(config: Config, model_version: str) -> Path:
+    """The claim file of ``model_version``: ``_consentgate/gate_claims/<V>.json``."""
+    return config.state_dir / "gate_claims" / f"{registry.check_model_version(model_version)}.json"
+
+
+def read_claim(config: Config, model_version: str) -> GateClaim | None:
+    """The current holder of ``model_version``'s claim, or None when nobody holds it.
+
+    A file that exists but cannot be parsed (its holder is between creating and writing it,
+    or it is damaged) still counts as held: it is returned with run id ``(unreadable)``, so it
+    never matches a run and is never taken over silently.
+    """
+    path = claim_path(config, model_version)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(raw)
+        return GateClaim(
+            model_version=str(data["model_version"]),
+            run_id=str(data["run_id"]),
+            pid=int(data["pid"]),
+            host=str(data["host"]),
+            claimed_at=str(data["claimed_at"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        return GateClaim(model_version, _UNREADABLE, -1, _UNREADABLE, _UNREADABLE)
+
+
+def _claimed_message(config: Config, model_version: str, holder: GateClaim | None) -> str:
+    who = holder.describe() if holder is not None else "a run that has just released it"
+    return (
+        f"gate refused: model version {model_version!r} is being cut by another gate run "
+        f"({who}; claim {claim_path(config, model_version)}). "
+        "Wait for that run to publish or fail. If it is dead and the model version is not in "
+        f"the registry, remove {registry.snapshots_root(config, model_version)} (if present) "
+        "and the claim file, then gate again"
+    )
+
+
+def claim_model_version(config: Config, *, model_version: str, run_id: str) -> GateClaim:
+    """Atomically claim ``model_version`` for ``run_id`` before anything is written for it.
+
+    The exclusive create is the whole point: of two gates racing for one model version exactly
+    one creates the file; the other learns it lost before it has written a byte, so it has
+    nothing to roll back and can never delete the winner's snapshots.
+
+    Taking a claim that ``run_id`` itself holds succeeds: that is an orchestrator retrying
+    the step under the same run id (the run's earlier attempt took it, then failed).
+
+    Raises:
+        ConflictError: (exit 1) another run holds the claim; names it and the manual step for
+            a holder that is known to be dead.
+    """
+    path = claim_path(config, model_version)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    claim = GateClaim(
+        model_version=model_version,
+        run_id=run_id,
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        claimed_at=iso(now_utc()),
+    )
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        holder = read_claim(config, model_version)
+        if holder is not None and holder.run_id == run_id != _UNREADABLE:
+            # An earlier attempt of this very run (an orchestrator's retry of the step): the
+            # claim is already ours, and nothing but this run can be under snapshots/<V>.
+            return holder
+        raise ConflictError(
+            _claimed_message(config, model_version, read_claim(config, model_version))
+            + "; this run wrote nothing"
+        ) from None
+    try:
+        try:
+            os.write(fd, json.dumps(asdict(claim), sort_keys=True).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        path.unlink(missing_ok=True)  # created by us a moment ago: an empty claim helps nobody
+        raise
+    return claim
+
+
+def holds_claim(config: Config, *, model_version: str, run_id: str) -> bool:
+    """Whether ``run_id`` holds ``model_version``'s claim right now (never an unreadable one)."""
+    holder = read_claim(config, model_version)
+    return holder is not None and holder.run_id == run_id and run_id != _UNREADABLE
+
+
+def _require_claim(config: Config, run: Mapping[str, Any]) -> None:
+    """Refuse to write or publish for a model version this run no longer holds.
+
+    A claim only disappears under a running gate when an operator cleared it (taking the run
+    for dead); from then on another run may be cutting the model version, and this one must
+    not write next to it nor publish over it.
+
+    Raises:
+        ConflictError: (exit 1) the claim is gone or held by another run.
+    """
+    model_version = str(run["model_version"])
+    if not holds_claim(config, model_version=model_version, run_id=str(run["run_id"])):
+        raise ConflictError(
+            f"run {run['run_id']}: no longer holds the claim on model version "
+            f"{model_version!r}; "
+            + _claimed_message(config, model_version, read_claim(config, model_version))
+        )
+
+
+def release_claim(config: Config, *, model_version: str, run_id: str) -> bool:
+    """Give up ``run_id``'s claim on ``model_version`` (another run's claim is left alone).
+
+    Returns:
+        Whether a claim held by ``run_id`` was removed.
+    """
+    if not holds_claim(config, model_version=model_version, run_id=run_id):
+        return False
+    claim_path(config, model_version).unlink(missing_ok=True)
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,13 +314,23 @@ def _resolve_datasets(config: Config, use_case: str, datasets: Sequence[str] | N
     return names
 
 
-def _refuse_existing(config: Config, model_version: str) -> None:
+def _refuse_published(config: Config, model_version: str) -> None:
     entry = registry.find_entry(config, model_version=model_version)
     if entry is not None:
         raise CheckFailed(
             f"gate refused: model version {model_version!r} already has snapshots "
             f"(run {entry.run_id}, {entry.manifest_path}); snapshots are immutable"
         )
+
+
+def _refuse_existing(config: Config, model_version: str) -> None:
+    """Refuse a published model version or one with unregistered leftovers (under the claim).
+
+    Called while holding the claim, so that what it sees cannot change under it: a run that
+    published between the caller's first look and its claim is found here, and anything under
+    ``snapshots/<V>`` from now on was written by the claim's holder.
+    """
+    _refuse_published(config, model_version)
     root = registry.snapshots_root(config, model_version)
     if root.exists():
         raise CheckFailed(
@@ -174,6 +394,7 @@ def prepare_gate(
     datasets: Sequence[str] | None = None,
     as_of: dt.datetime | str | None = None,
     as_of_explicit: bool | None = None,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate consent, store the allowlist, and refuse early; returns the run (JSON-able).
 
@@ -190,9 +411,15 @@ def prepare_gate(
             given). An orchestrator that fills in its run's start instant passes False: that
             instant is "now" for the run, and consent captured a second later must not
             refuse it (it is simply after the evaluation, as for every run).
+        run_id: The run's id (default: a new ``gate-...`` id). An orchestrator passes its own
+            run's id, so one run has one id in its tasks, manifest, audit and commits, and a
+            retried attempt of this step takes back the claim its earlier attempt left (see
+            :func:`claim_model_version`).
 
     Returns:
-        The run: ids, instant, pinned table versions, allowlist facts, evaluation counts.
+        The run: ids, instant, pinned table versions, allowlist facts, evaluation counts. The
+        run holds the model version's claim until :func:`publish_gate` or
+        :func:`rollback_gate` releases it; on any failure here it is released at once.
 
     Raises:
         ConsentgateError: (exit 2) unknown use case or dataset, or a dataset of another use case.
@@ -200,23 +427,33 @@ def prepare_gate(
             nothing is written.
         CheckFailed: (exit 1) the model version has snapshots, or the allowlist is empty or
             below ``gate.min_allowlist_assets``; nothing is published.
+        ConflictError: (exit 1) another gate run holds the model version's claim; nothing is
+            written.
     """
     registry.check_model_version(model_version)
     names = _resolve_datasets(config, use_case, datasets)
-    _refuse_existing(config, model_version)
+    _refuse_published(config, model_version)  # the common refusal, before taking anything
     instant = parse_instant(as_of) if isinstance(as_of, str) else (as_of or now_utc())
-    run_id = new_run_id("gate")
-    sources = evaluate.load_sources(spark, config)
-    explicit = (as_of is not None) if as_of_explicit is None else as_of_explicit
-    if explicit:
-        _refuse_back_dated(sources, instant)
-    dataset_versions = {n: lake.table_version(config.dataset_path(n)) for n in names}
+    run_id = run_id or new_run_id("gate")
+    started = time.monotonic()
+    claim_model_version(config, model_version=model_version, run_id=run_id)
     work = work_dir(config, run_id)
     allow = allowlist_path(config, run_id)
+    # An earlier attempt of this run (same id, claim taken back) may have left its tables.
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(allow, ignore_errors=True)
     meta = {"consentgate.op": "gate.prepare", "consentgate.run_id": run_id}
     try:
+        _refuse_existing(config, model_version)  # again, now that nobody else can change it
+        sources = evaluate.load_sources(spark, config)
+        explicit = (as_of is not None) if as_of_explicit is None else as_of_explicit
+        if explicit:
+            _refuse_back_dated(sources, instant)
+        dataset_versions = {n: lake.table_version(config.dataset_path(n)) for n in names}
         decisions = evaluate.decisions(spark, config, sources, use_case=use_case, as_of=instant)
         decisions_version = lake.write_table(decisions, work / "decisions", commit_metadata=meta)
+        step(log, "decide", run_id=run_id, since=started, **_sizes(work / "decisions"))
+        started = time.monotonic()
         stored = lake.read_table(spark, work / "decisions", version=decisions_version)
         granted = (
             stored.where(F.col("decision") == F.lit("granted"))
@@ -225,7 +462,9 @@ def prepare_gate(
             .sortWithinPartitions("asset_id")
         )
         allow_version = lake.write_table(granted, allow, commit_metadata=meta)
-        count = int(lake.table_inventory(allow)["rows"])
+        written = _sizes(allow)
+        count = written["rows"]
+        step(log, "allowlist", run_id=run_id, since=started, **written)
         minimum = config.gate.min_allowlist_assets
         if count == 0 or count < minimum:
             raise CheckFailed(
@@ -245,13 +484,16 @@ def prepare_gate(
         for counts in by_jurisdiction.values():
             for reason, n in counts.items():
                 reasons[reason] = reasons.get(reason, 0) + n
+        started = time.monotonic()
         stored_allow = lake.read_table(spark, allow, version=allow_version)
         root, leaves = digest.allowlist_merkle_root(stored_allow)
+        step(log, "hash", table="allowlist", run_id=run_id, rows=leaves, since=started)
         if leaves != count:
             raise CheckFailed(f"allowlist {allow}: {leaves} leaves hashed, log says {count}")
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(allow, ignore_errors=True)
+        release_claim(config, model_version=model_version, run_id=run_id)
         raise
     return {
         "run_id": run_id,
@@ -353,12 +595,31 @@ def snapshot_dataset(
 
     Raises:
         TableError: the snapshot already exists (a model version's snapshots are immutable).
+        ConflictError: the run no longer holds the model version's claim; nothing is written.
     """
     if dataset not in run["datasets"]:
         raise ConsentgateError(f"dataset {dataset!r} is not part of run {run['run_id']}")
+    _require_claim(config, run)
     ds = config.datasets[dataset]
     model_version = str(run["model_version"])
     target = registry.snapshot_path(config, model_version, dataset)
+    if os.path.lexists(target):
+        if target.is_symlink() or lake.is_table(target):
+            # Never write into (nor, on failure, have a rollback remove) a table this run did
+            # not commit: under the claim nothing else should be here, so someone ignored it.
+            raise TableError(
+                f"snapshot {registry.snapshot_name(model_version, dataset)}: {target} already "
+                f"exists and run {run['run_id']} did not write it; a model version's snapshots "
+                "are immutable. Nothing was written to it"
+            )
+        # Files with no Delta commit: an earlier attempt of this step (an executor or the task
+        # died mid-write). Under the claim only its holder writes here, so a retry starts over.
+        log.warning(
+            "gate: snapshot %s: removing an uncommitted earlier attempt",
+            registry.snapshot_name(model_version, dataset),
+        )
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    started = time.monotonic()
     kept, decided, sources = surviving_rows(spark, config, run, dataset)
     order = [ds.asset_column, ds.key] if ds.asset_column else [ds.key]
     ordered = kept.repartitionByRange(*order).sortWithinPartitions(*order)
@@ -380,7 +641,20 @@ def snapshot_dataset(
             "consentgate.dataset": dataset,
         },
     )
+    step(log, "snapshot", table=dataset, since=started, **_sizes(target))
+    started = time.monotonic()
     described = describe_snapshot(spark, target, version)
+    hashed = described["files"]
+    size = sum(int(f["size"]) for f in hashed)
+    step(
+        log,
+        "hash",
+        table=dataset,
+        rows=described["rows"],
+        files=len(hashed),
+        bytes=size,
+        since=started,
+    )
     counts = {
         (bool(r["keep"]), str(r["reason"])): int(r["count"])
         for r in decided.groupBy("keep", "reason").count().collect()
@@ -501,8 +775,9 @@ def build_manifest(
         "allowlist": {
             "asset_count": run["allowlist"]["asset_count"],
             "merkle_root": run["allowlist"]["merkle_root"],
-            "tree": "RFC 6962 over allowlist leaves sorted by asset_id",
-            "leaf": "ROW(" + ", ".join(ALLOWLIST_COLUMNS) + ")",
+            "scheme": verifier.ALLOWLIST_SCHEME,
+            "tree": "RFC 6962 over allowlist leaves sorted by key = SHA-256(key domain || asset_id)",
+            "leaf": "key || SHA-256(entry domain || ROW(" + ", ".join(ALLOWLIST_COLUMNS) + "))",
             "table": {"path": run["allowlist"]["path"], "version": run["allowlist"]["version"]},
         },
         "snapshots": snaps,
@@ -535,6 +810,8 @@ def publish_gate(
     Raises:
         CheckFailed: a dataset's snapshot is missing, or the model version got published by a
             concurrent run; the registry then stays as it was.
+        ConflictError: the run no longer holds the model version's claim (an operator cleared
+            it); nothing is published.
     """
     snaps = (
         {str(s["dataset"]): s for s in snapshots}
@@ -546,10 +823,12 @@ def publish_gate(
             f"run {run['run_id']}: snapshots for {sorted(snaps)}, expected {sorted(run['datasets'])}"
         )
     run_id = str(run["run_id"])
+    started = time.monotonic()
     out_dir = manifest_dir(config.state_dir, run_id)
     sheet = datasheet.write_datasheet(config, out_dir, run=run, snapshots=snaps)
     target = out_dir / MANIFEST_FILE
     with registry.registry_lock(config):
+        _require_claim(config, run)  # under the lock: a claim cleared meanwhile is seen
         if registry.find_entry(config, model_version=str(run["model_version"])) is not None:
             raise CheckFailed(
                 f"gate refused: model version {run['model_version']!r} was published meanwhile"
@@ -596,6 +875,8 @@ def publish_gate(
             if registry.find_entry(config, model_version=entry.model_version) is None:
                 target.unlink(missing_ok=True)
             raise
+    # Published: from now on the registry entry refuses every other gate for this version.
+    release_claim(config, model_version=entry.model_version, run_id=run_id)
     audit.append_event(
         spark,
         config,
@@ -616,6 +897,8 @@ def publish_gate(
         },
     )
     shutil.rmtree(work_dir(config, run_id), ignore_errors=True)
+    rows = sum(int(s["rows"]) for s in snaps.values())
+    step(log, "publish", run_id=run_id, tables=len(snaps), rows=rows, seq=seq, since=started)
     return {
         "run_id": run_id,
         "use_case": run["use_case"],
@@ -629,23 +912,62 @@ def publish_gate(
         "snapshot_rows": {str(s["name"]): int(s["rows"]) for s in snaps.values()},
         "allowlist_assets": run["allowlist"]["asset_count"],
         "allowlist_root": run["allowlist"]["merkle_root"],
-        "exclusions": run["evaluation"]["reasons"],
+        # what was left out, by reason: a grant is no exclusion
+        "exclusions": {r: n for r, n in run["evaluation"]["reasons"].items() if r != "granted"},
         "datasheet": {k: str(out_dir / v["path"]) for k, v in sheet.items()},
     }
 
 
-def _rollback(config: Config, run: Mapping[str, Any], written: Sequence[str]) -> None:
-    """Remove what an unpublished run wrote: its snapshots, allowlist and work tables."""
-    if registry.find_entry(config, model_version=str(run["model_version"])) is not None:
-        return  # published after all: never remove registered snapshots
-    for dataset in written:
-        shutil.rmtree(registry.snapshot_path(config, str(run["model_version"]), dataset), True)
-    version_dir = registry.snapshots_root(config, str(run["model_version"]))
-    if version_dir.is_dir() and not any(version_dir.iterdir()):
-        version_dir.rmdir()
-    shutil.rmtree(config.resolve(str(run["allowlist"]["path"])), ignore_errors=True)
-    shutil.rmtree(work_dir(config, str(run["run_id"])), ignore_errors=True)
-    shutil.rmtree(manifest_dir(config.state_dir, str(run["run_id"])), ignore_errors=True)
+def rollback_gate(
+    config: Config, run: Mapping[str, Any], *, written: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Remove what an unpublished run wrote (snapshots, allowlist, work tables) and release.
+
+    Snapshots are removed only while this run holds the model version's claim: a run that
+    lost the race (or whose claim an operator cleared) never touches ``snapshots/<V>``, where
+    the holder's snapshots are. The run's allowlist, work tables and manifest directory are
+    named by its own run id, so they are always its own.
+
+    Args:
+        config: The lake.
+        run: What :func:`prepare_gate` returned.
+        written: The datasets whose snapshot directories this run created, recorded after
+            each one came into being (:func:`run_gate`). None when the caller cannot know (the
+            Airflow ``rollback`` task: the snapshots were cut in other processes); then every
+            dataset of the run is removed, which the claim makes safe - ``snapshots/<V>`` did
+            not exist when the run claimed it, so whatever is there now is the run's own.
+
+    Returns:
+        ``run_id``, ``published`` (then nothing is removed), ``held_claim`` and the
+        ``removed_snapshots`` (dataset names).
+    """
+    model_version = str(run["model_version"])
+    run_id = str(run["run_id"])
+    held = holds_claim(config, model_version=model_version, run_id=run_id)
+    published = registry.find_entry(config, model_version=model_version) is not None
+    removed: list[str] = []
+    if not published:  # a published run is never touched: its snapshots are evidence
+        if held:
+            candidates = list(run["datasets"]) if written is None else list(written)
+            for dataset in candidates:
+                path = registry.snapshot_path(config, model_version, str(dataset))
+                if path.exists():
+                    shutil.rmtree(path)
+                    removed.append(str(dataset))
+            version_dir = registry.snapshots_root(config, model_version)
+            if version_dir.is_dir() and not any(version_dir.iterdir()):
+                version_dir.rmdir()
+        shutil.rmtree(config.resolve(str(run["allowlist"]["path"])), ignore_errors=True)
+        shutil.rmtree(work_dir(config, run_id), ignore_errors=True)
+        shutil.rmtree(manifest_dir(config.state_dir, run_id), ignore_errors=True)
+    if held:
+        release_claim(config, model_version=model_version, run_id=run_id)
+    return {
+        "run_id": run_id,
+        "published": published,
+        "held_claim": held,
+        "removed_snapshots": removed,
+    }
 
 
 def run_gate(
@@ -666,6 +988,8 @@ def run_gate(
     Raises:
         ConsentgateError / AsOfRefused / CheckFailed: as :func:`prepare_gate`; on any failure
             before the registry commit everything this run wrote is removed.
+        ConflictError: another gate run holds the model version; this run wrote nothing and
+            removes nothing.
     """
     run = prepare_gate(
         spark,
@@ -675,15 +999,22 @@ def run_gate(
         datasets=datasets,
         as_of=as_of,
     )
+    # Recorded only once a directory exists that did not before this run's write: the
+    # rollback must never remove what this run did not create.
     written: list[str] = []
     try:
         snapshots: dict[str, dict[str, Any]] = {}
         for dataset in run["datasets"]:
-            written.append(dataset)
-            snapshots[dataset] = snapshot_dataset(spark, config, run=run, dataset=dataset)
+            target = registry.snapshot_path(config, model_version, dataset)
+            existed = os.path.lexists(target)
+            try:
+                snapshots[dataset] = snapshot_dataset(spark, config, run=run, dataset=dataset)
+            finally:
+                if not existed and os.path.lexists(target):
+                    written.append(dataset)
         return publish_gate(spark, config, run=run, snapshots=snapshots)
     except BaseException:
-        _rollback(config, run, written)
+        rollback_gate(config, run, written=written)
         raise
 
 
@@ -859,12 +1190,19 @@ def impact(
 
 __all__ = [
     "ALLOWLIST_COLUMNS",
+    "GateClaim",
     "allowlist_path",
     "build_manifest",
+    "claim_model_version",
+    "claim_path",
     "explain_model",
+    "holds_claim",
     "impact",
     "prepare_gate",
     "publish_gate",
+    "read_claim",
+    "release_claim",
+    "rollback_gate",
     "run_gate",
     "snapshot_dataset",
     "surviving_rows",

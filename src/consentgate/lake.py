@@ -50,7 +50,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DataType, MapType, StructField, StructType
 
 from consentgate import verifier
-from consentgate.errors import ConflictError, SchemaError, TableError
+from consentgate.errors import ConflictError, SchemaError, TableError, foreign_cause
 
 WriteMode = Literal["error", "append", "overwrite"]
 
@@ -208,7 +208,8 @@ def read_table(
         if with_file:
             frame = frame.select("*", relative_file(F.col("_metadata.file_path"), Path(path)))
     except Exception as exc:  # AnalysisException for a version that does not exist
-        raise TableError(f"{location}: cannot read Delta table: {_first_line(exc)}") from None
+        # the engine's text can quote partition directories (column=value): not repeated
+        raise TableError(f"{location}: cannot read Delta table ({foreign_cause(exc)})") from None
     return frame
 
 

@@ -23,8 +23,10 @@ therefore imports neither pyspark nor the Spark half of the lake layer at import
 from __future__ import annotations
 
 import json
+import logging
 import os
-import tempfile
+import secrets
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,6 +43,7 @@ from consentgate.canonical import (
     sha256_file,
 )
 from consentgate.errors import CheckFailed, ConsentgateError
+from consentgate.logs import step
 
 if TYPE_CHECKING:  # the build half needs Spark; verification must not import it
     from pyspark.sql import SparkSession
@@ -49,6 +52,8 @@ if TYPE_CHECKING:  # the build half needs Spark; verification must not import it
 FORMAT: Final = "consentgate-manifest/1"
 #: File name of a manifest inside its run directory.
 MANIFEST_FILE: Final = "manifest.json"
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,6 +101,11 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
 def write_manifest(path: Path, manifest: Mapping[str, Any]) -> str:
     """Seal ``manifest`` and write its canonical bytes atomically (temp file + rename).
 
+    The file gets the mode every other file of the run gets (``0o666`` less the umask, so
+    ``0644`` under the usual ``022``): the manifest is the public evidence of the run, meant to
+    be read by whoever may read its snapshots and datasheet, so it is not private to the writer
+    the way a ``mkstemp`` file (``0600``) would be.
+
     Returns:
         The manifest's own SHA-256.
 
@@ -106,7 +116,8 @@ def write_manifest(path: Path, manifest: Mapping[str, Any]) -> str:
         raise ConsentgateError(f"{path}: a manifest already exists; manifests are immutable")
     path.parent.mkdir(parents=True, exist_ok=True)
     data = manifest_bytes(manifest)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=path.parent)
+    tmp = path.parent / f".manifest-{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -253,6 +264,7 @@ def verify_manifest(path: str | Path) -> dict[str, Any]:
         ``{"ok", "problems": [...], "manifest", "run_id", "model_version", "manifest_sha256",
         "erased": [...], "checked": {...}}``.
     """
+    started = time.monotonic()
     manifest_path = Path(path).resolve()
     manifest = load_manifest(manifest_path)
     root = lake_root_of(manifest_path)
@@ -287,6 +299,17 @@ def verify_manifest(path: str | Path) -> dict[str, Any]:
         problems.extend(_check_allowlist(root, manifest))
     except (KeyError, TypeError, ValueError) as exc:
         problems.append(f"manifest {label}: malformed allowlist section: {exc!r}")
+    level = logging.WARNING if problems else logging.INFO
+    files, snapshots = checked.get("files"), checked.get("snapshots")
+    step(
+        log,
+        "verify",
+        snapshots=snapshots,
+        files=files,
+        problems=len(problems),
+        since=started,
+        level=level,
+    )
     return {
         "ok": not problems,
         "problems": problems,
@@ -594,9 +617,13 @@ def _check_allowlist(root: Path, manifest: Mapping[str, Any]) -> list[str]:
     allowlist = manifest["allowlist"]
     table_dir = root / allowlist["table"]["path"]
     where = f"allowlist {table_dir}"
+    # A manifest from before allowlist.scheme was recorded is scheme 1; it keeps verifying.
+    scheme = allowlist.get("scheme", verifier.LEGACY_ALLOWLIST_SCHEME)
+    if scheme not in (verifier.ALLOWLIST_SCHEME, verifier.LEGACY_ALLOWLIST_SCHEME):
+        return [f"{where}: unknown allowlist scheme {scheme!r}"]
     try:
         computed, count = verifier.allowlist_root_of_table(
-            table_dir, int(allowlist["table"]["version"])
+            table_dir, int(allowlist["table"]["version"]), scheme=scheme
         )
     except ConsentgateError as exc:
         return [f"{where}: unreadable: {exc}"]

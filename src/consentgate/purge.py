@@ -46,6 +46,23 @@ crashed one. For tests, ``CONSENTGATE_PURGE_CRASH_AT=before_commit|after_commit`
 process with SIGKILL at that point.
 
 Idempotence: a table with nothing to remove gets no commit at all.
+
+Reasons a row is removed (the ``reasons{}`` counts): effective consent's denial reasons
+(:data:`consentgate.consent.DENIAL_REASONS`, ``asset_unknown`` for a source asset consent
+does not know), ``no_lineage`` (a row whose sources cannot be traced), ``retention_expired``,
+and :data:`USE_CASE_NOT_CONFIGURED`: a table (in practice a registered snapshot: a configured
+dataset's use case is checked with the config) whose use case is no longer in the config.
+Nothing grants an unconfigured use case, so every row of such a table goes, without
+evaluating consent or walking lineage for it.
+
+Failures are per table: each table is decided, purged and erased on its own. A table that
+cannot be opened or decided (missing, key column absent, an unreadable or corrupt data file)
+or whose purge or erasure fails is recorded as failed with a message naming the table (never
+a row's value: Spark's own error text is not repeated, only its error class and the data
+file's name) while every other table is still purged and erased; :func:`run_purge` then
+audits the run, failed tables included, and raises :class:`PurgeFailed` (exit 1) naming them.
+:func:`decide_run` decides every table in one Spark job and, should that job fail, decides
+table by table to find the culprit.
 """
 
 from __future__ import annotations
@@ -54,9 +71,12 @@ import dataclasses
 import datetime as dt
 import fcntl
 import json
+import logging
 import os
+import re
 import shutil
 import signal
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -70,8 +90,15 @@ from pyspark.sql.types import StringType, StructField, StructType, TimestampType
 
 from consentgate import audit, lake
 from consentgate.config import Config, DatasetConfig
-from consentgate.errors import ConflictError, ConsentgateError, TableError
+from consentgate.errors import (
+    CheckFailed,
+    ConflictError,
+    ConsentgateError,
+    TableError,
+    foreign_cause,
+)
 from consentgate.lake import LogTable
+from consentgate.logs import step
 from consentgate.runtime import iso, new_run_id, now_utc, parse_instant
 
 #: A decider maps a table's rows (its own columns) to the rows to remove: two columns, the
@@ -79,6 +106,11 @@ from consentgate.runtime import iso, new_run_id, now_utc, parse_instant
 #: (consent + lineage + retention, :func:`decide_run`) is not a decider: it is made once per
 #: run, not per table and pass.
 Decider = Callable[[DataFrame], DataFrame]
+
+log = logging.getLogger(__name__)
+
+#: The reason every row of a table whose use case is no longer configured is removed with.
+USE_CASE_NOT_CONFIGURED: Final = "use_case_not_configured"
 
 CRASH_ENV: Final = "CONSENTGATE_PURGE_CRASH_AT"
 OPERATION: Final = "consentgate.purge"
@@ -112,6 +144,62 @@ KEY_TABLE_SCHEMA: Final = StructType(
         StructField("recorded_at", TimestampType(), False),
     ]
 )
+
+
+# --------------------------------------------------------------------------------------------
+# Failures
+
+
+class PurgeFailed(CheckFailed):
+    """Some tables failed (named in the message) while every other one was purged, erased and
+    audited; ``result`` is what :func:`run_purge` would have returned (``ok`` false,
+    ``failed{name: message}``)."""
+
+    def __init__(self, message: str, result: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class TableFailure(RuntimeError):
+    """A table's Spark work failed for a reason that is not known to be deterministic (an
+    unreadable file, a lost executor): retryable. The message names the table and, for a
+    data file, only its file name; Spark's own text (which can quote paths holding partition
+    values) stays in the Spark log."""
+
+
+#: What the audit log refuses as a possible raw id (see :mod:`consentgate.audit`).
+_UUID: Final = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+
+
+def redact_uuids(text: str) -> str:
+    """``text`` with every UUID-shaped part replaced by ``<uuid>``: how a failure message goes
+    into the audit log, which refuses anything that could be a raw id (a data file's name
+    holds a UUID; the message shown and logged keeps it, so the file can be found)."""
+    return _UUID.sub("<uuid>", text)
+
+
+def table_failure(name: str, exc: BaseException, *, doing: str) -> Exception:
+    """What to record, raise and show for table ``name`` whose ``doing`` raised ``exc``.
+
+    A :class:`~consentgate.errors.ConsentgateError` is ours: its message already avoids raw
+    ids, and it is kept (prefixed with the table's name when it lacks it). Anything else is
+    replaced by a :class:`TableFailure` naming the table, the Spark error class and the data
+    file's name, never Spark's text.
+    """
+    text = str(exc).strip()
+    if isinstance(exc, ConsentgateError):
+        if f"dataset {name}" in text or f"dataset {name!r}" in text:
+            return exc
+        try:
+            return type(exc)(f"dataset {name}: {doing}: {text}")
+        except Exception:  # a subclass with another constructor
+            return ConsentgateError(f"dataset {name}: {doing}: {text}")
+    cause = foreign_cause(exc)
+    cls, _, where = cause.partition(" reading data file ")
+    where = f" reading data file {where}" if where else ""
+    return TableFailure(f"dataset {name}: {doing} failed{where} ({cls}; details in the Spark log)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,10 +255,12 @@ class DatasetPlan:
 
 @dataclass(frozen=True)
 class PurgePlan:
-    """The plan over every configured dataset and registered snapshot."""
+    """The plan over every configured dataset and registered snapshot; ``failed`` names the
+    tables that could not be planned, with why."""
 
     as_of: dt.datetime
     datasets: dict[str, DatasetPlan] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -178,6 +268,7 @@ class PurgePlan:
             "datasets": {name: plan.to_json() for name, plan in self.datasets.items()},
             "rows_deleted": sum(p.rows_removed for p in self.datasets.values()),
             "files_affected": sum(len(p.files) for p in self.datasets.values()),
+            "failed": dict(sorted(self.failed.items())),
         }
 
 
@@ -356,6 +447,9 @@ class RunDecisions:
     consent: DataFrame | None
     hashed_assets: bool
     tables: dict[str, Decided] = field(default_factory=dict)
+    #: Tables that could not be opened or decided: the exception to report (and raise when
+    #: such a table is purged), see :func:`table_failure`.
+    failed: dict[str, Exception] = field(default_factory=dict)
     _owned: list[DataFrame] = field(default_factory=list)
 
     def release(self) -> None:
@@ -490,6 +584,109 @@ def _direct_sources(
     )
 
 
+def _all_removed(rows: DataFrame, key: str) -> DataFrame:
+    """Every row of ``rows`` (which carry ``_file``), located, as :data:`USE_CASE_NOT_CONFIGURED`:
+    what a table whose use case is no longer configured loses (nothing grants it)."""
+    return rows.select(
+        key_digest(F.col(key)).alias(KEY_SHA),
+        "_file",
+        F.lit(USE_CASE_NOT_CONFIGURED).alias("reason"),
+    )
+
+
+def _configured(config: Config, dataset: DatasetConfig) -> bool:
+    return dataset.use_case in config.use_cases
+
+
+@dataclass
+class _Pinned:
+    """A table opened and checked at its latest version, its decision columns not yet read."""
+
+    dataset: DatasetConfig
+    path: Path
+    table: LogTable
+    rows: DataFrame
+
+
+def _pin(spark: SparkSession, config: Config, name: str, dataset: DatasetConfig) -> _Pinned:
+    path = target_path(config, name, dataset)
+    table = _open_checked(name, path, dataset.key)
+    rows = lake.read_table(spark, path, version=int(table.version()), with_file=True)
+    return _Pinned(dataset=dataset, path=path, table=table, rows=rows)
+
+
+def _decide_together(
+    config: Config,
+    pinned: Mapping[str, _Pinned],
+    *,
+    consent: DataFrame | None,
+    edges: DataFrame | None,
+    as_of: dt.datetime,
+    owned: list[DataFrame],
+) -> dict[str, Decided]:
+    """Decide ``pinned`` tables in one Spark job (one lineage walk, one persisted frame tagged
+    by table, one collect of per-(table, file, reason) counts), so that independent tables'
+    stages run side by side instead of one small job after another.
+
+    Frames this persists are appended to ``owned`` (the caller releases them, also on error).
+
+    Raises:
+        Exception: any table failed to be read or decided (Spark's error, or ours).
+    """
+    from consentgate.registry import lineage_dataset
+
+    names = list(pinned)
+    seeds: dict[str, list[DataFrame]] = {}
+    for name in names:
+        one = pinned[name]
+        if _configured(config, one.dataset) and one.dataset.asset_column is None:
+            keys = one.rows.select(_as_key(F.col(one.dataset.key)).alias("key"))
+            seeds.setdefault(lineage_dataset(name), []).append(keys)
+    closure: DataFrame | None = None
+    if seeds:
+        assert edges is not None  # read whenever a configured table is decided
+        closure = _closure(edges, seeds).persist()
+        owned.append(closure)
+    tagged: DataFrame | None = None
+    for i, name in enumerate(names):
+        one = pinned[name]
+        dataset = one.dataset
+        if not _configured(config, dataset):
+            located = _all_removed(one.rows, dataset.key)
+        else:
+            assert consent is not None and edges is not None
+            if dataset.asset_column is None:
+                assert closure is not None
+                sources = _closure_of(closure, lineage_dataset(name))
+            else:
+                sources = _direct_sources(name, dataset, one.rows, edges)
+            located = _decide_rows(
+                one.rows, sources, consent, name=name, dataset=dataset, as_of=as_of
+            )
+        part = located.select(F.lit(i).alias("_table"), *LOCATED_COLUMNS)
+        tagged = part if tagged is None else tagged.unionByName(part)
+    assert tagged is not None  # callers pass at least one table
+    tagged = tagged.persist()
+    owned.append(tagged)
+    counted: dict[int, list[tuple[str, str, int]]] = {i: [] for i in range(len(names))}
+    for row in tagged.groupBy("_table", "_file", "reason").count().collect():
+        counted[int(row["_table"])].append((row["_file"], row["reason"], int(row["count"])))
+    out: dict[str, Decided] = {}
+    for i, name in enumerate(names):
+        one = pinned[name]
+        located = tagged.where(F.col("_table") == F.lit(i)).select(*LOCATED_COLUMNS)
+        plan = _summarise(name, one.path, one.table, located, counted=counted[i])
+        covered = frozenset(lake.active_files(one.table).column("path").to_pylist())
+        out[name] = Decided(plan=plan, located=located, covered=covered)
+    return out
+
+
+def _release(frames: list[DataFrame]) -> None:
+    for frame in frames:
+        frame.unpersist()
+    frames.clear()
+
+
 def decide_run(
     spark: SparkSession,
     config: Config,
@@ -499,13 +696,20 @@ def decide_run(
 ) -> RunDecisions:
     """Decide, once for the whole run, which rows of which tables must go.
 
-    Effective consent is evaluated once for every configured use case; the lineage closure
-    once for every lineage-traced table (see :func:`_closure`); then per table one pass over
-    its decision columns (key, asset column, derived_at and Spark's file path: Parquet is
-    columnar, embeddings and blobs are never read) yields the rows to remove with their data
-    file. Each table is pinned at its current version before anything is read, so the
-    closure's keys and the decided rows are the same rows. Only per-file and per-reason
-    counts reach the driver; the located rows stay persisted on the executors.
+    Effective consent is evaluated once for every configured use case of the tables; the
+    lineage closure once for every lineage-traced table (see :func:`_closure`); then per table
+    one pass over its decision columns (key, asset column, derived_at and Spark's file path:
+    Parquet is columnar, embeddings and blobs are never read) yields the rows to remove with
+    their data file. A table whose use case is no longer configured loses every row
+    (:data:`USE_CASE_NOT_CONFIGURED`). Each table is pinned at its current version before
+    anything is read, so the closure's keys and the decided rows are the same rows. Only
+    per-file and per-reason counts reach the driver; the located rows stay persisted on the
+    executors.
+
+    Tables fail on their own: one that cannot be opened (missing, no key column) or decided
+    (a corrupt or missing data file, a wrong column type) goes to ``failed`` with a message
+    naming it (:func:`table_failure`) and the others are decided. All tables are decided in
+    one Spark job; only if that job fails are they decided one by one, to find the culprit.
 
     Args:
         spark: Session.
@@ -514,65 +718,81 @@ def decide_run(
         names: Tables to decide (default every target).
 
     Raises:
-        TableError: a table is missing, unreadable, or lacks its key column.
+        Exception: the consent or lineage tables cannot be read (no table can be decided).
     """
-    from consentgate.registry import lineage_dataset
-
+    started = time.monotonic()
     all_targets = targets(config)
     chosen = list(names) if names is not None else list(all_targets)
+    run = RunDecisions(as_of=as_of, consent=None, hashed_assets=False)
     if not chosen:  # every table has its own decider: consent is not needed (nor read)
-        return RunDecisions(as_of=as_of, consent=None, hashed_assets=False)
-    use_cases = [all_targets[n].use_case for n in chosen]
-    consent = _consent(spark, config, as_of, use_cases).persist()
-    run = RunDecisions(as_of=as_of, consent=consent, hashed_assets=False, _owned=[consent])
-    edges = lake.read_table(spark, config.table_path("lineage"))
-    pinned: dict[str, tuple[LogTable, DataFrame]] = {}
-    for name in chosen:
-        dataset = all_targets[name]
-        path = target_path(config, name, dataset)
-        table = _open_checked(name, path, dataset.key)
-        rows = lake.read_table(spark, path, version=int(table.version()), with_file=True)
-        pinned[name] = (table, rows)
-    seeds: dict[str, list[DataFrame]] = {}
-    for name in chosen:
-        dataset = all_targets[name]
-        if dataset.asset_column is None:
-            keys = pinned[name][1].select(_as_key(F.col(dataset.key)).alias("key"))
-            seeds.setdefault(lineage_dataset(name), []).append(keys)
-    closure: DataFrame | None = None
-    if seeds:
-        closure = _closure(edges, seeds).persist()
-        run._owned.append(closure)
-    # Every table's decision in one Spark job: one persisted frame tagged by table, one
-    # collect of the per-(table, file, reason) counts. Independent tables' stages then run
-    # side by side instead of one small job after another.
-    tagged: DataFrame | None = None
-    for i, name in enumerate(chosen):
-        dataset = all_targets[name]
-        table, rows = pinned[name]
-        if dataset.asset_column is None:
-            assert closure is not None
-            sources = _closure_of(closure, lineage_dataset(name))
-        else:
-            sources = _direct_sources(name, dataset, rows, edges)
-        located = _decide_rows(rows, sources, consent, name=name, dataset=dataset, as_of=as_of)
-        part = located.select(F.lit(i).alias("_table"), *LOCATED_COLUMNS)
-        tagged = part if tagged is None else tagged.unionByName(part)
-    assert tagged is not None
-    tagged = tagged.persist()
-    run._owned.append(tagged)
-    counted: dict[int, list[tuple[str, str, int]]] = {i: [] for i in range(len(chosen))}
-    for row in tagged.groupBy("_table", "_file", "reason").count().collect():
-        counted[int(row["_table"])].append((row["_file"], row["reason"], int(row["count"])))
-    for i, name in enumerate(chosen):
-        dataset = all_targets[name]
-        table = pinned[name][0]
-        located = tagged.where(F.col("_table") == F.lit(i)).select(*LOCATED_COLUMNS)
-        path = target_path(config, name, dataset)
-        plan = _summarise(name, path, table, located, counted=counted[i])
-        covered = frozenset(lake.active_files(table).column("path").to_pylist())
-        run.tables[name] = Decided(plan=plan, located=located, covered=covered)
+        return run
+    try:
+        pinned: dict[str, _Pinned] = {}
+        for name in chosen:
+            try:
+                pinned[name] = _pin(spark, config, name, all_targets[name])
+            except Exception as exc:
+                run.failed[name] = table_failure(name, exc, doing="opening the table")
+        configured = sorted(
+            {p.dataset.use_case for p in pinned.values() if _configured(config, p.dataset)}
+        )
+        edges: DataFrame | None = None
+        if configured:
+            run.consent = _consent(spark, config, as_of, configured).persist()
+            run._owned.append(run.consent)
+            edges = lake.read_table(spark, config.table_path("lineage"))
+        if pinned:
+            _decide_all(config, run, pinned, edges=edges)
+    except BaseException:
+        run.release()
+        raise
+    for failure in run.failed.values():
+        log.warning("purge: %s", failure)
+    step(log, "decide", tables=len(run.tables), failed=len(run.failed), since=started)
     return run
+
+
+def _decide_all(
+    config: Config, run: RunDecisions, pinned: Mapping[str, _Pinned], *, edges: DataFrame | None
+) -> None:
+    """:func:`_decide_together` for every pinned table, else table by table (see
+    :func:`decide_run`); fills ``run.tables`` and ``run.failed``."""
+    owned: list[DataFrame] = []
+    try:
+        run.tables.update(
+            _decide_together(
+                config, pinned, consent=run.consent, edges=edges, as_of=run.as_of, owned=owned
+            )
+        )
+        run._owned.extend(owned)
+        return
+    except Exception as exc:
+        _release(owned)
+        # consent or lineage unreadable is no table's failure: every table would fail, so
+        # raise (these reads are what the tables share)
+        if run.consent is not None:
+            run.consent.count()
+        if edges is not None:
+            edges.count()
+        if len(pinned) == 1:
+            name = next(iter(pinned))
+            run.failed[name] = table_failure(name, exc, doing="deciding the rows to remove")
+            return
+        log.warning(
+            "purge: deciding %d tables together failed; deciding them one by one", len(pinned)
+        )
+    for name, one in pinned.items():
+        owned = []
+        try:
+            decided = _decide_together(
+                config, {name: one}, consent=run.consent, edges=edges, as_of=run.as_of, owned=owned
+            )
+        except Exception as exc:
+            _release(owned)
+            run.failed[name] = table_failure(name, exc, doing="deciding the rows to remove")
+            continue
+        run.tables.update(decided)
+        run._owned.extend(owned)
 
 
 def _relocate(
@@ -603,18 +823,21 @@ def _relocate(
     located = decided.located.where(F.col("_file").isin(*sorted(still))) if still else None
     added = sorted(set(active) - decided.covered)
     if added:
-        assert run.consent is not None  # a run that decided this table evaluated consent
         rows = lake.read_table(spark, path, version=int(table.version()), with_file=True)
         rows = rows.where(F.col("_file").isin(*added))
-        edges = lake.read_table(spark, config.table_path("lineage"))
-        sources = _direct_sources(name, dataset, rows, edges)
-        if run.hashed_assets:
-            sources = _hash_assets(sources)
-        fresh = _decide_rows(
-            rows, sources, run.consent, name=name, dataset=dataset, as_of=run.as_of
-        ).select(KEY_SHA, "reason")
-        earlier = decided.located.select(KEY_SHA, "reason")
-        new = _located_hashed(rows, fresh.unionByName(earlier), dataset.key)
+        if not _configured(config, dataset):
+            new = _all_removed(rows, dataset.key)
+        else:
+            assert run.consent is not None  # a run that decided this table evaluated consent
+            edges = lake.read_table(spark, config.table_path("lineage"))
+            sources = _direct_sources(name, dataset, rows, edges)
+            if run.hashed_assets:
+                sources = _hash_assets(sources)
+            fresh = _decide_rows(
+                rows, sources, run.consent, name=name, dataset=dataset, as_of=run.as_of
+            ).select(KEY_SHA, "reason")
+            earlier = decided.located.select(KEY_SHA, "reason")
+            new = _located_hashed(rows, fresh.unionByName(earlier), dataset.key)
         located = new if located is None else located.unionByName(new)
     if located is None:
         located = decided.located.where(F.lit(False))
@@ -649,11 +872,12 @@ def materialise(spark: SparkSession, config: Config, run: RunDecisions, run_id: 
         shutil.rmtree(root)
     root.mkdir(parents=True)
     consent = run.consent
-    if consent is None:
+    if consent is None and not run.tables:
         raise ConsentgateError("materialise: the run decided no table")
-    if not run.hashed_assets:
-        consent = _hash_assets(consent)
-    lake.write_table(consent, root / "consent", commit_metadata={_META_RUN: run_id})
+    if consent is not None:  # None: every decided table's use case is unconfigured
+        if not run.hashed_assets:
+            consent = _hash_assets(consent)
+        lake.write_table(consent, root / "consent", commit_metadata={_META_RUN: run_id})
     tables: dict[str, Any] = {}
     for i, (name, decided) in enumerate(run.tables.items()):
         sub = f"t{i:04d}"
@@ -667,7 +891,12 @@ def materialise(spark: SparkSession, config: Config, run: RunDecisions, run_id: 
             "plan": _plan_state(decided.plan),
             "covered": sorted(decided.covered),
         }
-    state = {"run_id": run_id, "as_of": iso(run.as_of), "tables": tables}
+    state = {
+        "run_id": run_id,
+        "as_of": iso(run.as_of),
+        "consent": consent is not None,
+        "tables": tables,
+    }
     tmp = root / "plan.json.tmp"
     tmp.write_text(json.dumps(state, sort_keys=True))
     tmp.replace(root / _PLAN_FILE)
@@ -715,7 +944,7 @@ def load_run(
         return None
     run = RunDecisions(
         as_of=instant,
-        consent=lake.read_table(spark, root / "consent"),
+        consent=lake.read_table(spark, root / "consent") if state.get("consent", True) else None,
         hashed_assets=True,
     )
     for name, entry in state["tables"].items():
@@ -755,32 +984,43 @@ def plan_purge(
             tables are planned with their decider and not materialised (a decider is code,
             which each task applies itself).
         run_id: Materialise the decisions for this run.
+
+    Tables that cannot be planned are in the plan's ``failed`` (name → message), not in its
+    ``datasets`` nor in the work tables (their ``purge_dataset`` fails on its own).
     """
     instant = as_of or now_utc()
     custom = dict(deciders or {})
-    names = list(targets(config))
+    all_targets = targets(config)
+    names = list(all_targets)
     run = decide_run(spark, config, as_of=instant, names=[n for n in names if n not in custom])
+    failed = {name: str(exc) for name, exc in run.failed.items()}
     try:
         out: dict[str, DatasetPlan] = {}
         for name in names:
+            if name in failed:
+                continue
             if name in custom:
-                dataset = targets(config)[name]
-                plan, located = plan_table(
-                    spark,
-                    name,
-                    target_path(config, name, dataset),
-                    key=dataset.key,
-                    decide=custom[name],
-                )
+                dataset = all_targets[name]
+                try:
+                    plan, located = plan_table(
+                        spark,
+                        name,
+                        target_path(config, name, dataset),
+                        key=dataset.key,
+                        decide=custom[name],
+                    )
+                except Exception as exc:
+                    failed[name] = str(table_failure(name, exc, doing="planning"))
+                    continue
                 located.unpersist()
                 out[name] = plan
             else:
                 out[name] = run.tables[name].plan
-        if run_id is not None:
+        if run_id is not None and (run.tables or run.consent is not None):
             materialise(spark, config, run, run_id)
     finally:
         run.release()
-    return PurgePlan(as_of=instant, datasets=out)
+    return PurgePlan(as_of=instant, datasets=out, failed=failed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -826,11 +1066,13 @@ def _crash_point(point: str) -> None:
 
 
 def _policy(config: Config, dataset: DatasetConfig) -> str:
-    body = {
-        "use_case": dataset.use_case,
-        **config.use_cases[dataset.use_case].model_dump(mode="json", exclude_none=True),
-        "retention_days": dataset.retention_days,
-    }
+    use_case = config.use_cases.get(dataset.use_case)
+    rules = (
+        {"configured": False}
+        if use_case is None
+        else use_case.model_dump(mode="json", exclude_none=True)
+    )
+    body = {"use_case": dataset.use_case, **rules, "retention_days": dataset.retention_days}
     return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
 
@@ -1194,10 +1436,12 @@ def purge_dataset(
         run: This run's decisions, from :func:`decide_run`.
 
     Raises:
-        ConsentgateError: unknown dataset name.
+        ConsentgateError: unknown dataset name; the table cannot be opened (``TableError``).
         ConflictError: the table kept conflicting with concurrent writers.
+        TableFailure: the table's rows could not be read or decided (a corrupt data file).
     """
     instant = as_of or now_utc()
+    started = time.monotonic()
     run_name = run_id or new_run_id("purge", at=instant)
     all_targets = targets(config)
     if name not in all_targets:
@@ -1205,10 +1449,15 @@ def purge_dataset(
     dataset = all_targets[name]
     own: RunDecisions | None = None
     if decide is None:
+        if run is not None and name in run.failed:
+            raise run.failed[name]
         if run is None or name not in run.tables:
             run = load_run(spark, config, run_id, as_of=instant) if run_id else None
         if run is None or name not in run.tables:
             run = own = decide_run(spark, config, as_of=instant, names=[name])
+            if name in own.failed:
+                own.release()
+                raise own.failed[name]
     try:
         decided = None if decide is not None or run is None else run.tables[name]
         if dry_run:
@@ -1242,7 +1491,48 @@ def purge_dataset(
         if own is not None:
             own.release()
     result["recovered"] = len(recovered)
+    step(
+        log,
+        "rewrite",
+        table=name,
+        rows=result["rows_deleted"],
+        files=result["files_rewritten"],
+        bytes=result["bytes_rewritten"],
+        conflicts=result.get("conflicts"),
+        since=started,
+    )
     return result
+
+
+def erase_tables(
+    spark: SparkSession, config: Config, *, run_id: str, names: Sequence[str]
+) -> tuple[dict[str, Any], dict[str, Exception]]:
+    """Erase and verify each of ``names`` on its own (:func:`consentgate.erasure.erase_and_verify`
+    one table at a time), so that a table whose erasure raises (an unreadable file on disk)
+    never stops the others' erasure.
+
+    Returns:
+        ``{"ok", "datasets": {name: receipt}}`` (plus ``failed{name: message}`` when an
+        erasure raised), and the failures by table (:func:`table_failure`).
+    """
+    from consentgate import erasure
+
+    receipts: dict[str, Any] = {}
+    failed: dict[str, Exception] = {}
+    verified = True
+    for name in names:
+        try:
+            one = erasure.erase_and_verify(spark, config, run_id=run_id, datasets=[name])
+        except Exception as exc:
+            failed[name] = table_failure(name, exc, doing="erasure")
+            log.warning("purge: %s", failed[name])
+            continue
+        verified = verified and bool(one.get("ok"))
+        receipts.update(one.get("datasets", {}))
+    out: dict[str, Any] = {"ok": verified and not failed, "datasets": receipts}
+    if failed:
+        out["failed"] = {name: str(exc) for name, exc in sorted(failed.items())}
+    return out, failed
 
 
 def run_purge(
@@ -1260,38 +1550,55 @@ def run_purge(
 
     Consent and lineage are decided once for every table (:func:`decide_run`), in this
     process, before any table is rewritten; each table is then purged from that decision.
+    Each table is decided, purged and erased on its own: one that fails is recorded (in the
+    result and the run's audit entry) and every other one is still purged and erased; then
+    :class:`PurgeFailed` names the failed tables.
 
     Returns:
-        ``{"run_id", "as_of", "dry_run", "datasets": {name: {...}}, "erasure": {...}}`` as
-        ``consentgate purge --json`` prints it.
-    """
-    from consentgate import erasure
+        ``{"run_id", "as_of", "dry_run", "ok", "failed": {}, "datasets": {name: {...}},
+        "erasure": {...}}`` as ``consentgate purge --json`` prints it; ``ok`` is false when
+        an erasure does not verify.
 
+    Raises:
+        PurgeFailed: some tables failed (after every other table was purged, erased and the
+            run audited); its ``result`` is the return value with ``failed{name: message}``.
+    """
     instant = as_of or now_utc()
+    started = time.monotonic()
     run_name = run_id or new_run_id(kind, at=instant)
     custom = dict(deciders or {})
     names = list(targets(config))
     decisions = decide_run(
         spark, config, as_of=instant, names=[n for n in names if n not in custom]
     )
+    failed: dict[str, str] = {name: str(exc) for name, exc in decisions.failed.items()}
     datasets: dict[str, Any] = {}
     try:
         for name in names:
-            datasets[name] = purge_dataset(
-                spark,
-                config,
-                name,
-                as_of=instant,
-                run_id=run_name,
-                dry_run=dry_run,
-                decide=custom.get(name),
-                run=decisions,
-            )
+            if name in failed:
+                continue
+            try:
+                datasets[name] = purge_dataset(
+                    spark,
+                    config,
+                    name,
+                    as_of=instant,
+                    run_id=run_name,
+                    dry_run=dry_run,
+                    decide=custom.get(name),
+                    run=decisions,
+                )
+            except Exception as exc:
+                failure = table_failure(name, exc, doing="purge")
+                log.warning("purge: %s", failure)
+                failed[name] = str(failure)
     finally:
         decisions.release()
     erased: dict[str, Any] = {}
     if erase and not dry_run:
-        erased = erasure.erase_and_verify(spark, config, run_id=run_name, datasets=list(datasets))
+        erased, not_erased = erase_tables(spark, config, run_id=run_name, names=list(datasets))
+        failed.update({name: str(exc) for name, exc in not_erased.items()})
+    failed = {name: failed[name] for name in names if name in failed}  # in the tables' order
     summary = {
         name: {
             k: result[k]
@@ -1301,24 +1608,51 @@ def run_purge(
         for name, result in datasets.items()
     }
     if not dry_run:
-        audit.append_event(
-            spark,
-            config,
-            kind=kind,
-            run_id=run_name,
-            payload={
-                "as_of": iso(instant),
-                "datasets": summary,
-                "erasure": {n: r.get("result") for n, r in erased.get("datasets", {}).items()},
-            },
-        )
-    return {
+        payload: dict[str, Any] = {
+            "as_of": iso(instant),
+            "datasets": summary,
+            "erasure": {n: r.get("result") for n, r in erased.get("datasets", {}).items()},
+        }
+        if failed:
+            payload["failed"] = {name: redact_uuids(why) for name, why in failed.items()}
+        audit.append_event(spark, config, kind=kind, run_id=run_name, payload=payload)
+    result = {
         "run_id": run_name,
         "as_of": iso(instant),
         "dry_run": dry_run,
+        "ok": not failed and bool(erased.get("ok", True)),
+        "failed": failed,
         "datasets": datasets,
         "erasure": erased,
     }
+    step(
+        log,
+        kind,
+        run_id=run_name,
+        tables=len(names),
+        failed=len(failed),
+        rows=sum(int(r["rows_deleted"]) for r in datasets.values()),
+        dry_run=dry_run,
+        since=started,
+        level=logging.WARNING if failed else logging.INFO,
+    )
+    if failed:
+        done = "planned" if dry_run else "purged and erased" if erase else "purged"
+        raise PurgeFailed(
+            f"{kind} {run_name}: {len(failed)} of {len(names)} tables failed (every other "
+            f"table was {done}): " + "; ".join(failed.values()),
+            result,
+        )
+    if not result["ok"]:  # a failed verification is exit 1 (DESIGN), not a quiet ok: false
+        unverified = sorted(
+            n for n, r in erased.get("datasets", {}).items() if r.get("result") != "verified"
+        )
+        raise PurgeFailed(
+            f"{kind} {run_name}: erasure did not verify for {', '.join(unverified) or 'the run'}"
+            " (every table was purged and the run audited)",
+            result,
+        )
+    return result
 
 
 def run_backfill(
@@ -1338,9 +1672,17 @@ def run_backfill(
     from consentgate.gate import impact as run_impact
 
     instant = as_of or now_utc()
+    started = time.monotonic()
     impact = run_impact(spark, config, as_of=instant)
-    result = run_purge(
-        spark, config, as_of=instant, dry_run=dry_run, kind="backfill", deciders=deciders
+    step(
+        log, "impact", runs=len(impact["runs"]), runs_checked=impact["runs_checked"], since=started
     )
+    try:
+        result = run_purge(
+            spark, config, as_of=instant, dry_run=dry_run, kind="backfill", deciders=deciders
+        )
+    except PurgeFailed as exc:
+        exc.result["impact"] = impact
+        raise
     result["impact"] = impact
     return result

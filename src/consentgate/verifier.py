@@ -13,7 +13,10 @@ the two agree. The byte format is specified in ``docs/manifest.md``; in short::
 
 All integers are big-endian; ``u32`` is unsigned, the value payloads are two's complement.
 Content leaf data is ``ROW`` of a snapshot row (columns in table-schema order); leaf hash is
-``SHA-256(0x00 || ROW)``; the content tree orders leaves by leaf hash.
+``SHA-256(0x00 || ROW)``; the content tree orders leaves by leaf hash. The allowlist tree
+(scheme ``consentgate-allowlist/2``) is keyed by ``SHA-256(domain || asset_id)`` and its leaf
+data is that key followed by a digest of the entry, so an exclusion proof reveals neighbours
+only as hashes (see "Allowlist leaves and proofs" below).
 """
 
 from __future__ import annotations
@@ -317,33 +320,71 @@ def decode_row(data: bytes) -> list[tuple[str, Any]]:
 
 # --------------------------------------------------------------------------------------------
 # Allowlist leaves and proofs
-# --------------------------------------------------------------------------------------------
+#
+# Scheme 2 (``consentgate-allowlist/2``, every manifest since issue #12): the tree is keyed by a
+# hash of the asset id and each leaf holds only that hash and a digest of the entry, so the two
+# neighbours an exclusion proof must reveal are revealed as hashes, never as another creator's
+# asset id, consent record id, capture time or jurisdiction. Scheme 1 (keyed by the raw asset
+# id, the leaf *was* the entry) is kept only to re-check manifests and proofs made before.
+
+#: The allowlist tree scheme a manifest records in ``allowlist.scheme``.
+ALLOWLIST_SCHEME = "consentgate-allowlist/2"
+#: Scheme of manifests written before ``allowlist.scheme`` existed (tree keyed by raw asset id).
+LEGACY_ALLOWLIST_SCHEME = "consentgate-allowlist/1"
+#: Format tag of allowlist proofs (``"format"`` member); ``/1`` proofs are the legacy scheme's.
+PROOF_FORMAT = "consentgate-proof/2"
+LEGACY_PROOF_FORMAT = "consentgate-proof/1"
+#: Domain prefixes: a key hash can never be mistaken for an entry digest or an RFC 6962 node.
+ALLOWLIST_KEY_DOMAIN = b"consentgate-allowlist/2 key:"
+ALLOWLIST_ENTRY_DOMAIN = b"consentgate-allowlist/2 entry:"
 
 
-def allowlist_leaf(
+def allowlist_entry(
     asset_id: str,
     consent_record_id: str,
     policy_version: str,
     captured_at: dt.datetime,
     jurisdiction: str | None,
 ) -> bytes:
-    """Leaf data of one allowlist entry: ROW of the five ``ALLOWLIST_FIELDS`` in order."""
+    """One allowlist entry: ROW of the five ``ALLOWLIST_FIELDS`` in order.
+
+    Scheme 2 reveals these bytes only in an inclusion proof, to the creator of ``asset_id``;
+    under the legacy scheme they were the leaf data itself.
+    """
     values = (asset_id, consent_record_id, policy_version, captured_at, jurisdiction)
     return encode_row(values, ALLOWLIST_FIELDS)
 
 
+def allowlist_key(asset_id: str) -> str:
+    """The tree key of an asset: lowercase hex ``SHA-256(ALLOWLIST_KEY_DOMAIN || asset_id)``.
+
+    Why a hash: the neighbours of an absent key are revealed by an exclusion proof, and a hash
+    of their ids says nothing about them that the prover's root did not already commit to.
+    Anyone holding ``asset_id`` can compute it, so a proof is still checkable with the root
+    alone. Lowercase hex orders exactly as the digest bytes do.
+    """
+    return hashlib.sha256(ALLOWLIST_KEY_DOMAIN + asset_id.encode("utf-8")).hexdigest()
+
+
+def allowlist_entry_digest(entry: bytes) -> bytes:
+    """``SHA-256(ALLOWLIST_ENTRY_DOMAIN || entry)``: what a leaf commits to about the entry."""
+    return hashlib.sha256(ALLOWLIST_ENTRY_DOMAIN + entry).digest()
+
+
 def allowlist_record(data: bytes) -> dict[str, Any]:
-    """Decode allowlist leaf data to a JSON-able record (``captured_at`` as ISO-8601 UTC).
+    """Decode an allowlist entry to a JSON-able record (``captured_at`` as ISO-8601 UTC).
 
     Raises:
-        ValueError: the bytes are not an allowlist leaf (wrong fields, order or types).
+        ValueError: the bytes are not an allowlist entry (wrong fields, order or types).
     """
     fields = decode_row(data)
     if [name for name, _ in fields] != [name for name, _ in ALLOWLIST_FIELDS]:
-        raise ValueError("not an allowlist leaf: unexpected fields")
+        raise ValueError("not an allowlist entry: unexpected fields")
     record = dict(fields)
     if encode_row([record[n] for n, _ in ALLOWLIST_FIELDS], ALLOWLIST_FIELDS) != data:
-        raise ValueError("not an allowlist leaf: unexpected field types")
+        raise ValueError("not an allowlist entry: unexpected field types")
+    if not isinstance(record["asset_id"], str):
+        raise ValueError("allowlist entry without an asset_id")
     captured = record["captured_at"]
     record["captured_at"] = (
         captured.isoformat().replace("+00:00", "Z") if isinstance(captured, dt.datetime) else None
@@ -351,34 +392,135 @@ def allowlist_record(data: bytes) -> dict[str, Any]:
     return record
 
 
-def allowlist_key(data: bytes) -> str:
-    """The key (``asset_id``) of allowlist leaf data; the binding that proofs rely on."""
-    asset_id = allowlist_record(data)["asset_id"]
-    if not isinstance(asset_id, str):
-        raise ValueError("allowlist leaf without an asset_id")
-    return asset_id
+def allowlist_leaf(entry: bytes) -> bytes:
+    """Leaf data of an entry: ``bytes.fromhex(allowlist_key(asset_id)) || entry digest``.
 
+    64 bytes. The key hash sits inside the leaf so that a revealed neighbour's key is bound to
+    its place in the tree (relabelling it changes the leaf hash and breaks its audit path).
 
-def annotate_allowlist_proof(proof: Mapping[str, Any]) -> dict[str, Any]:
-    """Add human-readable ``record`` members (decoded from each revealed leaf) and a header.
-
-    The records are for people reading the proof; :func:`verify_allowlist_proof` re-derives them
-    from the leaf bytes and rejects a proof whose records disagree.
+    Raises:
+        ValueError: ``entry`` is not an allowlist entry.
     """
-    out: dict[str, Any] = {"format": "consentgate-proof/1", "tree": "allowlist", **proof}
-    out["included"] = proof["kind"] == merkle.INCLUSION
-    for side in ("leaf", "left", "right"):
-        item = proof.get(side)
-        if item is not None:
-            out[side] = {**item, "record": allowlist_record(bytes.fromhex(item["leaf"]))}
+    asset_id = allowlist_record(entry)["asset_id"]
+    return bytes.fromhex(allowlist_key(asset_id)) + allowlist_entry_digest(entry)
+
+
+def allowlist_leaf_key(data: bytes) -> str:
+    """The tree key carried by scheme-2 leaf data (its first 32 bytes, hex): ``key_of``."""
+    if len(data) != 64:
+        raise ValueError("allowlist leaf is not 64 bytes (key hash || entry digest)")
+    return data[:32].hex()
+
+
+def allowlist_tree_entries(entries: Iterable[bytes]) -> list[tuple[str, bytes]]:
+    """``(key, leaf data)`` of each entry, in tree order (``merkle.sort_entries``)."""
+    return merkle.sort_entries(
+        [(allowlist_leaf_key(leaf), leaf) for leaf in map(allowlist_leaf, entries)]
+    )
+
+
+def annotate_allowlist_proof(
+    proof: Mapping[str, Any], *, asset_id: str, entry: bytes | None = None
+) -> dict[str, Any]:
+    """Wrap a tree proof for ``allowlist_key(asset_id)`` as a self-describing allowlist proof.
+
+    Adds ``format``, ``tree``, ``scheme``, ``asset_id`` and ``included``; an inclusion proof
+    also carries the asset's own ``entry`` (hex) and its decoded ``record`` (consent record id,
+    policy version, captured_at, jurisdiction) in its ``leaf`` item. Exclusion items stay as the
+    tree gives them: index, key hash, 64-byte leaf data (key hash and entry digest) and path.
+
+    Raises:
+        ValueError: ``proof`` is not for ``asset_id``'s key, or ``entry`` is missing from an
+            inclusion proof or is not the entry the revealed leaf commits to.
+    """
+    if proof["key"] != allowlist_key(asset_id):
+        raise ValueError("the tree proof is not for this asset's key")
+    included = proof["kind"] == merkle.INCLUSION
+    out: dict[str, Any] = {
+        "format": PROOF_FORMAT,
+        "tree": "allowlist",
+        "scheme": ALLOWLIST_SCHEME,
+        "asset_id": asset_id,
+        **proof,
+        "included": included,
+    }
+    if included:
+        if entry is None or allowlist_leaf(entry).hex() != proof["leaf"]["leaf"]:
+            raise ValueError("inclusion proof without the entry its leaf commits to")
+        out["leaf"] = {**proof["leaf"], "entry": entry.hex(), "record": allowlist_record(entry)}
     return out
+
+
+def build_allowlist_proof(entries: Iterable[bytes], asset_id: str) -> dict[str, Any]:
+    """Reference (in-memory) allowlist proof for ``asset_id`` over all ``entries``.
+
+    ``digest.allowlist_proof`` builds the same object on Spark without collecting the allowlist.
+    """
+    all_entries = list(entries)
+    tree = allowlist_tree_entries(all_entries)
+    proof = merkle.build_proof(tree, allowlist_key(asset_id))
+    own = [e for e in all_entries if allowlist_record(e)["asset_id"] == asset_id]
+    return annotate_allowlist_proof(proof, asset_id=asset_id, entry=own[0] if own else None)
+
+
+def is_canonical_id(text: str) -> bool:
+    """Whether ``text`` is an id in canonical form (DESIGN rule 2, Spark-free): non-empty, no
+    surrounding whitespace (Python's ``str.isspace`` set, as :mod:`consentgate.consent`), no
+    ASCII upper-case letter. Every allowlisted id is; a proof about another spelling of one
+    (``" A1"`` for ``a1``) is true of a string no allowlist holds, so it proves nothing."""
+    return (
+        bool(text) and text == text.strip() and not any(c.isascii() and c.isupper() for c in text)
+    )
 
 
 def verify_allowlist_proof(proof: Mapping[str, Any], root: str | bytes) -> bool:
     """Check an allowlist inclusion or exclusion proof against the manifest's allowlist root.
 
+    Scheme 2 (``consentgate-proof/2``): ``key`` must be ``allowlist_key(asset_id)``; every
+    revealed leaf is 64 bytes whose first half is its key; inclusion additionally needs the
+    entry: its digest must be the leaf's second half, its ``asset_id`` the proof's, and a
+    ``record`` given for people must be what the entry decodes to. Then the tree proof is
+    checked (:func:`consentgate.merkle.verify_proof`): the neighbours' keys bracket the asset's
+    key strictly, they are adjacent, and every path leads to ``root``. Legacy
+    ``consentgate-proof/1`` proofs (tree keyed by raw asset id) are checked as they always were;
+    a legacy proof cannot verify against a scheme-2 root (its leaves are not 64-byte leaves).
+
     Never raises on malformed input; returns False instead.
     """
+    try:
+        if proof.get("format") == LEGACY_PROOF_FORMAT:
+            return _verify_legacy_allowlist_proof(proof, root)
+        if proof.get("format") != PROOF_FORMAT or proof.get("tree") != "allowlist":
+            return False
+        if proof.get("scheme") != ALLOWLIST_SCHEME:
+            return False
+        asset_id = proof["asset_id"]
+        if not isinstance(asset_id, str) or not is_canonical_id(asset_id):
+            return False  # true of another spelling, it would answer the wrong question
+        if proof["key"] != allowlist_key(asset_id):
+            return False
+        included = proof["kind"] == merkle.INCLUSION
+        if proof.get("included") is not included:
+            return False
+        if included:
+            item = proof["leaf"]
+            entry = bytes.fromhex(item["entry"])
+            record = allowlist_record(entry)
+            if record["asset_id"] != asset_id or allowlist_leaf(entry).hex() != item["leaf"]:
+                return False
+            if "record" in item and item["record"] != record:
+                return False
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
+    return merkle.verify_proof(proof, root, key_of=allowlist_leaf_key)
+
+
+def _legacy_key_of(data: bytes) -> str:
+    return str(allowlist_record(data)["asset_id"])
+
+
+def _verify_legacy_allowlist_proof(proof: Mapping[str, Any], root: str | bytes) -> bool:
+    """Scheme-1 proofs, handed out before scheme 2: leaf data is the entry, key the raw id."""
     try:
         if proof.get("tree", "allowlist") != "allowlist":
             return False
@@ -394,7 +536,7 @@ def verify_allowlist_proof(proof: Mapping[str, Any], root: str | bytes) -> bool:
                 return False
     except (KeyError, TypeError, ValueError, AttributeError):
         return False
-    return merkle.verify_proof(proof, root, key_of=allowlist_key)
+    return merkle.verify_proof(proof, root, key_of=_legacy_key_of)
 
 
 # --------------------------------------------------------------------------------------------
@@ -546,18 +688,25 @@ def _is_string(typ: pa.DataType) -> bool:
     )
 
 
-def allowlist_root_of_batches(batches: Iterable[pa.RecordBatch]) -> tuple[str, int]:
+def allowlist_root_of_batches(
+    batches: Iterable[pa.RecordBatch], *, scheme: str = ALLOWLIST_SCHEME
+) -> tuple[str, int]:
     """Allowlist Merkle root over rows holding (at least) the five ``ALLOWLIST_FIELDS``.
 
-    Leaves are :func:`allowlist_leaf` of each row, ordered by ``asset_id`` (UTF-8 bytes, ties by
-    leaf hash: ``merkle.sort_entries``); equal to ``digest.allowlist_merkle_root``.
+    Scheme 2: leaves are :func:`allowlist_leaf` of each row's :func:`allowlist_entry`, ordered
+    by :func:`allowlist_key` (ties, impossible for unique ids, by leaf hash); equal to
+    ``digest.allowlist_merkle_root``. The legacy scheme (for manifests written before it):
+    leaves are the entries, ordered by ``asset_id``'s UTF-8 bytes.
 
     Returns:
         ``(root_hex, asset_count)``.
 
     Raises:
-        SchemaError: a column is missing or has a type other than the leaf's.
+        SchemaError: a column is missing or has a type other than the leaf's, a scheme-2 row has
+            no ``asset_id``, or ``scheme`` is unknown.
     """
+    if scheme not in (ALLOWLIST_SCHEME, LEGACY_ALLOWLIST_SCHEME):
+        raise SchemaError(f"unknown allowlist scheme {scheme!r}")
     tokens: list[tuple[bytes, bytes]] = []
     for batch in batches:
         for name, expected in ALLOWLIST_FIELDS:
@@ -574,17 +723,26 @@ def allowlist_root_of_batches(batches: Iterable[pa.RecordBatch]) -> tuple[str, i
                 raise SchemaError(f"allowlist column {name!r} must be {expected}, found {actual}")
         columns = [batch.column(name).to_pylist() for name, _ in ALLOWLIST_FIELDS]
         for values in zip(*columns, strict=True):
-            data = encode_row(values, ALLOWLIST_FIELDS)
+            entry = encode_row(values, ALLOWLIST_FIELDS)
             key = values[0]
-            # Spark's ascending order puts a null key first; no gate allowlist has one.
-            token = b"" if key is None else b"\x01" + str(key).encode("utf-8")
-            tokens.append((token, merkle.leaf_hash(data)))
+            if scheme == ALLOWLIST_SCHEME:
+                if key is None:
+                    raise SchemaError("allowlist has a row without an asset_id")
+                key_hash = hashlib.sha256(ALLOWLIST_KEY_DOMAIN + str(key).encode("utf-8")).digest()
+                leaf = key_hash + allowlist_entry_digest(entry)
+                tokens.append((key_hash, merkle.leaf_hash(leaf)))
+            else:
+                # Spark's ascending order puts a null key first; no gate allowlist has one.
+                token = b"" if key is None else b"\x01" + str(key).encode("utf-8")
+                tokens.append((token, merkle.leaf_hash(entry)))
     tokens.sort()
     return merkle.merkle_root([h for _, h in tokens]).hex(), len(tokens)
 
 
-def allowlist_root_of_table(path: str | Path, version: int) -> tuple[str, int]:
+def allowlist_root_of_table(
+    path: str | Path, version: int, *, scheme: str = ALLOWLIST_SCHEME
+) -> tuple[str, int]:
     """Allowlist Merkle root and asset count of an allowlist Delta table at ``version``."""
     table = open_delta(path, version=version)
     names = [name for name, _ in ALLOWLIST_FIELDS]
-    return allowlist_root_of_batches(scan(table, names))
+    return allowlist_root_of_batches(scan(table, names), scheme=scheme)
