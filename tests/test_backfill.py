@@ -8,6 +8,8 @@ BR assets). ``run_backfill`` must then remove exactly the rows that no longer co
 pure-Python model in ``tests/consent_model.py`` and ``tests/test_erasure._expected_keys``
 decide independently), leave every other row bit for bit, write nothing at all on a dry run,
 and list in ``impact`` exactly the gate runs whose allowlists hold assets that lost consent.
+The dry run and the real run share one lake copy and one independent computation (it is the
+costly part of the module).
 """
 
 from __future__ import annotations
@@ -149,33 +151,7 @@ def _expected_impact(
     return out
 
 
-def test_dry_run_backfill_writes_nothing_and_reports_the_change(
-    spark: SparkSession, lake_copy: Path
-) -> None:
-    from consentgate.demo import DEMO_NOW
-
-    conf_path = lake_copy / "consentgate.yaml"
-    old = load_config(conf_path)
-    config = _change_policy(conf_path)
-    before, keep = _expected(spark, config, DEMO_NOW)
-    on_disk = _files(lake_copy)
-    versions = {n: lake.table_version(p) for n, p in _tables(config).items()}
-    entries = audit.verify_chain(spark, config)["entries"]
-
-    result = purge.run_backfill(spark, config, as_of=DEMO_NOW, dry_run=True)
-
-    assert result["dry_run"] is True
-    assert _files(lake_copy) == on_disk  # no data file, log entry, work table or audit entry
-    assert {n: lake.table_version(p) for n, p in _tables(config).items()} == versions
-    assert audit.verify_chain(spark, config)["entries"] == entries
-    for name, frame in before.items():
-        assert result["datasets"][name]["rows_deleted"] == frame.count() - len(keep[name]), name
-    assert sum(r["rows_deleted"] for r in result["datasets"].values()) > 0
-    impact = {r["model_version"]: r["reasons"] for r in result["impact"]["runs"]}
-    assert impact == _expected_impact(spark, old, config, DEMO_NOW)
-
-
-def test_backfill_purges_exactly_what_no_longer_complies(
+def test_dry_run_reports_then_backfill_purges_exactly_what_no_longer_complies(
     spark: SparkSession, lake_copy: Path
 ) -> None:
     from consentgate.demo import DEMO_NOW
@@ -191,6 +167,19 @@ def test_backfill_purges_exactly_what_no_longer_complies(
     assert "jurisdiction_blocked" in expected_impact["gen-1"]
     assert "policy_version_not_accepted" in expected_impact["rec-1"]
     assert 0 < len(keep["stems"]) < before["stems"].count()  # the block hits some stems only
+
+    # A dry run first: it reports the change and writes nothing at all.
+    on_disk = _files(lake_copy)
+    versions = {n: lake.table_version(p) for n, p in _tables(config).items()}
+    entries = audit.verify_chain(spark, config)["entries"]
+    dry = purge.run_backfill(spark, config, as_of=DEMO_NOW, dry_run=True)
+    assert dry["dry_run"] is True
+    assert _files(lake_copy) == on_disk  # no data file, log entry, work table or audit entry
+    assert {n: lake.table_version(p) for n, p in _tables(config).items()} == versions
+    assert audit.verify_chain(spark, config)["entries"] == entries
+    for name, frame in before.items():
+        assert dry["datasets"][name]["rows_deleted"] == frame.count() - len(keep[name]), name
+    assert {r["model_version"]: r["reasons"] for r in dry["impact"]["runs"]} == expected_impact
 
     result = purge.run_backfill(spark, config, as_of=DEMO_NOW)
 
