@@ -570,6 +570,53 @@ def explain_model_command(conf_path: Path, model_version: str, as_json: bool) ->
     _run(as_json, f"model {model_version}", job)
 
 
+@main.command("training-summary")
+@conf_option
+@click.option("--model-version", required=True, help="A model version in the registry.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write training-summary-<V>.md and training-summary-<V>.json into this directory.",
+)
+@json_option
+def training_summary_command(
+    conf_path: Path, model_version: str, out: Path | None, as_json: bool
+) -> None:
+    """EU AI Act public summary of a model version's training content (§2.4, §3.1).
+
+    Rendered from the registry, the manifest and the audit log alone (delta-rs, no Spark or
+    JVM): every figure cites the manifest SHA-256 or audit entry it came from, and a figure the
+    record does not hold says "not recorded". Prints Markdown (``--json``: the JSON form).
+    Exit 2 when the model version is not registered, or its manifest, the registry chain or the
+    audit chain does not check out.
+    """
+    try:
+        from consentgate.training_summary import (
+            render_markdown,
+            training_summary,
+            write_summary,
+        )
+
+        config = _config(conf_path)
+        if out is not None and not out.is_dir():
+            raise ConsentgateError(f"--out: directory {out} does not exist")
+        summary = training_summary(config.lake_root, model_version)
+        written = write_summary(summary, out) if out is not None else {}
+    except ConsentgateError as exc:
+        _fail(exc, as_json=as_json)
+        return
+    for path in written.values():
+        stderr.print(f"wrote {escape(str(path))}", soft_wrap=True)
+    if as_json:
+        result = summary.to_json()
+        if written:
+            result["written"] = {kind: str(path) for kind, path in written.items()}
+        click.echo(json.dumps(result, sort_keys=True))
+    else:
+        click.echo(render_markdown(summary), nl=False)
+
+
 @main.command("impact")
 @conf_option
 @as_of_option
