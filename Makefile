@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum
 JARS := .jars
 JARS_STAMP := $(JARS)/.fetched-$(shell cat jvm/pom.xml | cksum | cut -d' ' -f1)
 
-.PHONY: venv jars all test test-cluster test-all lint typecheck demo airflow bench bench-smoke lock clean java mvn
+.PHONY: venv jars all test test-fast test-cluster lint typecheck demo airflow bench bench-smoke lock clean java mvn
 
 all: test
 
@@ -45,17 +45,23 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-# `make test` (CI) runs every test but the Spark standalone cluster module (marker `cluster`):
-# on a 2-core machine its ~15 spark-submit applications took 25-47 minutes, which would push
-# the suite past CI's limit. `make test-cluster` runs it; `make test-all` runs everything.
-test: java $(JARS_STAMP) $(STAMP) lint typecheck
-	$(VENV)/bin/pytest -m "not cluster" $(PYTEST_ARGS)
+# `make test` (CI): lint, types, then every test in one pytest process (one JVM across
+# modules, see tests/conftest.py), printing each phase's seconds and the 30 slowest tests.
+# `make test-fast`: the tier that needs no JVM and no Airflow DB (marker `fast`, set from the
+# fixtures a test uses), for the inner loop; a fast test that reaches for Spark fails loudly.
+PHASE = scripts/phase
+test: java
+	@$(PHASE) jars $(MAKE) --no-print-directory jars
+	@$(PHASE) install $(MAKE) --no-print-directory venv
+	@$(PHASE) lint $(MAKE) --no-print-directory lint
+	@$(PHASE) typecheck $(MAKE) --no-print-directory typecheck
+	@$(PHASE) tests $(VENV)/bin/pytest --durations=30 $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -m fast -p no:cacheprovider $(PYTEST_ARGS)
 
 test-cluster: java $(JARS_STAMP) $(STAMP)
 	$(VENV)/bin/pytest -m cluster $(PYTEST_ARGS)
-
-test-all: java $(JARS_STAMP) $(STAMP) lint typecheck
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: java $(JARS_STAMP) $(STAMP)
 	$(VENV)/bin/consentgate demo

@@ -1,10 +1,10 @@
 """Fixtures for the Airflow tests: a migrated metadata DB, a small demo lake, DAG runs, a cluster.
 
-Import the fixtures you use into a test module (``from tests.airflow_fixtures import ...``).
+A pytest plugin of ``tests/conftest.py``: every test module sees these fixtures.
 
 Airflow reads ``AIRFLOW_HOME`` when first imported, so nothing here imports Airflow at module
-level: the session fixture :func:`airflow_home` configures the process first (SQLite DB under
-a temp dir, our ``dags/`` only, no task retries) and every Airflow import happens after it.
+level: ``tests/conftest.py`` configures the process before collection (SQLite DB under the
+run's temp dir, our ``dags/`` only, no task retries) and :func:`airflow_home` migrates it.
 
 The expensive things are built once per session: the pristine demo lake (:func:`pristine_lake`,
 copied for each test that writes) and the local-mode gate + purge runs (:func:`local_runs`),
@@ -44,23 +44,21 @@ USE_CASE = "generative_training"
 
 
 @pytest.fixture(scope="session")
-def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A migrated SQLite metadata DB, and this process configured to use it.
-
-    One directory for the whole test session: Airflow reads AIRFLOW_HOME once per process, so
-    every test module that imports this fixture must get the same home (migrating it again is
-    idempotent).
-    """
+def airflow_db(request: pytest.FixtureRequest) -> Path:
+    """This process's Airflow home (configured by ``tests/conftest.py`` before any import of
+    Airflow), with its SQLite metadata DB migrated once per test session."""
     from consentgate.story import prepare_airflow
+    from tests.conftest import airflow_home_dir
 
-    home = tmp_path_factory.getbasetemp() / "airflow_home"
-    home.mkdir(exist_ok=True)
-    saved = dict(os.environ)
+    home = airflow_home_dir(request.config)
     prepare_airflow(home, dags_dir=DAGS, quiet=True)
-    yield home
-    for key in set(os.environ) - set(saved):
-        del os.environ[key]
-    os.environ.update(saved)
+    return home
+
+
+@pytest.fixture(scope="session")
+def airflow_home(airflow_db: Path, jvm: None) -> Path:
+    """:func:`airflow_db` for tests that run DAGs: their tasks run Spark steps in process."""
+    return airflow_db
 
 
 @contextlib.contextmanager
@@ -78,7 +76,7 @@ def conf_env(conf: Path) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def pristine_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def pristine_lake(tmp_path_factory: pytest.TempPathFactory, jvm: None) -> Path:
     """A small demo lake; never written by tests (use :func:`copy_lake`)."""
     from consentgate.demo import init_demo
     from tests.conftest import spark_session

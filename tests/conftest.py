@@ -1,25 +1,47 @@
-"""One SparkSession per test module, each in a JVM of its own.
+"""Test session: one JVM for the whole run, tiers from fixtures, Airflow configured first.
 
-A single JVM for the whole session (as chispa's suite has) filled its heap within the hour:
-every test creates new Delta tables, and what Spark and Delta keep per table and per query
-(cached logs and snapshots, plan trees, listener state, broadcasts) outlived the test. Old
-generation at 96 % 38 minutes in, concurrent GC on most of a core, and in CI the JVM died of
-OutOfMemoryError in the cluster module, failing every test after it. A fresh JVM per module
-costs a few seconds each and makes no test depend on what earlier modules left behind.
+**One JVM per test process.** Every Spark test shares one SparkSession. Earlier the JVM was
+restarted per module because the heap filled within the hour (cached Delta logs and snapshots,
+plan trees, listener state outliving their tests); a restart per module cost ~25 JVM start-ups
+and warm-ups per run. Now, after each module that used Spark, :func:`_jvm_hygiene` drops
+cached frames and Delta's log cache, collects garbage in Python (py4j proxies) and in the JVM,
+reads the used heap, and ends the JVM only when more than half the heap is still in use after
+that, when the module carries the ``fresh_jvm`` marker, or when the gateway no longer answers.
+Session-scoped fixtures may therefore return paths built with Spark; they must still never
+return frames (the JVM may be replaced between modules).
 
-Session-scoped fixtures that need Spark call :func:`spark_session` (and must return only paths or
-plain values, never frames: the JVM they ran in is gone after the module).
+**Tiers come from fixtures, not lists.** A test whose fixture closure holds one of
+:data:`HEAVY_FIXTURES` gets the ``heavy`` marker (it starts or uses a JVM, in process or in
+a child, or needs Airflow's metadata database); every other test gets ``fast``.
+``make test-fast`` runs ``-m fast``. A ``fast`` test that tries to start or reach a JVM fails
+at once (:func:`_no_jvm_guard`): in process, building a session raises; in a child process,
+``SPARK_HOME`` points at a directory that does not exist, so ``spark-submit`` cannot start.
+
+**Airflow is configured before anything imports it.** Airflow reads ``AIRFLOW_HOME`` once per
+process, at its first import. :func:`pytest_configure` sets the whole Airflow environment
+(:func:`consentgate.story.airflow_environment`) to one home under the run's base temp dir, so a
+test that imports Airflow without the database fixture cannot leave the process configured for
+the user's home (the order-dependence behind issue #19 item 7); ``airflow_db`` then only
+migrates that same home.
 """
 
 from __future__ import annotations
 
+import gc
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
 from consentgate.spark import get_spark
+
+pytest_plugins = ["tests.airflow_fixtures", "tests.lakes"]
+
+#: Fixtures that start or use a JVM, or Airflow's metadata DB: their tests are tier ``heavy``.
+HEAVY_FIXTURES = frozenset({"spark", "jvm", "airflow_db"})
 
 #: Settings of every test session: small, quiet, no UI, few partitions.
 TEST_SPARK_CONF: dict[str, str] = {
@@ -42,21 +64,59 @@ TEST_SPARK_CONF: dict[str, str] = {
     "spark.databricks.delta.delta.log.cacheSize": "32",
 }
 
+#: The used heap (after garbage collection) above which the JVM is replaced between modules.
+HEAP_LIMIT_FRACTION = 0.5
+#: Where ``SPARK_HOME`` points during a ``fast`` test: a child process cannot start Spark.
+NO_SPARK_HOME = "/nonexistent/fast-tier-test-started-spark(give-it-the-spark-fixture)"
+
+#: This process's Airflow home, chosen in :func:`pytest_configure`.
+_AIRFLOW_HOME = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from consentgate.story import airflow_environment
+
+    config.addinivalue_line("markers", "heavy: uses a JVM or Airflow's DB (set by conftest)")
+    config.addinivalue_line("markers", "fast: no JVM, no Airflow DB (set by conftest)")
+    config.addinivalue_line("markers", "fresh_jvm: the module starts in a JVM of its own")
+    factory = pytest.TempPathFactory.from_config(config, _ispytest=True)
+    home = factory.getbasetemp() / "airflow_home"
+    home.mkdir(parents=True, exist_ok=True)
+    config.stash[_AIRFLOW_HOME] = home
+    os.environ.update(airflow_environment(home, dags_dir=Path(__file__).parents[1] / "dags"))
+
+
+def airflow_home_dir(config: pytest.Config) -> Path:
+    """The one Airflow home of this test process (configured in :func:`pytest_configure`)."""
+    return config.stash[_AIRFLOW_HOME]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        item.add_marker(pytest.mark.heavy if names & HEAVY_FIXTURES else pytest.mark.fast)
+
 
 def spark_session() -> SparkSession:
     """The running test session, or a new one (in a new JVM if the last one was shut down)."""
     return get_spark(master="local[2]", conf=TEST_SPARK_CONF, app_name="consentgate-tests")
 
 
+@pytest.fixture(scope="session")
+def jvm() -> None:
+    """Requested by tests and fixtures that need a JVM without holding a session: a child
+    process that starts Spark, or a session fixture that builds a lake with
+    :func:`spark_session` (which it must call itself: the JVM may change between modules)."""
+
+
 @pytest.fixture(scope="module")
-def spark() -> SparkSession:
+def spark(jvm: None) -> SparkSession:
+    """The running SparkSession (one JVM across modules, see :func:`_jvm_hygiene`)."""
     return spark_session()
 
 
 def shutdown_spark() -> None:
     """Stop the active session and end its JVM, so the next module starts from nothing."""
-    import gc
-
     session = SparkSession.getActiveSession()
     if session is not None:
         session.stop()
@@ -79,8 +139,55 @@ def shutdown_spark() -> None:
             proc.wait(timeout=30)
 
 
+def heap_after_release(session: SparkSession) -> tuple[int, int]:
+    """Drop what earlier tests left cached, collect garbage, return (used, max) heap bytes."""
+    session.catalog.clearCache()
+    gc.collect()  # Python's py4j proxies release their JVM objects
+    jvm = session._jvm
+    assert jvm is not None
+    jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()
+    jvm.java.lang.System.gc()
+    runtime = jvm.java.lang.Runtime.getRuntime()
+    return int(runtime.totalMemory() - runtime.freeMemory()), int(runtime.maxMemory())
+
+
 @pytest.fixture(scope="module", autouse=True)
-def _fresh_jvm_per_module() -> Iterator[None]:
-    """End any JVM a module started (by the ``spark`` fixture or by code it ran in-process)."""
+def _jvm_hygiene(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Keep one JVM across modules unless a module needs a fresh one or the heap fills up."""
+    if request.node.get_closest_marker("fresh_jvm") is not None:
+        shutdown_spark()
     yield
-    shutdown_spark()
+    if SparkContext._gateway is None:
+        return
+    if request.node.get_closest_marker("fresh_jvm") is not None:
+        shutdown_spark()
+        return
+    session = SparkSession.getActiveSession()
+    try:
+        if session is None:
+            raise RuntimeError("no active session")
+        used, limit = heap_after_release(session)
+    except Exception:  # the gateway died, or a module stopped the session: start afresh
+        shutdown_spark()
+        return
+    if used > HEAP_LIMIT_FRACTION * limit:
+        shutdown_spark()
+
+
+@pytest.fixture(autouse=True)
+def _no_jvm_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``fast`` test fails loudly when it starts or reaches a JVM (see the module docstring)."""
+    if request.node.get_closest_marker("fast") is None:
+        return
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError(
+            f"{request.node.nodeid} is in the fast tier (no JVM) but reached for Spark: "
+            "give it the `spark` fixture (or `jvm` for a child process that starts one)"
+        )
+
+    monkeypatch.setattr(SparkSession.Builder, "getOrCreate", refuse)
+    monkeypatch.setattr(SparkSession, "getActiveSession", classmethod(refuse))
+    monkeypatch.setattr("pyspark.java_gateway.launch_gateway", refuse)
+    monkeypatch.setattr("pyspark.core.context.launch_gateway", refuse)
+    monkeypatch.setenv("SPARK_HOME", NO_SPARK_HOME)

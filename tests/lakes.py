@@ -1,11 +1,20 @@
-"""A tiny, hand-made lake for command-line tests (the demo generator makes the big ones)."""
+"""A tiny, hand-made lake for command-line tests (the demo generator makes the big ones).
+
+A pytest plugin of ``tests/conftest.py``: the default three-asset lake is written once per
+test run (:func:`pristine_small_lake`) and each test gets its own copy (:func:`small_lake`,
+:func:`copy_small_lake`). A copy of a Delta directory is a valid table (the log holds relative
+paths), and the conf's ``lake_root: .`` resolves against the copy. Tests that need other rows
+still call :func:`write_small_lake` with their overrides.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from pyspark.sql import SparkSession
 
@@ -87,3 +96,33 @@ def write_small_lake(spark: SparkSession, root: Path, **overrides: Any) -> Path:
     path = root / "consentgate.yaml"
     path.write_text(yaml.safe_dump(conf, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="session")
+def pristine_small_lake(tmp_path_factory: pytest.TempPathFactory, jvm: None) -> Path:
+    """The default three-asset lake, written once per run; never written by tests."""
+    from tests.conftest import spark_session
+
+    root = tmp_path_factory.mktemp("small-pristine") / "lake"
+    write_small_lake(spark_session(), root)
+    return root
+
+
+def copy_small_lake(pristine: Path, root: Path, *, conf: dict[str, Any] | None = None) -> Path:
+    """Copy the pristine small lake to ``root`` and return its conf path.
+
+    ``conf`` replaces top-level keys of the conf, as ``write_small_lake(conf=...)`` does.
+    """
+    shutil.copytree(pristine, root, dirs_exist_ok=True)
+    path = root / "consentgate.yaml"
+    if conf:
+        data = yaml.safe_load(path.read_text())
+        data.update(conf)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def small_lake(pristine_small_lake: Path, tmp_path: Path) -> Path:
+    """This test's copy of the default three-asset lake (under ``tmp_path/lake``): its conf."""
+    return copy_small_lake(pristine_small_lake, tmp_path / "lake")

@@ -19,15 +19,10 @@ from tests.airflow_fixtures import (
     MODEL_VERSION,
     USE_CASE,
     Runs,
-    airflow_home,
     conf_env,
     copy_lake,
-    local_runs,
-    pristine_lake,
     write_conf,
 )
-
-__all__ = ["airflow_home", "local_runs", "pristine_lake"]
 
 pytestmark = pytest.mark.slow
 

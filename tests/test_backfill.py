@@ -29,6 +29,7 @@ from pyspark.sql import functions as F
 from consentgate import audit, lake, purge
 from consentgate.config import Config, load_config
 from tests import consent_model
+from tests.airflow_fixtures import copy_lake
 from tests.test_erasure import _expected_keys, _utc
 
 #: Models gated before the policy change, by use case.
@@ -45,17 +46,21 @@ def _change_policy(conf_path: Path) -> Config:
 
 
 @pytest.fixture(scope="module")
-def compliant_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A demo lake with three gate runs, purged to compliance under the demo policy."""
-    from consentgate.demo import DEMO_NOW, init_demo
+def compliant_lake(
+    spark: SparkSession, pristine_lake: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A demo lake with three gate runs, purged to compliance under the demo policy.
+
+    A copy of the run's 80-asset demo lake (``tests/airflow_fixtures.pristine_lake``, the one
+    the Airflow runs use), with a zero-hour erasure window.
+    """
+    from consentgate.demo import DEMO_NOW
     from consentgate.gate import run_gate
 
     root = tmp_path_factory.mktemp("backfill") / "lake"
-    summary = init_demo(spark, root, assets=80, seed=11)
-    conf = yaml.safe_load(summary.conf_path.read_text())
-    conf["erasure"] = {"window_hours": 0}
-    summary.conf_path.write_text(yaml.safe_dump(conf, sort_keys=False))
-    config = load_config(summary.conf_path)
+    conf_path = copy_lake(pristine_lake, root, conf={"erasure": {"window_hours": 0}})
+    assert yaml.safe_load(conf_path.read_text())["erasure"] == {"window_hours": 0}
+    config = load_config(conf_path)
     for use_case, model in MODELS.items():
         run_gate(spark, config, use_case=use_case, model_version=model, as_of=DEMO_NOW)
     purge.run_purge(spark, config, as_of=DEMO_NOW)

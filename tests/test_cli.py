@@ -17,7 +17,7 @@ from pyspark.sql import SparkSession
 
 from consentgate import lake
 from consentgate.cli import main, render_human
-from tests.lakes import T0, write_small_lake
+from tests.lakes import T0, copy_small_lake, write_small_lake
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -25,8 +25,10 @@ def run(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def test_evaluate_json_summary_and_table(spark: SparkSession, tmp_path: Path) -> None:
-    conf = write_small_lake(spark, tmp_path)
+def test_evaluate_json_summary_and_table(
+    spark: SparkSession, tmp_path: Path, pristine_small_lake: Path
+) -> None:
+    conf = copy_small_lake(pristine_small_lake, tmp_path)
     out = tmp_path / "decisions"
     code, stdout, _ = run(
         "evaluate",
@@ -61,8 +63,10 @@ def test_evaluate_json_summary_and_table(spark: SparkSession, tmp_path: Path) ->
     }
 
 
-def test_as_of_before_revocation_grants(spark: SparkSession, tmp_path: Path) -> None:
-    conf = write_small_lake(spark, tmp_path)
+def test_as_of_before_revocation_grants(
+    spark: SparkSession, tmp_path: Path, pristine_small_lake: Path
+) -> None:
+    conf = copy_small_lake(pristine_small_lake, tmp_path)
     code, stdout, _ = run(
         "evaluate",
         "--conf",
@@ -77,23 +81,29 @@ def test_as_of_before_revocation_grants(spark: SparkSession, tmp_path: Path) -> 
     assert json.loads(stdout)["granted"] == 2
 
 
-def test_human_output_shows_reasons(spark: SparkSession, tmp_path: Path) -> None:
-    conf = write_small_lake(spark, tmp_path)
+def test_human_output_shows_reasons(
+    spark: SparkSession, tmp_path: Path, pristine_small_lake: Path
+) -> None:
+    conf = copy_small_lake(pristine_small_lake, tmp_path)
     code, stdout, _ = run("evaluate", "--conf", str(conf), "--use-case", "recommendation")
     assert code == 0
     assert "no_consent_record" in stdout and "revoked" in stdout
 
 
-def test_unknown_config_key_exits_2_naming_it(spark: SparkSession, tmp_path: Path) -> None:
-    conf = write_small_lake(spark, tmp_path, conf={"bogus_key": 1})
+def test_unknown_config_key_exits_2_naming_it(
+    spark: SparkSession, tmp_path: Path, pristine_small_lake: Path
+) -> None:
+    conf = copy_small_lake(pristine_small_lake, tmp_path, conf={"bogus_key": 1})
     code, stdout, stderr = run("evaluate", "--conf", str(conf), "--use-case", "x", "--json")
     assert code == 2
     assert "bogus_key: unknown key" in json.loads(stdout)["error"]
     assert "bogus_key" in stderr
 
 
-def test_missing_dataset_path_exits_2(spark: SparkSession, tmp_path: Path) -> None:
-    conf_path = write_small_lake(spark, tmp_path)
+def test_missing_dataset_path_exits_2(
+    spark: SparkSession, tmp_path: Path, pristine_small_lake: Path
+) -> None:
+    conf_path = copy_small_lake(pristine_small_lake, tmp_path)
     conf = yaml.safe_load(conf_path.read_text())
     conf["datasets"]["track_embeddings"]["path"] = "derived/nope"
     conf_path.write_text(yaml.safe_dump(conf))
@@ -102,17 +112,19 @@ def test_missing_dataset_path_exits_2(spark: SparkSession, tmp_path: Path) -> No
     assert "datasets.track_embeddings.path" in stderr
 
 
-def test_unknown_use_case_exits_2(spark: SparkSession, tmp_path: Path) -> None:
-    conf = write_small_lake(spark, tmp_path)
+def test_unknown_use_case_exits_2(
+    spark: SparkSession, tmp_path: Path, pristine_small_lake: Path
+) -> None:
+    conf = copy_small_lake(pristine_small_lake, tmp_path)
     code, _, stderr = run("evaluate", "--conf", str(conf), "--use-case", "generative_training")
     assert code == 2
     assert "generative_training" in stderr
 
 
 def test_mistyped_column_exits_2_naming_table_and_column(
-    spark: SparkSession, tmp_path: Path
+    spark: SparkSession, tmp_path: Path, pristine_small_lake: Path
 ) -> None:
-    conf = write_small_lake(spark, tmp_path)
+    conf = copy_small_lake(pristine_small_lake, tmp_path)
     bad = spark.createDataFrame(
         [("a9", "u9", "US", "2026-01-01", None)],
         "asset_id string, owner_user_id string, jurisdiction string, created_at string, "
@@ -125,8 +137,8 @@ def test_mistyped_column_exits_2_naming_table_and_column(
     assert "assets" in stderr and "created_at" in stderr
 
 
-def test_bad_as_of_exits_2(spark: SparkSession, tmp_path: Path) -> None:
-    conf = write_small_lake(spark, tmp_path)
+def test_bad_as_of_exits_2(spark: SparkSession, tmp_path: Path, pristine_small_lake: Path) -> None:
+    conf = copy_small_lake(pristine_small_lake, tmp_path)
     code, _, stderr = run(
         "evaluate", "--conf", str(conf), "--use-case", "recommendation", "--as-of", "yesterday"
     )
@@ -140,8 +152,10 @@ def test_missing_conf_file_exits_2(tmp_path: Path) -> None:
     assert "none.yaml" in stderr
 
 
-def test_inventory_reads_only_the_log(spark: SparkSession, tmp_path: Path) -> None:
-    conf = write_small_lake(spark, tmp_path)
+def test_inventory_reads_only_the_log(
+    spark: SparkSession, tmp_path: Path, pristine_small_lake: Path
+) -> None:
+    conf = copy_small_lake(pristine_small_lake, tmp_path)
     code, stdout, _ = run("inventory", "--conf", str(conf), "--json")
     assert code == 0
     tables = json.loads(stdout)["tables"]
@@ -203,7 +217,13 @@ def run_without_java(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[
     jars.mkdir(exist_ok=True)
     # A stand-in jar, so that consentgate's own jar check passes and Spark really is launched.
     (jars / "delta-spark_2.13-0.0.0.jar").touch()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
+    # No java at all, so no JVM can start: pyspark's own SPARK_HOME (not the fast tier's
+    # guard, tests/conftest.py) so that spark-submit really runs and finds no java.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PYSPARK_GATEWAY") and k != "SPARK_HOME"
+    }
     env.update(PATH=str(empty_bin), JAVA_HOME=str(tmp_path / "no-java"), CONSENTGATE_JARS=str(jars))
     return subprocess.run(
         [sys.executable, "-c", "from consentgate.cli import main; main()", *args],
@@ -303,11 +323,11 @@ def test_every_config_problem_is_reported_before_spark_starts(tmp_path: Path) ->
 
 
 def test_gate_back_dated_as_of_exits_2_naming_the_later_changes(
-    spark: SparkSession, tmp_path: Path
+    spark: SparkSession, tmp_path: Path, pristine_small_lake: Path
 ) -> None:
     """Issue #12: r3 revokes a2 on 2026-01-02; a gate cut at noon the day before would ignore
     it, so it is refused as bad input (exit 2) and nothing is written."""
-    conf = write_small_lake(spark, tmp_path)
+    conf = copy_small_lake(pristine_small_lake, tmp_path)
     code, stdout, stderr = run(
         "gate",
         "--conf",
@@ -483,13 +503,13 @@ def test_prove_exclusion_discloses_no_other_creators_data(
 
 
 def test_prove_refuses_bad_ids_and_pre_scheme_manifests(
-    spark: SparkSession, tmp_path: Path
+    spark: SparkSession, tmp_path: Path, pristine_small_lake: Path
 ) -> None:
     """Issue #12: a non-canonical id exits 2 (nothing printed about the lake), and a manifest
     from before allowlist scheme 2 gets no proof (its tree would disclose neighbours)."""
     from consentgate.manifest import load_manifest, write_manifest
 
-    conf = write_small_lake(spark, tmp_path)
+    conf = copy_small_lake(pristine_small_lake, tmp_path)
     code, stdout, stderr = run(
         "gate", "--conf", str(conf), "--use-case", "recommendation", "--model-version", "m1",
         "--as-of", "2026-06-01T00:00:00Z", "--json",

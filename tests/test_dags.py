@@ -17,9 +17,7 @@ from typing import Any
 import pytest
 
 from consentgate import airflow_tasks
-from tests.airflow_fixtures import DAGS, REPO, airflow_home
-
-__all__ = ["airflow_home"]
+from tests.airflow_fixtures import DAGS, REPO
 
 DAG_IDS = {
     "consentgate_nightly_purge",
@@ -40,7 +38,7 @@ def load_bag(monkeypatch: pytest.MonkeyPatch, **env: str) -> Any:
 
 
 @pytest.fixture
-def bag(airflow_home: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+def bag(airflow_db: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     return load_bag(monkeypatch)
 
 
@@ -127,7 +125,7 @@ def test_purge_summary_names_tables_whose_task_failed() -> None:
 
 
 def test_purge_schedule_comes_from_the_environment(
-    airflow_home: Path, monkeypatch: pytest.MonkeyPatch
+    airflow_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bag = load_bag(monkeypatch, **{airflow_tasks.SCHEDULE_ENV: "30 3 * * 1-5"})
     assert bag.get_dag("consentgate_nightly_purge").timetable.summary == "30 3 * * 1-5"
@@ -177,13 +175,13 @@ def test_policy_backfill_is_a_dry_run_by_default(bag: Any) -> None:
 
 
 def test_retries_override_for_dag_test_runs(
-    airflow_home: Path, monkeypatch: pytest.MonkeyPatch
+    airflow_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bag = load_bag(monkeypatch, **{airflow_tasks.RETRIES_ENV: "0"})
     assert all(t.retries == 0 for t in bag.get_dag("consentgate_nightly_purge").tasks)
 
 
-def test_dag_files_do_no_heavy_imports_at_parse_time(airflow_home: Path) -> None:
+def test_dag_files_do_no_heavy_imports_at_parse_time() -> None:
     """Parsing a DAG file must not start Spark, import the jobs, or read the config."""
     probe = (
         "import runpy, sys\n"

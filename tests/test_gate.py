@@ -35,7 +35,7 @@ from consentgate.errors import (
 )
 from consentgate.manifest import load_manifest, verify_manifest
 from consentgate.proofs import prove, verify_proof
-from tests.lakes import write_small_lake
+from tests.lakes import copy_small_lake, write_small_lake
 
 pytestmark = pytest.mark.slow
 
@@ -430,14 +430,14 @@ def test_unreadable_claim_still_blocks(tmp_path: Path) -> None:
 
 
 def test_second_gate_for_a_claimed_model_version_fails_fast(
-    spark: SparkSession, tmp_path: Path
+    spark: SparkSession, tmp_path: Path, pristine_small_lake: Path
 ) -> None:
     """Issue #12 item 6: a second gate started while the first holds the model version (before
     and after the first cut its snapshot) fails at once, writes nothing, removes nothing; the
     first one's snapshot files all stay and its manifest verifies."""
     from consentgate.runtime import new_run_id
 
-    config = load_config(write_small_lake(spark, tmp_path / "small"))
+    config = load_config(copy_small_lake(pristine_small_lake, tmp_path / "small"))
     state = config.state_dir
     version = "m-race"
     winner = gate.prepare_gate(spark, config, use_case=USE_CASE, model_version=version)

@@ -13,7 +13,6 @@ from pyspark.sql import SparkSession
 
 from consentgate import erasure, lake, purge
 from consentgate.config import load_config
-from tests.lakes import write_small_lake
 
 AS_OF = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 TABLES = ("consent_records", "assets", "lineage", "derived/track_embeddings")
@@ -29,9 +28,9 @@ def rewrite_with_delta_rs(root: Path) -> None:
         assert "Apache-Spark" not in str(DeltaTable(str(path)).history())  # no JVM wrote it
 
 
-def test_delta_rs_lake_is_purged_erased_and_verified(spark: SparkSession, tmp_path: Path) -> None:
-    root = tmp_path / "lake"
-    config = load_config(write_small_lake(spark, root))
+def test_delta_rs_lake_is_purged_erased_and_verified(spark: SparkSession, small_lake: Path) -> None:
+    root = small_lake.parent
+    config = load_config(small_lake)
     rewrite_with_delta_rs(root)
     path = config.dataset_path("track_embeddings")
     assert {r["embedding_id"] for r in lake.read_table(spark, path).collect()} == {

@@ -207,13 +207,12 @@ def test_run_purge_reports_every_dataset(spark: SparkSession, tmp_path: Path) ->
 # The run's own decisions (consent + lineage decided once), on a lake with consent tables
 
 
-def _small_lake(spark: SparkSession, root: Path) -> Config:
-    """``tests/lakes.py``'s lake: e1 (a1 granted), e2 (a2 revoked), e3 (a3: not the owner's
-    record, so no consent record)."""
+def _small_lake(conf_path: Path) -> Config:
+    """``tests/lakes.py``'s lake (the ``small_lake`` fixture's copy): e1 (a1 granted), e2 (a2
+    revoked), e3 (a3: not the owner's record, so no consent record)."""
     from consentgate.config import load_config
-    from tests.lakes import write_small_lake
 
-    return load_config(write_small_lake(spark, root))
+    return load_config(conf_path)
 
 
 def _late_revocation_of_a1(spark: SparkSession, config: Config) -> None:
@@ -246,11 +245,11 @@ def _keys(spark: SparkSession, path: Path) -> set[str]:
 
 
 def test_run_decisions_relocate_appended_rows_without_deciding_consent_again(
-    spark: SparkSession, tmp_path: Path
+    spark: SparkSession, tmp_path: Path, small_lake: Path
 ) -> None:
     from tests.lakes import T0
 
-    config = _small_lake(spark, tmp_path / "lake")
+    config = _small_lake(small_lake)
     path = config.dataset_path("track_embeddings")
     run = purge.decide_run(spark, config, as_of=AS_OF)
     try:
@@ -281,11 +280,11 @@ def test_run_decisions_relocate_appended_rows_without_deciding_consent_again(
 
 
 def test_materialised_plan_is_what_a_task_in_another_process_purges_with(
-    spark: SparkSession, tmp_path: Path
+    spark: SparkSession, tmp_path: Path, small_lake: Path
 ) -> None:
     from tests.test_purge_concurrency import in_thread
 
-    config = _small_lake(spark, tmp_path / "lake")
+    config = _small_lake(small_lake)
     path = config.dataset_path("track_embeddings")
     on_disk = sorted(p for p in path.rglob("*") if p.is_file())
 

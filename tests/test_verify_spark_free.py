@@ -33,7 +33,7 @@ from consentgate import digest, gate, lake, manifest, merkle, registry, verifier
 from consentgate.canonical import canonical_json
 from consentgate.config import Config, load_config
 from consentgate.errors import SchemaError
-from tests.lakes import write_small_lake
+from tests.lakes import copy_small_lake
 
 UTC = dt.UTC
 REPO = Path(__file__).resolve().parents[1]
@@ -52,10 +52,10 @@ class SmallGate:
 
 @pytest.fixture(scope="module")
 def small_gate(
-    spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
+    spark: SparkSession, tmp_path_factory: pytest.TempPathFactory, pristine_small_lake: Path
 ) -> Iterator[SmallGate]:
     root = tmp_path_factory.mktemp("spark_free") / "lake"
-    config = load_config(write_small_lake(spark, root))
+    config = load_config(copy_small_lake(pristine_small_lake, root))
     result = gate.run_gate(
         spark,
         config,
