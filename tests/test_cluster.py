@@ -1,10 +1,41 @@
-"""The purge and gate DAGs in ``spark-submit`` mode on a real Spark standalone cluster.
+"""The jobs on a real Spark standalone cluster, in three spark-submit applications.
 
-Our proof that the jobs run on a distributed engine, not only in local mode: a master and two
-workers are started on 127.0.0.1 from the pyspark distribution, the Airflow connection
-``spark_default`` points at the master (env ``AIRFLOW_CONN_SPARK_DEFAULT``), every Spark step
-is submitted by ``SparkSubmitOperator`` as ``jobs/<step>.py`` with the package shipped as a
-zip in ``--py-files``, and the results must equal the local-mode runs on the same lake.
+Our proof that the job entry points run on a distributed engine, not only in local mode: a
+master and two workers are started on 127.0.0.1 from the pyspark distribution, the Airflow
+connection ``spark_default`` points at the master (env ``AIRFLOW_CONN_SPARK_DEFAULT``), and
+every application goes through ``SparkSubmitOperator`` (:func:`~consentgate.airflow_tasks.
+submit_step`) as ``jobs/<step>.py``, with the package shipped as a zip in ``--py-files`` and
+Delta's jars in ``--jars``. Its results must equal local mode's on the same pristine lake.
+
+Three applications, because each costs a driver's and two executors' start-up and a few
+minutes on a 2-core machine; the module used to submit about 15, one per DAG step, and took
+25-47 minutes. Measured on 2 cores at load average about 4: 9:40 for the module, of which the
+applications 1:35 (gate), 2:32 (purge) and 2:08 (backfill) on the master and the local-mode
+DAG runs about 2:30:
+
+1. ``jobs/gate.py``, the whole gate (allowlist, both snapshots, manifest, registry, audit,
+   re-verification), submitted with ``submit_step`` as an Airflow task would;
+2. ``jobs/purge.py``, the whole nightly purge on the same lake (every dataset and the two
+   snapshots, erasure and its verification, audit), likewise;
+3. ``jobs/backfill.py``, submitted by the ``consentgate_policy_backfill`` DAG in
+   ``airflow.mode: spark-submit`` (``dry_run`` false) on a second copy of the pristine lake: the
+   path DAG task -> ``run_step`` -> ``SparkSubmitOperator`` -> job -> result file -> XCom.
+
+(1) and (2) are compared with the gate and nightly purge *DAGs* in local mode on the same lake
+at the same instant (the session fixture :func:`local_runs`, which ``test_airflow_runs`` reads
+too, so in the whole suite it costs nothing here): allowlist, exclusions, snapshot rows and
+content roots, per-table rows and reasons, erasure receipts, the tables that changed. (3) is
+compared with that local purge's results for the configured datasets: a backfill is the purge
+under the current policy, and on a lake no gate has run on there are no snapshots to purge.
+
+Departure from the earlier module, on purpose: the per-step job scripts the gate and purge
+DAGs submit in spark-submit mode (``gate_prepare``, ``gate_snapshot``, ``purge_dataset``,
+``erase``, ...) no longer each run on the cluster. They share everything with the three that
+do (``submit_step``, the zip, the jars, ``job_main``, the result file) but their arguments;
+those arrive as JSON either way (XComs in local mode, ``--args-file`` here), and the DAGs'
+split of the work (one task per step and per table) is what the comparison with the local DAGs
+holds the whole flows to. The DAGs' task shapes are covered in local mode by
+``test_airflow_runs``.
 
 Small on purpose (the machine is shared): one core and 1 GB per worker, 512 MB executors and
 driver, bounded waits, and the cluster is always shut down.
@@ -12,21 +43,26 @@ driver, bounded waits, and the cluster is always shut down.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyspark.sql import SparkSession
 
 from tests.airflow_fixtures import (
+    AS_OF,
+    DAGS,
     MODEL_VERSION,
+    USE_CASE,
     Runs,
     SparkCluster,
     airflow_home,
-    comparable,
+    conf_env,
     copy_lake,
-    gate_then_purge,
     local_runs,
     pristine_lake,
     spark_standalone_cluster,
@@ -55,6 +91,9 @@ CLUSTER_SPARK_CONF = {
     "spark.ui.showConsoleProgress": "false",
 }
 
+#: The applications this module submits, by the name ``submit_step`` gives them.
+APPLICATIONS = ["consentgate-backfill", "consentgate-gate", "consentgate-purge"]
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkCluster]:
@@ -64,22 +103,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkCluster]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def cluster_runs(
-    cluster: SparkCluster,
-    airflow_home: Path,
-    pristine_lake: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Runs]:
-    conf = copy_lake(
-        pristine_lake,
-        tmp_path_factory.mktemp("cluster-lake") / "lake",
-        conf={"airflow": {"mode": "spark-submit"}, "spark": {"conf": CLUSTER_SPARK_CONF}},
-    )
+@contextlib.contextmanager
+def spark_connection(master_url: str) -> Iterator[None]:
+    """Point Airflow's ``spark_default`` connection at ``master_url`` for the duration."""
     before = os.environ.get("AIRFLOW_CONN_SPARK_DEFAULT")
-    os.environ["AIRFLOW_CONN_SPARK_DEFAULT"] = cluster.master_url
+    os.environ["AIRFLOW_CONN_SPARK_DEFAULT"] = master_url
     try:
-        yield gate_then_purge(conf)
+        yield
     finally:
         if before is None:
             os.environ.pop("AIRFLOW_CONN_SPARK_DEFAULT", None)
@@ -87,38 +117,192 @@ def cluster_runs(
             os.environ["AIRFLOW_CONN_SPARK_DEFAULT"] = before
 
 
-def test_dags_run_on_the_cluster_and_match_local_mode(
-    spark: SparkSession, cluster: SparkCluster, cluster_runs: Runs, local_runs: Runs
+def cluster_lake(pristine: Path, target: Path) -> Path:
+    """A copy of the pristine lake whose conf submits to the cluster with the small settings."""
+    from consentgate.config import load_config
+
+    conf = copy_lake(
+        pristine,
+        target,
+        conf={"airflow": {"mode": "spark-submit"}, "spark": {"conf": CLUSTER_SPARK_CONF}},
+    )
+    spark_conf = load_config(conf).spark.conf
+    # what keeps VACUUM and snapshot rebuilds from running thousands of tasks (see above)
+    assert spark_conf["spark.sql.sources.parallelPartitionDiscovery.parallelism"] == "4"
+    assert spark_conf["spark.databricks.delta.snapshotPartitions"] == "2"
+    return conf
+
+
+@dataclass
+class Flows:
+    """The whole gate and then the whole nightly purge, each one application, on one lake."""
+
+    conf: Path
+    gate: dict[str, Any]
+    purge: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def cluster_flows(
+    cluster: SparkCluster,
+    airflow_home: Path,
+    pristine_lake: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Flows:
+    """Applications 1 and 2: ``submit_step`` as a task calls it, with an empty context (it
+    uses the context only for the task id; ``SparkSubmitOperator`` in client mode reads it
+    only when OpenLineage injection is configured, which it is not here)."""
+    from consentgate.airflow_tasks import submit_step
+    from consentgate.config import load_config
+
+    conf = cluster_lake(pristine_lake, tmp_path_factory.mktemp("cluster-flows") / "lake")
+    config = load_config(conf)
+    gate_args = {"use_case": USE_CASE, "model_version": MODEL_VERSION, "as_of": AS_OF}
+    purge_args = {"as_of": AS_OF, "dry_run": False, "erase": True}
+    with spark_connection(cluster.master_url):
+        gate = submit_step("gate", config, {**gate_args, "datasets": None}, {})
+        purge = submit_step("purge", config, purge_args, {})
+    return Flows(conf=conf, gate=gate, purge=purge)
+
+
+@dataclass
+class Backfill:
+    """The policy backfill DAG's run on a lake of its own."""
+
+    conf: Path
+    run: Any
+
+
+@pytest.fixture(scope="module")
+def cluster_backfill(
+    cluster: SparkCluster,
+    airflow_home: Path,
+    pristine_lake: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Backfill:
+    """Application 3: the backfill DAG in spark-submit mode (its only Spark task)."""
+    from consentgate.story import run_dag
+
+    conf = cluster_lake(pristine_lake, tmp_path_factory.mktemp("cluster-backfill") / "lake")
+    with spark_connection(cluster.master_url), conf_env(conf):
+        run = run_dag(
+            "consentgate_policy_backfill",
+            run_conf={"as_of": AS_OF, "dry_run": False},
+            dags_dir=DAGS,
+        )
+    return Backfill(conf=conf, run=run)
+
+
+# --------------------------------------------------------------------------------------------
+# What must not depend on where the jobs ran
+
+
+def gate_facts(published: Mapping[str, Any]) -> dict[str, Any]:
+    """A published gate run's mode-independent facts, the snapshots' from its manifest."""
+    from consentgate.manifest import load_manifest
+
+    manifest = load_manifest(Path(published["manifest_path"]))
+    snapshots = {
+        name: {"rows": snap.get("rows"), "content_root": snap.get("content_merkle_root")}
+        for name, snap in sorted((manifest.get("snapshots") or {}).items())
+    }
+    return {
+        "model_version": published["model_version"],
+        "use_case": published["use_case"],
+        "allowlist_assets": published["allowlist_assets"],
+        "allowlist_root": published["allowlist_root"],
+        "snapshot_rows": published["snapshot_rows"],
+        "exclusions": published["exclusions"],
+        "snapshots": snapshots,
+        "verified": published["verification"]["ok"],
+    }
+
+
+def table_facts(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Per table: rows before, deleted and after, and the deletions by reason."""
+    keys = ("rows_before", "rows_deleted", "rows_after", "reasons")
+    return {name: {k: r[k] for k in keys} for name, r in sorted(results.items())}
+
+
+def local_tables(runs: Runs) -> dict[str, Any]:
+    """The local nightly purge's per-table results (one mapped task each)."""
+    return table_facts({r["name"]: r for r in runs.purge.results["purge_dataset"]})
+
+
+def receipts(erasure: Mapping[str, Any]) -> dict[str, Any]:
+    """Each table's erasure receipt (``verified`` or why not)."""
+    return {name: r.get("result") for name, r in sorted(erasure.get("datasets", {}).items())}
+
+
+def changed(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The Asset names of the tables a purge changed (the DAGs emit one event each)."""
+    return sorted(f"consentgate/dataset/{n}" for n, r in results.items() if r["rows_deleted"])
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def test_whole_gate_and_purge_on_the_cluster_match_the_local_dags(
+    spark: SparkSession, cluster_flows: Flows, local_runs: Runs
 ) -> None:
+    from consentgate import audit
+    from consentgate.config import load_config
     from consentgate.manifest import verify_manifest
 
-    assert cluster_runs.gate.ok, cluster_runs.gate.task_states
-    assert cluster_runs.purge.ok, cluster_runs.purge.task_states
-    assert comparable(cluster_runs) == comparable(local_runs)
-    published = cluster_runs.gate.results["verify"]
-    assert published["verification"]["ok"] is True
-    assert verify_manifest(Path(published["manifest_path"]))["ok"] is True
-    assert [e["name"] for e in cluster_runs.gate.asset_events] == [
-        f"consentgate/snapshot/{MODEL_VERSION}"
-    ]
+    assert local_runs.gate.ok and local_runs.purge.ok, local_runs.purge.task_states
+    gate, purge = cluster_flows.gate, cluster_flows.purge
+    assert gate_facts(gate) == gate_facts(local_runs.gate.results["verify"])
+    assert verify_manifest(Path(gate["manifest_path"]))["ok"] is True  # outside the cluster too
+    # every dataset and both snapshots, with the same rows and reasons as one task per table
+    assert purge["ok"] is True and purge["failed"] == {} and purge["dry_run"] is False
+    assert table_facts(purge["datasets"]) == local_tables(local_runs)
+    assert any(r["rows_deleted"] for r in purge["datasets"].values())  # a real purge
+    assert purge["erasure"]["ok"] is True
+    assert receipts(purge["erasure"]) == receipts(local_runs.purge.results["erase_and_verify"])
+    assert changed(purge["datasets"]) == sorted(e["name"] for e in local_runs.purge.asset_events)
+    # the cluster's driver appended the gate's and the purge's audit entries, chained
+    config = load_config(cluster_flows.conf)
+    assert audit.events(spark, config, kind="gate")[-1]["run_id"] == gate["run_id"]
+    assert audit.events(spark, config, kind="purge")[-1]["run_id"] == purge["run_id"]
+    assert audit.verify_chain(spark, config)["ok"] is True
 
 
-def test_every_spark_step_was_a_cluster_application(
-    cluster: SparkCluster, cluster_runs: Runs
+def test_backfill_dag_submits_its_job_and_matches_the_local_purge(
+    spark: SparkSession, cluster_backfill: Backfill, local_runs: Runs
+) -> None:
+    from consentgate import audit
+    from consentgate.config import load_config
+
+    backfill = cluster_backfill.run
+    assert backfill.ok, backfill.task_states
+    assert set(backfill.task_states) == {"validate", "backfill", "report"}
+    report = backfill.results["report"]
+    assert report["dry_run"] is False
+    result = report["result"]  # the job's result file, become the backfill task's XCom
+    assert result["ok"] is True and result["impact"]["runs"] == []  # no gate ran on this lake
+    assert result["erasure"]["ok"] is True
+    # a fresh lake has no snapshots: the configured datasets, purged as the nightly purge did
+    datasets = set(load_config(local_runs.conf).datasets)
+    local = {n: f for n, f in local_tables(local_runs).items() if n in datasets}
+    assert table_facts(result["datasets"]) == local
+    local_receipts = receipts(local_runs.purge.results["erase_and_verify"])
+    assert receipts(result["erasure"]) == {n: r for n, r in local_receipts.items() if n in datasets}
+    # the report task announced each changed dataset, as the local purge did
+    announced = sorted(e["name"] for e in backfill.asset_events)
+    assert announced == changed(result["datasets"])
+    assert announced == changed(local)
+    config = load_config(cluster_backfill.conf)
+    assert audit.events(spark, config, kind="backfill")[-1]["run_id"] == result["run_id"]
+    assert audit.verify_chain(spark, config)["ok"] is True
+
+
+def test_each_job_was_one_cluster_application_on_both_workers(
+    cluster: SparkCluster, cluster_flows: Flows, cluster_backfill: Backfill
 ) -> None:
     state = cluster.state()
     assert int(state["aliveworkers"]) == 2
     apps = state.get("completedapps", []) + state.get("activeapps", [])
-    names = sorted(app["name"] for app in apps)
-    datasets = len(cluster_runs.purge.results["purge_dataset"])
-    snapshots = len(cluster_runs.gate.results["snapshot"])
-    expected = sorted(
-        ["consentgate-gate_prepare", "consentgate-gate_publish", "consentgate-gate_verify"]
-        + ["consentgate-gate_snapshot"] * snapshots
-        + ["consentgate-evaluate", "consentgate-erase", "consentgate-audit_summary"]
-        + ["consentgate-purge_dataset"] * datasets
-    )
-    assert names == expected
+    assert sorted(app["name"] for app in apps) == APPLICATIONS
     assert all(app["state"] == "FINISHED" for app in apps)
     # each application got executors on both workers: two cores, one per worker
     assert all(int(app["cores"]) == 2 for app in apps)

@@ -213,6 +213,64 @@ def test_every_step_has_a_thin_job_script() -> None:
     assert airflow_tasks.jobs_dir() == REPO / "jobs"
 
 
+def test_whole_flows_are_steps_taking_their_dags_params(bag: Any) -> None:
+    """``gate`` and ``purge`` (and ``backfill``) run a whole flow as one spark-submit job, for
+    schedulers other than our DAGs: each takes what its DAG's Params offer, by the same names."""
+    import inspect
+
+    def keywords(step: str) -> set[str]:
+        parameters = inspect.signature(airflow_tasks.STEPS[step]).parameters.values()
+        return {p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+    assert {"gate", "purge", "backfill"} <= set(airflow_tasks.STEPS)
+    assert not {"gate", "purge", "backfill"} & airflow_tasks.DRIVER_STEPS  # they need Spark
+    assert (REPO / "jobs" / "gate.py").is_file() and (REPO / "jobs" / "purge.py").is_file()
+    gate = bag.get_dag("consentgate_pretraining_gate")
+    assert keywords("gate") == set(gate.params.keys())
+    purge = bag.get_dag("consentgate_nightly_purge")
+    assert keywords("purge") == set(purge.params.keys())
+    backfill = bag.get_dag("consentgate_policy_backfill")
+    assert keywords("backfill") == set(backfill.params.keys())
+
+
+def test_job_main_prints_a_failed_purges_partial_result_and_exits_1(
+    tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole-flow purge with a failed table exits 1 (cron sees it) and still tells what it
+    did to every other table, as ``consentgate purge --json`` does. Spark-free: the session
+    and the purge are stand-ins."""
+    from consentgate import purge, spark
+    from tests.test_gate import _spark_free_config
+
+    conf = _spark_free_config(tmp_path / "lake")
+    for table in ("consent_records", "assets", "lineage", "derived/track_embeddings"):
+        (conf.parent / table).mkdir(parents=True)
+    partial = {
+        "ok": False,
+        "failed": {"b": "dataset b: opening the table: gone"},
+        "datasets": {"track_embeddings": {"rows_deleted": 2, "reasons": {"revoked": 2}}},
+    }
+
+    class Session:
+        def stop(self) -> None:
+            pass
+
+    def failing_purge(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        assert kwargs == {"as_of": None, "dry_run": False, "erase": True}
+        raise purge.PurgeFailed("purge p: 1 of 2 tables failed: dataset b", partial)
+
+    monkeypatch.setattr(spark, "get_spark", lambda **_: Session())
+    monkeypatch.setattr(purge, "run_purge", failing_purge)
+    result = tmp_path / "result.json"
+    code = airflow_tasks.job_main("purge", ["--conf", str(conf), "--result", str(result)])
+    assert code == 1
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed == json.loads(result.read_text())
+    assert printed["ok"] is False and printed["error_type"] == "PurgeFailed"
+    assert printed["exit_code"] == 1 and "dataset b" in printed["error"]
+    assert printed["result"] == partial
+
+
 def test_package_zip_is_deterministic_and_complete(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,7 +7,8 @@ two halves:
 
 * **Steps** (:data:`STEPS`) are the units of work, one per DAG task kind: ``evaluate``,
   ``plan_purge``, ``purge_dataset``, ``erase``, ``audit_summary``, ``gate_prepare``,
-  ``gate_snapshot``, ``gate_publish``, ``gate_verify``, ``backfill``. A step takes a Spark
+  ``gate_snapshot``, ``gate_publish``, ``gate_verify``, ``backfill``; and two whole flows,
+  ``gate`` and ``purge`` (below), which no DAG task runs. A step takes a Spark
   session, the validated :class:`~consentgate.config.Config` and JSON arguments, and returns a
   small JSON-able dict (it travels as an XCom). Steps never import Airflow, so they also run in
   a ``spark-submit`` driver that has no Airflow installed.
@@ -46,6 +47,21 @@ spark-submit mode, what ships where:
 * ``spark.pyspark.python`` / ``spark.pyspark.driver.python`` default to the task's Python;
   the config's ``spark.conf`` is passed as ``--conf`` and overrides them. ``spark.master`` is
   ignored in this mode: the master is the Airflow connection's.
+
+Whole flows, for schedulers other than our DAGs: the DAGs run the gate and the nightly purge
+as one task per step (per dataset, even) so that Airflow shows, retries and maps each, and in
+spark-submit mode each such task is an application that pays a driver's and executors'
+start-up. A team that schedules without our DAGs (cron, its own ``SparkSubmitOperator``,
+another orchestrator) can submit the whole gate (``jobs/gate.py``: prepare, snapshot every
+dataset, publish, verify) or the whole nightly purge (``jobs/purge.py``: every table, erasure,
+audit) as one application, with the same results as the DAGs'::
+
+    spark-submit --master spark://HOST:7077 --py-files consentgate-<hash>.zip \
+        --jars <Delta's jars, comma-separated> \
+        jobs/purge.py --conf /lake/consentgate.yaml --args '{"as_of": null}'
+
+(:func:`package_zip` builds the zip; :func:`job_main` documents the arguments and output.)
+``backfill`` was already one application.
 
 A step that fails with a :class:`~consentgate.errors.ConsentgateError` (bad config, bad schema,
 refused gate, failed verification) fails the task *without retries*: it is deterministic and
@@ -495,6 +511,80 @@ def step_backfill(spark: SparkSession, config: Config, *, as_of: str, dry_run: b
     return jsonable(result)  # type: ignore[no-any-return]
 
 
+def step_gate(
+    spark: SparkSession,
+    config: Config,
+    *,
+    use_case: str,
+    model_version: str,
+    datasets: list[str] | None = None,
+    as_of: str | None = None,
+) -> JSON:
+    """The whole gate in one step: what the gate DAG's tasks do, without Airflow.
+
+    For a scheduler other than our DAGs (cron, another orchestrator, a team's own
+    ``SparkSubmitOperator``): one application instead of one per gate step, each of which
+    pays a driver's and executors' start-up on a cluster. It runs
+    :func:`consentgate.gate.run_gate` (allowlist, every snapshot, manifest, registry, audit;
+    everything rolled back when it fails before publishing), then re-verifies the manifest
+    as the DAG's ``verify`` task does, so a caller gets the same result and the same failure.
+
+    Returns:
+        What the DAG's ``verify`` task returns: the published run (``manifest_path``,
+        ``manifest_sha256``, ``snapshots``, ``snapshot_rows``, ``allowlist_assets``,
+        ``allowlist_root``, ``exclusions``, ...) and ``verification``.
+
+    Raises:
+        CheckFailed: the gate refused, or the published manifest does not verify.
+        ConsentgateError: bad input, as ``consentgate gate`` (exit 2).
+    """
+    from consentgate.gate import run_gate
+
+    published: JSON = jsonable(
+        run_gate(
+            spark,
+            config,
+            use_case=use_case,
+            model_version=model_version,
+            datasets=datasets,
+            as_of=_instant(as_of),
+        )
+    )
+    report = step_gate_verify(spark, config, manifest_path=str(published["manifest_path"]))
+    return {**published, "verification": report}
+
+
+def step_purge(
+    spark: SparkSession,
+    config: Config,
+    *,
+    as_of: str | None = None,
+    dry_run: bool = False,
+    erase: bool = True,
+) -> JSON:
+    """The whole nightly purge in one step: every dataset and snapshot, erasure, audit.
+
+    For a scheduler other than our DAGs, as :func:`step_gate`: one application instead of one
+    per table plus the erasure and the audit. It is :func:`consentgate.purge.run_purge`, the
+    same code as ``consentgate purge`` (consent and lineage decided once for every table).
+
+    Unlike :func:`step_backfill`, a purge in which some tables failed is raised, not returned:
+    the backfill DAG has a report task that announces the tables that did change and then
+    fails the run, but whoever submits this step has only the application's exit status to
+    go by, and a purge that left rows in place must not exit 0. What it did to every other
+    table is not lost: :func:`job_main` prints :class:`~consentgate.purge.PurgeFailed`'s
+    result with the error, as the command line does.
+
+    Raises:
+        PurgeFailed: some tables failed or the erasure did not verify (exit 1), after every
+            other table was purged, erased and the run audited.
+    """
+    from consentgate.purge import run_purge
+
+    result = run_purge(spark, config, as_of=_instant(as_of), dry_run=dry_run, erase=erase)
+    return jsonable(result)  # type: ignore[no-any-return]
+
+
 #: Every step a task can run, by the name ``jobs/<name>.py`` is submitted under.
 STEPS: Final[dict[str, Step]] = {
     "evaluate": step_evaluate,
@@ -507,6 +597,10 @@ STEPS: Final[dict[str, Step]] = {
     "gate_publish": step_gate_publish,
     "gate_verify": step_gate_verify,
     "backfill": step_backfill,
+    # Whole flows in one application, for schedulers other than our DAGs (which run the steps
+    # above one task each); see "Whole flows" in the module docstring.
+    "gate": step_gate,
+    "purge": step_purge,
 }
 
 
@@ -529,8 +623,12 @@ def job_main(step: str, argv: Sequence[str] | None = None) -> int:
 
     Prints one JSON object on stdout and writes the same object to ``--result`` so the Airflow
     task can read it back: ``{"ok": true, "result": {...}}`` or ``{"ok": false, "error": ...,
-    "error_type": ..., "exit_code": n}``. Exits 0, 1 (check failed) or 2 (bad input) like the
+    "error_type": ..., "exit_code": n}`` (with ``result`` too when the error carries a partial
+    one: a purge with a failed table). Exits 0, 1 (check failed) or 2 (bad input) like the
     command line; anything else propagates (a traceback and a non-zero exit) so Airflow retries.
+
+    Arguments: ``--conf FILE`` (the config), the step's keyword arguments as a JSON object in
+    ``--args '{...}'`` or ``--args-file FILE``, and ``--result FILE``.
     """
     parser = argparse.ArgumentParser(prog=f"jobs/{step}.py", description=f"consentgate {step}")
     parser.add_argument("--conf", required=True, help="config file")
@@ -559,6 +657,11 @@ def job_main(step: str, argv: Sequence[str] | None = None) -> int:
             "error_type": type(exc).__name__,
             "exit_code": exc.exit_code,
         }
+        partial = getattr(exc, "result", None)
+        if isinstance(partial, Mapping):
+            # A run that failed in part (a purge with a failed table): what it did to every
+            # other table is part of the answer, as on the command line.
+            outcome["result"] = jsonable(partial)
         code = exc.exit_code
     finally:
         if spark is not None:
