@@ -32,6 +32,8 @@ from tests import consent_model
 from tests.airflow_fixtures import copy_lake
 from tests.test_erasure import _expected_keys, _utc
 
+pytestmark = pytest.mark.slow
+
 #: Models gated before the policy change, by use case.
 MODELS = {"generative_training": "gen-1", "recommendation": "rec-1", "moderation": "mod-1"}
 

@@ -553,6 +553,7 @@ JVM_NOISE = (
 )
 
 
+@pytest.mark.slow
 def test_purge_logs_its_steps_on_stderr_without_jvm_noise(
     spark: SparkSession, tmp_path: Path
 ) -> None:

@@ -203,14 +203,16 @@ def _expected_keys(
     }
 
 
+@pytest.mark.slow
 def test_demo_lake_revocations_flow_through_every_derivative(
-    spark: SparkSession, tmp_path: Path
+    spark: SparkSession, pristine_lake: Path, tmp_path: Path
 ) -> None:
-    from consentgate.demo import DEMO_NOW, init_demo
+    """On a copy of the run's 80-asset demo lake (``tests/airflow_fixtures.pristine_lake``)."""
+    from consentgate.demo import DEMO_NOW
     from consentgate.gate import run_gate
+    from tests.airflow_fixtures import copy_lake
 
-    summary = init_demo(spark, tmp_path / "lake", assets=40, seed=11)
-    config = load_config(summary.conf_path)
+    config = load_config(copy_lake(pristine_lake, tmp_path / "lake"))
     config = config.model_copy(update={"erasure": ErasureConfig(window_hours=0)})
     as_of = DEMO_NOW
     gated = run_gate(spark, config, use_case="generative_training", model_version="m1", as_of=as_of)

@@ -14,6 +14,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from chispa import assert_df_equality
 from pyspark.sql import SparkSession
@@ -21,6 +22,8 @@ from pyspark.sql import SparkSession
 from consentgate import audit, erasure, lake, purge
 from consentgate.config import Config, load_config
 from tests.test_purge import AS_OF, build, decide, expected_after
+
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 
