@@ -142,39 +142,6 @@ def local_runs(
     return gate_then_purge(conf)
 
 
-def comparable(runs: Runs) -> dict[str, Any]:
-    """What must not depend on the execution mode: counts, reasons, roots, row counts."""
-    from consentgate.manifest import load_manifest
-
-    published = runs.gate.results["verify"]
-    manifest = load_manifest(Path(published["manifest_path"]))
-    snapshots = {
-        name: {"rows": snap.get("rows"), "content_root": snap.get("content_merkle_root")}
-        for name, snap in sorted((manifest.get("snapshots") or {}).items())
-    }
-    purged = {
-        r["name"]: {
-            "rows_before": r["rows_before"],
-            "rows_deleted": r["rows_deleted"],
-            "rows_after": r["rows_after"],
-            "reasons": r["reasons"],
-        }
-        for r in runs.purge.results["purge_dataset"]
-    }
-    return {
-        "gate": {
-            "allowlist_assets": published["allowlist_assets"],
-            "allowlist_root": published["allowlist_root"],
-            "snapshot_rows": published["snapshot_rows"],
-            "exclusions": published["exclusions"],
-            "snapshots": snapshots,
-        },
-        "purge": purged,
-        "purge_reasons": runs.purge.results["audit_summary"]["reasons"],
-        "purge_assets": sorted(e["name"] for e in runs.purge.asset_events),
-    }
-
-
 # --------------------------------------------------------------------------------------------
 # A Spark standalone cluster on 127.0.0.1, from the pyspark distribution
 

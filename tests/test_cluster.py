@@ -60,15 +60,10 @@ from tests.airflow_fixtures import (
     USE_CASE,
     Runs,
     SparkCluster,
-    airflow_home,
     conf_env,
     copy_lake,
-    local_runs,
-    pristine_lake,
     spark_standalone_cluster,
 )
-
-__all__ = ["airflow_home", "local_runs", "pristine_lake"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
