@@ -143,3 +143,83 @@ def test_payload_with_raw_ids_is_refused(
 def test_unknown_kind_is_refused(spark: SparkSession, tmp_path: Path) -> None:
     with pytest.raises(ConsentgateError, match="kind"):
         audit.append_event(spark, _config(tmp_path / "l"), kind="Oops!", run_id="r", payload={})
+
+
+def _rehash(body: dict[str, object]) -> str:
+    """An entry's hash computed independently: SHA-256 of the RFC 8785 bytes (DESIGN's audit
+    entry digest), with ``rfc8785`` and ``hashlib`` rather than consentgate's own helpers."""
+    import hashlib
+
+    import rfc8785
+
+    return hashlib.sha256(rfc8785.dumps(body)).hexdigest()
+
+
+def test_rehashed_forgery_is_caught_by_the_link_alone(spark: SparkSession, tmp_path: Path) -> None:
+    """Issue #26 item 1: an entry whose payload is edited AND whose own hash is recomputed
+    passes the per-entry check; only the next entry's ``previous_sha256`` link catches it.
+    Without the link check this forgery would verify (tried: deleting the check in
+    ``audit.verify_chain`` leaves ``ok`` true here). The CLI then exits 1."""
+    config = _config(tmp_path / "lake")
+    for i in range(3):
+        audit.append_event(spark, config, kind="purge", run_id=f"r{i}", payload={"i": i})
+    rows = [
+        r.asDict()
+        for r in lake.read_table(spark, audit.audit_path(config))
+        .selectExpr(
+            "seq",
+            "date_format(at, \"yyyy-MM-dd'T'HH:mm:ss.SSSSSS'Z'\") AS at_text",
+            "at",
+            "kind",
+            "run_id",
+            "payload_json",
+            "previous_sha256",
+            "entry_sha256",
+        )
+        .orderBy("seq")
+        .collect()
+    ]
+    forged = dict(rows[1])
+    forged["payload_json"] = json.dumps({"i": 99})
+    body = {
+        "seq": forged["seq"],
+        "at": forged["at_text"],
+        "kind": forged["kind"],
+        "run_id": forged["run_id"],
+        "payload": {"i": 99},
+        "previous_sha256": forged["previous_sha256"],
+    }
+    forged["entry_sha256"] = _rehash(body)
+    assert forged["entry_sha256"] != rows[1]["entry_sha256"]
+    table = [forged if r["seq"] == 1 else r for r in rows]
+    other = _config(tmp_path / "other")
+    other.state_dir.mkdir(parents=True)
+    frame = spark.createDataFrame(
+        [{k: v for k, v in r.items() if k != "at_text"} for r in table],
+        lake.read_table(spark, audit.audit_path(config)).schema,
+    )
+    lake.write_table(frame, audit.audit_path(other), configuration={"delta.appendOnly": "true"})
+
+    result = audit.verify_chain(spark, other)
+    assert not result["ok"]
+    # The forged entry itself is self-consistent: no hash problem is reported for seq 1 ...
+    assert not any(p.startswith("seq 1") for p in result["problems"]), result["problems"]
+    # ... only the link from seq 2 to it breaks.
+    assert result["problems"] == ["seq 2: previous_sha256 does not match the entry before it"]
+
+    from tests.test_cli import run
+
+    for table in ("consent_records", "assets", "lineage"):  # the config's paths must exist
+        (tmp_path / "other" / table).mkdir()
+    conf = tmp_path / "other" / "consentgate.yaml"
+    conf.write_text(
+        json.dumps(
+            {
+                "lake_root": str(tmp_path / "other"),
+                "use_cases": {"u": {"accepted_policy_versions": ["1"]}},
+            }
+        )
+    )
+    code, out, _err = run("audit", "verify", "--conf", str(conf), "--json")
+    assert code == 1
+    assert json.loads(out)["ok"] is False

@@ -65,9 +65,12 @@ def test_rfc8785_example_shapes() -> None:
 
 
 def test_out_of_range_values_are_refused() -> None:
-    with pytest.raises(Exception, match=r"safe integer"):
+    import rfc8785
+
+    # The documented type (canonical_json's docstring), not any exception (issue #26 item 5).
+    with pytest.raises(rfc8785.CanonicalizationError, match=r"safe integer"):
         canonical.canonical_json({"n": 2**60})
-    with pytest.raises(Exception):  # noqa: B017 - any CanonicalizationError subclass
+    with pytest.raises(rfc8785.CanonicalizationError):
         canonical.canonical_json(float("nan"))
 
 

@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 
 from consentgate import audit, lake, purge
 from consentgate.config import Config, parse_config
+from consentgate.errors import ConsentgateError
 
 UTC = dt.UTC
 AS_OF = dt.datetime(2026, 6, 1, tzinfo=UTC)
@@ -183,8 +184,11 @@ def test_null_keys_are_removed_when_decided(spark: SparkSession, tmp_path: Path)
 def test_unknown_dataset_is_named(spark: SparkSession, tmp_path: Path) -> None:
     config = make_config(tmp_path / "lake")
     build(spark, config)
-    with pytest.raises(Exception, match="'nope'"):
+    # The contract's bad-input error (exit 2), not any exception: a bare KeyError('nope')
+    # would be a traceback with the wrong exit code (issue #26 item 5).
+    with pytest.raises(ConsentgateError, match="dataset 'nope': not configured") as raised:
         purge.purge_dataset(spark, config, "nope", as_of=AS_OF, decide=decide)
+    assert raised.value.exit_code == 2
 
 
 def test_run_purge_reports_every_dataset(spark: SparkSession, tmp_path: Path) -> None:
