@@ -151,6 +151,10 @@ def heap_after_release(session: SparkSession) -> tuple[int, int]:
     return int(runtime.totalMemory() - runtime.freeMemory()), int(runtime.maxMemory())
 
 
+#: Per module that left a JVM running: (module, MiB used after release, MiB max, restarted).
+_HEAP_LOG: list[tuple[str, int, int, str]] = []
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _jvm_hygiene(request: pytest.FixtureRequest) -> Iterator[None]:
     """Keep one JVM across modules unless a module needs a fresh one or the heap fills up."""
@@ -159,19 +163,36 @@ def _jvm_hygiene(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if SparkContext._gateway is None:
         return
+    module = request.node.name
     if request.node.get_closest_marker("fresh_jvm") is not None:
         shutdown_spark()
+        _HEAP_LOG.append((module, -1, -1, "restarted: fresh_jvm"))
         return
     session = SparkSession.getActiveSession()
     try:
         if session is None:
             raise RuntimeError("no active session")
         used, limit = heap_after_release(session)
-    except Exception:  # the gateway died, or a module stopped the session: start afresh
+    except Exception as exc:  # the gateway died, or a module stopped the session: start afresh
         shutdown_spark()
+        _HEAP_LOG.append((module, -1, -1, f"restarted: {type(exc).__name__}"))
         return
-    if used > HEAP_LIMIT_FRACTION * limit:
+    restart = used > HEAP_LIMIT_FRACTION * limit
+    if restart:
         shutdown_spark()
+    _HEAP_LOG.append(
+        (module, used >> 20, limit >> 20, "restarted: heap over half" if restart else "kept")
+    )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The JVM's heap after each module, so a CI log shows whether one JVM per run holds."""
+    if not _HEAP_LOG:
+        return
+    terminalreporter.section("JVM heap after each module (after release and GC)")
+    for module, used, limit, what in _HEAP_LOG:
+        figures = f"{used:>5} MiB of {limit} MiB" if used >= 0 else "-"
+        terminalreporter.write_line(f"{module:<40} {figures:<22} {what}")
 
 
 @pytest.fixture(autouse=True)
