@@ -79,7 +79,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "heavy: uses a JVM or Airflow's DB (set by conftest)")
     config.addinivalue_line("markers", "fast: no JVM, no Airflow DB (set by conftest)")
     config.addinivalue_line("markers", "fresh_jvm: the module starts in a JVM of its own")
-    config.addinivalue_line("markers", "xdist_group(name): run in one pytest-xdist worker")
     factory = pytest.TempPathFactory.from_config(config, _ispytest=True)
     home = factory.getbasetemp() / "airflow_home"
     home.mkdir(parents=True, exist_ok=True)
@@ -92,18 +91,10 @@ def airflow_home_dir(config: pytest.Config) -> Path:
     return config.stash[_AIRFLOW_HOME]
 
 
-#: Session fixtures worth computing once per process: under pytest-xdist, the tests that use
-#: them run in one worker (one group), every other module is a group of its own.
-SHARED_FIXTURE_GROUPS = {"local_runs": "demo_lake", "pristine_lake": "demo_lake"}
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         item.add_marker(pytest.mark.heavy if names & HEAVY_FIXTURES else pytest.mark.fast)
-        shared = sorted({SHARED_FIXTURE_GROUPS[n] for n in names & set(SHARED_FIXTURE_GROUPS)})
-        group = shared[0] if shared else item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def spark_session() -> SparkSession:
