@@ -1,13 +1,15 @@
-"""Effective consent: one test per rule and tie-break, edge cases, and a model-based property."""
+"""Effective consent: one case per rule, tie-break and edge case (each its own test item,
+batched into a few Spark runs), and properties checked against a pure-Python model."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import re
-from collections.abc import Iterator, Sequence
-from dataclasses import astuple, replace
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import astuple, dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import reduce
 from typing import Any, cast
 
 import pytest
@@ -16,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import StringType, StructField, StructType, TimestampType
+from pyspark.sql.types import StringType, StructField, StructType
 
 from consentgate import consent
 from consentgate.config import JurisdictionRules, UseCaseConfig
@@ -98,6 +100,7 @@ def evaluate(
     *,
     as_of: datetime = T,
     extra: Sequence[str] | None = None,
+    use_cases: Mapping[str, UseCaseConfig] = USE_CASES,
 ) -> DataFrame:
     extra_df = (
         None if extra is None else spark.createDataFrame([(a,) for a in extra], "asset_id string")
@@ -105,7 +108,7 @@ def evaluate(
     return consent.effective_consent(
         records_df(spark, records),
         assets_df(spark, assets),
-        use_cases=USE_CASES,
+        use_cases=use_cases,
         as_of=as_of,
         extra_asset_ids=extra_df,
     )
@@ -155,339 +158,911 @@ def ignored(
     return {row["reason"]: row["count"] for row in df.collect()}
 
 
+# --- Example cases: each its own pytest item, all sharing a few Spark runs ------------------
+#
+# Every example below used to be a test of its own that built tiny frames and paid two or more
+# Spark actions; a Spark run's fixed cost dwarfs the work on a few rows. Now each example is a
+# declarative Case, the cases of one instant and configuration are evaluated together in one
+# run (each case's ids namespaced, so cases cannot interact), and each case is still its own
+# pytest item that asserts its own slice of the collected result, so no failure hides another.
+
+#: One expected decision: (asset_id, use_case, reason, consent_record_id); the decision
+#: follows from the reason.
+Expected = tuple[str, str, str, str | None]
+
+#: The columns of a decision, in the order rows are collected and compared.
+COLUMNS = (
+    "asset_id",
+    "use_case",
+    "decision",
+    "reason",
+    "consent_record_id",
+    "policy_version",
+    "captured_at",
+    "jurisdiction",
+)
+
+#: Every reason ignored_record_counts reports, written out here so expectations stay
+#: independent of the production code.
+IGNORED_REASONS = (
+    "unknown_use_case",
+    "asset_unknown",
+    "missing_captured_at",
+    "captured_after_as_of",
+    "missing_user_id",
+    "not_owner",
+)
+
+#: Use-case configurations a case may name. "spelled-rules" is built without validation:
+#: whatever config validation accepts, a deny entry restricts.
+CONFIGS: dict[str, dict[str, UseCaseConfig]] = {
+    "default": USE_CASES,
+    "spelled-rules": {
+        "deny": UseCaseConfig.model_construct(
+            accepted_policy_versions=("v1",),
+            jurisdictions=JurisdictionRules.model_construct(allow=None, deny=(" eu",)),
+        ),
+        "allow": UseCaseConfig.model_construct(
+            accepted_policy_versions=("v1",),
+            jurisdictions=JurisdictionRules.model_construct(allow=("us",), deny=None),
+        ),
+    },
+}
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def counts(**nonzero: int) -> dict[str, int]:
+    """Every ignored-record reason's count: the ones given, zero for the others."""
+    assert set(nonzero) <= set(IGNORED_REASONS), nonzero
+    return {reason: nonzero.get(reason, 0) for reason in IGNORED_REASONS}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One example: tables of its own, and what must be decided (or counted) for them.
+
+    Cases share Spark runs (see :class:`Batches`), but each is checked on its own slice of
+    the result exactly as if it had run alone: the same columns, the same values.
+    """
+
+    name: str
+    records: tuple[Record, ...]
+    assets: tuple[Asset, ...] = (asset(),)
+    #: All decisions for ``scope`` (a use case; None for every use case): the case's slice of
+    #: that use case must be exactly these.
+    decisions: tuple[Expected, ...] | None = None
+    scope: str | None = REC
+    #: Decisions checked for just their (asset_id, use_case), whatever else is decided.
+    selected: tuple[Expected, ...] = ()
+    #: Further columns of one decision: (asset_id, use_case, column, value).
+    fields: tuple[tuple[str, str, str, object], ...] = ()
+    #: The ignored-record counts of exactly these tables, every reason listed.
+    ignored: dict[str, int] | None = None
+    #: Whether every decision must also equal the reference model's (all columns).
+    matches_model: bool = False
+    as_of: datetime = T
+    extra: tuple[str, ...] = ()
+    config: str = "default"
+
+    def __post_init__(self) -> None:
+        # The name is the namespace: lowercase ASCII without whitespace or "~", so that it is
+        # its own canonical form and "name~" is a prefix no other case's namespace starts with.
+        if not re.fullmatch(r"[a-z0-9_./-]+", self.name):
+            raise ValueError(f"case name {self.name!r} is not a plain lowercase namespace")
+        if self.decisions is None and not (
+            self.selected or self.fields or self.matches_model or self.ignored is not None
+        ):
+            raise ValueError(f"case {self.name} checks nothing")
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.name}~"
+
+    @property
+    def evaluated(self) -> bool:
+        return bool(
+            self.decisions is not None or self.selected or self.fields or self.matches_model
+        )
+
+
+def namespaced_value(prefix: str, value: str | None) -> str | None:
+    """``value`` with ``prefix`` inserted after its leading whitespace.
+
+    Its canonical form is then ``prefix`` plus ``value``'s, it is non-canonical exactly when
+    ``value`` is (padding and upper case survive), ids keep their order within a case, and
+    null, empty and blank values are left as they are (they stay null). A plain prefix would
+    turn `` A1`` into ``p~ A1``, whose whitespace is no longer surrounding: another case.
+    """
+    if value is None or not value.strip():
+        return value
+    core = value.lstrip()
+    return value[: len(value) - len(core)] + prefix + core
+
+
+def namespaced_case(case: Case) -> tuple[list[Record], list[Asset], list[str]]:
+    """The case's tables with every record, user and asset id in the case's namespace."""
+
+    def ns(value: str | None) -> str | None:
+        return namespaced_value(case.prefix, value)
+
+    records = [
+        replace(r, id=ns(r.id), user_id=ns(r.user_id), asset_id=ns(r.asset_id))
+        for r in case.records
+    ]
+    assets = [
+        replace(a, asset_id=ns(a.asset_id), owner_user_id=ns(a.owner_user_id)) for a in case.assets
+    ]
+    return records, assets, [cast(str, ns(x)) for x in case.extra]
+
+
+Decided = tuple[object, ...]
+"""One collected decision, in :data:`COLUMNS` order, ``captured_at`` an aware UTC datetime."""
+
+
+class Batches:
+    """The example cases' results, computed on first use: one Spark run per (instant,
+    configuration) for the decisions and one for every case's ignored-record counts."""
+
+    def __init__(self, spark: SparkSession, cases: Sequence[Case]) -> None:
+        self.spark = spark
+        self.cases = cases
+        self._decided: dict[tuple[datetime, str], list[Decided]] = {}
+        self._ignored: dict[str, dict[str, int]] | None = None
+
+    def decisions(self, case: Case) -> list[Decided]:
+        """The case's decisions, its namespace removed from asset and record ids."""
+        key = (case.as_of, case.config)
+        if key not in self._decided:
+            group = [c for c in self.cases if c.evaluated and (c.as_of, c.config) == key]
+            self._decided[key] = self._evaluate(group, as_of=case.as_of, config=case.config)
+        prefix = case.prefix
+
+        def strip(value: object) -> object:
+            # A record id from another namespace is left as is, so that it shows as a mismatch.
+            if isinstance(value, str) and value.startswith(prefix):
+                return value[len(prefix) :]
+            return value
+
+        return [
+            (strip(row[0]), row[1], row[2], row[3], strip(row[4]), *row[5:])
+            for row in self._decided[key]
+            if isinstance(row[0], str) and row[0].startswith(prefix)
+        ]
+
+    def _evaluate(self, group: Sequence[Case], *, as_of: datetime, config: str) -> list[Decided]:
+        records: list[Record] = []
+        assets: list[Asset] = []
+        extra: list[str] = []
+        for case in group:
+            r, a, x = namespaced_case(case)
+            records += r
+            assets += a
+            extra += x
+        result = evaluate(
+            self.spark, records, assets, as_of=as_of, extra=extra, use_cases=CONFIGS[config]
+        )
+        columns = [F.unix_micros(c) if c == "captured_at" else F.col(c) for c in COLUMNS]
+        return [
+            tuple(
+                EPOCH + timedelta(microseconds=v) if c == "captured_at" and v is not None else v
+                for c, v in zip(COLUMNS, row, strict=True)
+            )
+            for row in result.select(*columns).collect()
+        ]
+
+    def ignored(self, case: Case) -> dict[str, int]:
+        """The ignored-record counts of the case's own tables (not namespaced: each case is
+        counted by its own aggregate, all of them unioned into one run)."""
+        if self._ignored is None:
+            frames = [
+                consent.ignored_record_counts(
+                    records_df(self.spark, c.records),
+                    assets_df(self.spark, c.assets),
+                    use_cases=CONFIGS[c.config],
+                    as_of=c.as_of,
+                ).select(F.lit(c.name).alias("case"), "reason", "count")
+                for c in self.cases
+                if c.ignored is not None
+            ]
+            self._ignored = {}
+            for row in reduce(DataFrame.unionByName, frames).collect():
+                self._ignored.setdefault(row["case"], {})[row["reason"]] = row["count"]
+        return self._ignored.get(case.name, {})
+
+
+def _with_decision(expected: Iterable[Expected]) -> list[Decided]:
+    rows = [(a, u, "granted" if r == "granted" else "denied", r, rid) for a, u, r, rid in expected]
+    return sorted(rows, key=repr)
+
+
+def _model_decided(decisions: list[model.Decision]) -> list[Decided]:
+    return sorted(
+        (
+            (
+                d.asset_id,
+                d.use_case,
+                d.decision,
+                d.reason,
+                d.consent_record_id,
+                d.policy_version,
+                d.captured_at,
+                d.jurisdiction,
+            )
+            for d in decisions
+        ),
+        key=repr,
+    )
+
+
 # --- Rule 1: asset unknown / deleted -------------------------------------------------------
 
-
-def test_asset_unknown_for_records_and_lineage_ids(spark: SparkSession) -> None:
-    result = evaluate(spark, [rec("r1", asset="a9")], [asset("a1")], extra=["x1", "a1"])
-    assert_decisions(
-        spark,
-        result,
-        [
+RULE_1 = [
+    Case(
+        "asset-unknown/records-and-lineage-ids",
+        records=(rec("r1", asset="a9"),),
+        assets=(asset("a1"),),
+        extra=("x1", "a1"),
+        decisions=(
             ("a1", REC, "no_consent_record", None),
             ("a9", REC, "asset_unknown", None),
             ("x1", REC, "asset_unknown", None),
-        ],
-    )
-    assert ignored(spark, [rec("r1", asset="a9"), rec("r2", asset=None)])["asset_unknown"] == 2
-
-
-def test_asset_unknown_covers_every_use_case(spark: SparkSession) -> None:
-    result = evaluate(spark, [], [], extra=["x1"])
-    assert_decisions(
-        spark,
-        result,
-        [("x1", uc, "asset_unknown", None) for uc in (REC, GEN, MOD)],
-        use_case=None,
-    )
-
-
-def test_asset_deleted_at_or_before_t(spark: SparkSession) -> None:
-    cases = [("d1", at(-1), "asset_deleted", None), ("d2", T, "asset_deleted", None)]
-    cases += [("d3", at(1), "granted", "r3")]
-    records = [rec(f"r{a[1]}", asset=a) for a, _, _, _ in cases]
-    assets = [asset(a, deleted=deleted) for a, deleted, _, _ in cases]
-    assert_decisions(
-        spark,
-        evaluate(spark, records, assets),
-        [(a, REC, reason, rid) for a, _, reason, rid in cases],
-    )
-
+        ),
+    ),
+    Case(
+        "asset-unknown/counted",
+        records=(rec("r1", asset="a9"), rec("r2", asset=None)),
+        ignored=counts(asset_unknown=2),
+    ),
+    Case(
+        "asset-unknown/every-use-case",
+        records=(),
+        assets=(),
+        extra=("x1",),
+        decisions=tuple(("x1", uc, "asset_unknown", None) for uc in (REC, GEN, MOD)),
+        scope=None,
+    ),
+    *[
+        Case(
+            f"asset-deleted/{label}",
+            records=(rec("r1"),),
+            assets=(asset(deleted=deleted),),
+            decisions=(("a1", REC, reason, rid),),
+        )
+        for label, deleted, reason, rid in [
+            ("before-t", at(-1), "asset_deleted", None),
+            ("at-t", T, "asset_deleted", None),
+            ("after-t", at(1), "granted", "r1"),
+        ]
+    ],
+]
 
 # --- Rules 2-3: candidates and attribution ---------------------------------------------------
 
-
-def test_no_consent_record(spark: SparkSession) -> None:
-    result = evaluate(spark, [rec("r1", use_case=GEN)], [asset()])
-    assert_decisions(spark, result, [("a1", REC, "no_consent_record", None)])
-
-
-def test_unattributable_records_are_ignored_and_counted(spark: SparkSession) -> None:
+RULES_2_3 = [
+    Case(
+        "no-consent-record",
+        records=(rec("r1", use_case=GEN),),
+        decisions=(("a1", REC, "no_consent_record", None),),
+    ),
     # One asset per way of not being attributable; each is counted once under its reason.
-    records = [
-        rec("r1", asset="i1", user="stranger"),
-        rec("r2", asset="i2", user=None),
-        Record("r3", "u1", "i3", REC, "granted", "v1", None, None, None),
-        rec("r4", asset="i4", captured=at(1)),
-        rec("r5", asset="i5", use_case="training_of_robots"),
-        rec("r6", asset="i6", use_case=None),
-        rec("r7", asset="nowhere"),
-    ]
-    assets = [asset(f"i{i}") for i in range(1, 7)]
-    assert_decisions(
-        spark,
-        evaluate(spark, records, assets),
-        [(f"i{i}", REC, "no_consent_record", None) for i in range(1, 7)]
-        + [("nowhere", REC, "asset_unknown", None)],
-    )
-    assert ignored(spark, records, assets) == {
-        "unknown_use_case": 2,
-        "asset_unknown": 1,
-        "missing_captured_at": 1,
-        "captured_after_as_of": 1,
-        "missing_user_id": 1,
-        "not_owner": 1,
-    }
-
-
-def test_stranger_cannot_revoke_for_the_owner(spark: SparkSession) -> None:
-    records = [
-        rec("r1", captured=at(-5)),
-        rec("r2", user="stranger", status="revoked", captured=at(-1)),
-    ]
-    assert_decisions(spark, evaluate(spark, records), [("a1", REC, "granted", "r1")])
-
-
-def test_asset_without_owner_attributes_nothing(spark: SparkSession) -> None:
-    result = evaluate(spark, [rec("r1")], [asset(owner=None)])
-    assert_decisions(spark, result, [("a1", REC, "no_consent_record", None)])
-    assert ignored(spark, [rec("r1")], [asset(owner=None)])["not_owner"] == 1
-
-
-def test_conflicting_asset_rows_attribute_nothing(spark: SparkSession) -> None:
-    result = evaluate(spark, [rec("r1")], [asset(owner="u1"), asset(owner="u2")])
-    assert_decisions(spark, result, [("a1", REC, "no_consent_record", None)])
-
-
-def test_identical_asset_rows_are_one_asset(spark: SparkSession) -> None:
-    result = evaluate(spark, [rec("r1")], [asset(), asset()])
-    assert_decisions(spark, result, [("a1", REC, "granted", "r1")])
-
-
-def test_records_captured_after_t_are_ignored(spark: SparkSession) -> None:
-    records = [rec("r1", captured=at(-1)), rec("r2", status="denied", captured=at(1))]
-    assert_decisions(spark, evaluate(spark, records), [("a1", REC, "granted", "r1")])
+    Case(
+        "unattributable-ignored-and-counted",
+        records=(
+            rec("r1", asset="i1", user="stranger"),
+            rec("r2", asset="i2", user=None),
+            Record("r3", "u1", "i3", REC, "granted", "v1", None, None, None),
+            rec("r4", asset="i4", captured=at(1)),
+            rec("r5", asset="i5", use_case="training_of_robots"),
+            rec("r6", asset="i6", use_case=None),
+            rec("r7", asset="nowhere"),
+        ),
+        assets=tuple(asset(f"i{i}") for i in range(1, 7)),
+        decisions=(
+            *[(f"i{i}", REC, "no_consent_record", None) for i in range(1, 7)],
+            ("nowhere", REC, "asset_unknown", None),
+        ),
+        ignored=counts(
+            unknown_use_case=2,
+            asset_unknown=1,
+            missing_captured_at=1,
+            captured_after_as_of=1,
+            missing_user_id=1,
+            not_owner=1,
+        ),
+    ),
+    Case(
+        "stranger-cannot-revoke-for-the-owner",
+        records=(
+            rec("r1", captured=at(-5)),
+            rec("r2", user="stranger", status="revoked", captured=at(-1)),
+        ),
+        decisions=(("a1", REC, "granted", "r1"),),
+    ),
+    Case(
+        "asset-without-owner-attributes-nothing",
+        records=(rec("r1"),),
+        assets=(asset(owner=None),),
+        decisions=(("a1", REC, "no_consent_record", None),),
+        ignored=counts(not_owner=1),
+    ),
+    Case(
+        "conflicting-asset-rows-attribute-nothing",
+        records=(rec("r1"),),
+        assets=(asset(owner="u1"), asset(owner="u2")),
+        decisions=(("a1", REC, "no_consent_record", None),),
+    ),
+    Case(
+        "identical-asset-rows-are-one-asset",
+        records=(rec("r1"),),
+        assets=(asset(), asset()),
+        decisions=(("a1", REC, "granted", "r1"),),
+    ),
+    Case(
+        "captured-after-t/ignored",
+        records=(rec("r1", captured=at(-1)), rec("r2", status="denied", captured=at(1))),
+        decisions=(("a1", REC, "granted", "r1"),),
+    ),
     # An audit at an earlier instant does not see the later grant either.
-    assert_decisions(
-        spark, evaluate(spark, records, as_of=at(-2)), [("a1", REC, "no_consent_record", None)]
-    )
+    Case(
+        "captured-after-t/earlier-audit",
+        records=(rec("r1", captured=at(-1)), rec("r2", status="denied", captured=at(1))),
+        as_of=at(-2),
+        decisions=(("a1", REC, "no_consent_record", None),),
+    ),
     # A record captured exactly at T counts.
-    assert_decisions(
-        spark, evaluate(spark, [rec("r3", captured=T)]), [("a1", REC, "granted", "r3")]
-    )
-
+    Case(
+        "captured-after-t/exactly-at-t-counts",
+        records=(rec("r3", captured=T),),
+        decisions=(("a1", REC, "granted", "r3"),),
+    ),
+]
 
 # --- Rule 4: latest record, ties -----------------------------------------------------------
 
-
-def test_latest_record_wins(spark: SparkSession) -> None:
-    grant_then_deny = [rec("r1", captured=at(-5)), rec("r2", status="denied", captured=at(-1))]
-    deny_then_grant = [rec("r1", status="denied", captured=at(-5)), rec("r2", captured=at(-1))]
-    assert_decisions(spark, evaluate(spark, grant_then_deny), [("a1", REC, "denied", "r2")])
-    assert_decisions(spark, evaluate(spark, deny_then_grant), [("a1", REC, "granted", "r2")])
-
-
-TIES = [
-    (rec("w", status="revoked"), rec("l", status=None), "revoked"),
-    (rec("w", status="revoked"), rec("l", status="denied"), "revoked"),
-    (rec("w", status="bogus"), rec("l", status="denied"), "malformed_record"),
-    (rec("w", status="denied"), rec("l", status="granted"), "denied"),
-    (rec("w", status="granted", revoked=at(-1)), rec("l", status="denied"), "revoked"),
-    (rec("w", policy="v9"), rec("l", policy="v1"), "policy_version_not_accepted"),
+#: Two records of one asset at the same instant, (label, winner, loser, reason): the winner's
+#: own outcome is the more restrictive.
+TIES: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
+    ("revoked-over-malformed", {"status": "revoked"}, {"status": None}, "revoked"),
+    ("revoked-over-denied", {"status": "revoked"}, {"status": "denied"}, "revoked"),
+    ("malformed-over-denied", {"status": "bogus"}, {"status": "denied"}, "malformed_record"),
+    ("denied-over-granted", {"status": "denied"}, {"status": "granted"}, "denied"),
+    (
+        "revoked-in-place-over-denied",
+        {"status": "granted", "revoked": at(-1)},
+        {"status": "denied"},
+        "revoked",
+    ),
+    (
+        "policy-not-accepted-over-granted",
+        {"policy": "v9"},
+        {"policy": "v1"},
+        "policy_version_not_accepted",
+    ),
 ]
 
 
-def test_tie_goes_to_the_most_restrictive(spark: SparkSession) -> None:
-    # Each tie on its own asset, in both input orders; the same instant for both records.
-    records, assets, expected = [], [], []
-    for i, (winner, loser, reason) in enumerate(TIES):
-        for order, pair in enumerate(([winner, loser], [loser, winner])):
-            a = f"t{i}{order}"
-            records += [replace(r, id=f"{r.id}{a}", asset_id=a) for r in pair]
-            assets.append(asset(a))
-            expected.append((a, REC, reason, f"w{a}"))
-    assert_decisions(spark, evaluate(spark, records, assets), expected)
+def _tie_cases() -> list[Case]:
+    """Each tie in both input orders, and with the winner's id sorting last ("w" > "l") and
+    first: restrictiveness, not the id, must decide."""
+    cases = []
+    for label, winner, loser, reason in TIES:
+        for winner_id, loser_id in (("w", "l"), ("l", "w")):
+            pair = (rec(winner_id, **winner), rec(loser_id, **loser))
+            for order, records in (("winner-first", pair), ("loser-first", pair[::-1])):
+                cases.append(
+                    Case(
+                        f"tie/{label}/{order}/winner-id-{winner_id}",
+                        records=records,
+                        decisions=(("a1", REC, reason, winner_id),),
+                    )
+                )
+    return cases
 
 
-def test_tie_between_equal_grants_is_deterministic(spark: SparkSession) -> None:
-    records = [rec("r1", policy="v1"), rec("r2", policy="v2")]
-    assert_decisions(spark, evaluate(spark, records), [("a1", REC, "granted", "r2")])
-    assert_decisions(spark, evaluate(spark, records[::-1]), [("a1", REC, "granted", "r2")])
-
+RULE_4 = [
+    Case(
+        "latest-wins/grant-then-deny",
+        records=(rec("r1", captured=at(-5)), rec("r2", status="denied", captured=at(-1))),
+        decisions=(("a1", REC, "denied", "r2"),),
+    ),
+    Case(
+        "latest-wins/deny-then-grant",
+        records=(rec("r1", status="denied", captured=at(-5)), rec("r2", captured=at(-1))),
+        decisions=(("a1", REC, "granted", "r2"),),
+    ),
+    *_tie_cases(),
+    *[
+        Case(
+            f"tie/equal-grants-deterministic/{order}",
+            records=records,
+            decisions=(("a1", REC, "granted", "r2"),),
+        )
+        for order, records in [
+            ("r1-first", (rec("r1", policy="v1"), rec("r2", policy="v2"))),
+            ("r2-first", (rec("r2", policy="v2"), rec("r1", policy="v1"))),
+        ]
+    ],
+]
 
 # --- Rule 5: malformed, revoked, denied ------------------------------------------------------
 
-
-def test_malformed_record_never_grants(spark: SparkSession) -> None:
-    bad = {
-        "upper-case": rec("r1", status="GRANTED"),
-        "whitespace": rec("r2", status="granted "),
-        "null-status": rec("r3", status=None),
-        "null-policy": rec("r4", policy=None),
-        "revoked-before-captured": rec("r5", captured=at(-5), revoked=at(-6)),
-        "null-id": rec(None),
-    }
-    records = [replace(r, asset_id=name) for name, r in bad.items()]
-    assert_decisions(
-        spark,
-        evaluate(spark, records, [asset(name) for name in bad]),
-        [(name, REC, "malformed_record", r.id) for name, r in bad.items()],
-    )
-
-
-def test_malformed_is_a_denial_at_its_captured_at(spark: SparkSession) -> None:
-    later_grant = [rec("r1", policy=None, captured=at(-5)), rec("r2", captured=at(-1))]
-    assert_decisions(spark, evaluate(spark, later_grant), [("a1", REC, "granted", "r2")])
-
-
-def test_duplicate_id_with_different_content_is_malformed_everywhere(
-    spark: SparkSession,
-) -> None:
-    records = [
-        rec("dup", asset="a1"),
-        rec("dup", asset="a2", user="u2"),
-        rec("ok", asset="a3", user="u3"),
-    ]
-    assets = [asset("a1"), asset("a2", owner="u2"), asset("a3", owner="u3")]
-    assert_decisions(
-        spark,
-        evaluate(spark, records, assets),
-        [
+RULE_5 = [
+    *[
+        Case(f"malformed/{label}", records=(record,), decisions=(("a1", REC, reason, record.id),))
+        for label, record, reason in [
+            ("upper-case", rec("r1", status="GRANTED"), "malformed_record"),
+            ("whitespace", rec("r2", status="granted "), "malformed_record"),
+            ("null-status", rec("r3", status=None), "malformed_record"),
+            ("null-policy", rec("r4", policy=None), "malformed_record"),
+            (
+                "revoked-before-captured",
+                rec("r5", captured=at(-5), revoked=at(-6)),
+                "malformed_record",
+            ),
+            ("null-id", rec(None), "malformed_record"),
+        ]
+    ],
+    Case(
+        "malformed/a-denial-at-its-captured-at",
+        records=(rec("r1", policy=None, captured=at(-5)), rec("r2", captured=at(-1))),
+        decisions=(("a1", REC, "granted", "r2"),),
+    ),
+    Case(
+        "duplicate-id/different-content-malformed-everywhere",
+        records=(
+            rec("dup", asset="a1"),
+            rec("dup", asset="a2", user="u2"),
+            rec("ok", asset="a3", user="u3"),
+        ),
+        assets=(asset("a1"), asset("a2", owner="u2"), asset("a3", owner="u3")),
+        decisions=(
             ("a1", REC, "malformed_record", "dup"),
             ("a2", REC, "malformed_record", "dup"),
             ("a3", REC, "granted", "ok"),
-        ],
-    )
-
-
-def test_duplicate_id_conflict_in_another_use_case_still_counts(spark: SparkSession) -> None:
-    records = [rec("dup"), rec("dup", use_case="not_configured")]
-    assert_decisions(spark, evaluate(spark, records), [("a1", REC, "malformed_record", "dup")])
-
-
-def test_duplicate_id_with_identical_content_is_one_record(spark: SparkSession) -> None:
-    records = [rec("dup"), rec("dup")]
-    assert_decisions(spark, evaluate(spark, records), [("a1", REC, "granted", "dup")])
-
-
-def test_revoked_status(spark: SparkSession) -> None:
-    assert_decisions(
-        spark, evaluate(spark, [rec("r1", status="revoked")]), [("a1", REC, "revoked", "r1")]
-    )
-
-
-def test_in_place_revocation(spark: SparkSession) -> None:
-    cases = {"before-t": (at(-1), "revoked"), "at-t": (T, "revoked"), "after-t": (at(1), "granted")}
-    records = [rec(f"r-{a}", asset=a, captured=at(-5), revoked=r) for a, (r, _) in cases.items()]
-    assert_decisions(
-        spark,
-        evaluate(spark, records, [asset(a) for a in cases]),
-        [(a, REC, reason, f"r-{a}") for a, (_, reason) in cases.items()],
-    )
-
-
-def test_revoked_at_equal_to_captured_at_is_a_revocation_not_malformed(
-    spark: SparkSession,
-) -> None:
-    result = evaluate(spark, [rec("r1", captured=at(-5), revoked=at(-5))])
-    assert_decisions(spark, result, [("a1", REC, "revoked", "r1")])
-
-
-def test_denied_status(spark: SparkSession) -> None:
-    assert_decisions(
-        spark, evaluate(spark, [rec("r1", status="denied")]), [("a1", REC, "denied", "r1")]
-    )
-
-
-def test_revoked_before_denied_in_rule_order(spark: SparkSession) -> None:
-    result = evaluate(spark, [rec("r1", status="denied", revoked=at(-1))])
-    assert_decisions(spark, result, [("a1", REC, "revoked", "r1")])
-
+        ),
+    ),
+    Case(
+        "duplicate-id/conflict-in-another-use-case-counts",
+        records=(rec("dup"), rec("dup", use_case="not_configured")),
+        decisions=(("a1", REC, "malformed_record", "dup"),),
+    ),
+    Case(
+        "duplicate-id/identical-content-one-record",
+        records=(rec("dup"), rec("dup")),
+        decisions=(("a1", REC, "granted", "dup"),),
+    ),
+    Case(
+        "revoked/status",
+        records=(rec("r1", status="revoked"),),
+        decisions=(("a1", REC, "revoked", "r1"),),
+    ),
+    *[
+        Case(
+            f"revoked/in-place-{label}",
+            records=(rec("r1", captured=at(-5), revoked=revoked),),
+            decisions=(("a1", REC, reason, "r1"),),
+        )
+        for label, revoked, reason in [
+            ("before-t", at(-1), "revoked"),
+            ("at-t", T, "revoked"),
+            ("after-t", at(1), "granted"),
+        ]
+    ],
+    Case(
+        "revoked/at-captured-at-is-a-revocation-not-malformed",
+        records=(rec("r1", captured=at(-5), revoked=at(-5)),),
+        decisions=(("a1", REC, "revoked", "r1"),),
+    ),
+    Case(
+        "denied/status",
+        records=(rec("r1", status="denied"),),
+        decisions=(("a1", REC, "denied", "r1"),),
+    ),
+    Case(
+        "revoked/before-denied-in-rule-order",
+        records=(rec("r1", status="denied", revoked=at(-1)),),
+        decisions=(("a1", REC, "revoked", "r1"),),
+    ),
+]
 
 # --- Rules 6-8: policy version, jurisdiction, grant -----------------------------------------
 
 
-def test_policy_version_not_accepted(spark: SparkSession) -> None:
-    result = evaluate(spark, [rec("r1", use_case=GEN, policy="v1")])
-    assert_decisions(
-        spark, result, [("a1", GEN, "policy_version_not_accepted", "r1")], use_case=GEN
-    )
-
-
-def test_jurisdiction_rules_and_fallback(spark: SparkSession) -> None:
-    cases = [
-        (GEN, None, None, "jurisdiction_unknown"),
-        (GEN, "EU", "US", "jurisdiction_blocked"),
-        (GEN, None, "EU", "jurisdiction_blocked"),
-        (GEN, "US", "EU", "granted"),
-        (GEN, None, "US", "granted"),
-        (MOD, "EU", None, "jurisdiction_blocked"),
-        (MOD, None, None, "jurisdiction_unknown"),
-        (MOD, None, "US", "granted"),
-        (REC, None, None, "granted"),
-    ]
-    records, assets, expected = [], [], []
-    for i, (use_case, record_jurisdiction, asset_jurisdiction, reason) in enumerate(cases):
-        policy = USE_CASES[use_case].accepted_policy_versions[0]
-        records.append(
+def _jurisdiction_case(
+    name: str,
+    use_case: str,
+    record_jurisdiction: str | None,
+    asset_jurisdiction: str | None,
+    reason: str,
+    *,
+    output_jurisdiction: tuple[str | None] | None = None,
+) -> Case:
+    """One record under ``use_case``'s first accepted policy version; ``output_jurisdiction``
+    (a 1-tuple, since None is a value) is the jurisdiction the decision must carry."""
+    fields: tuple[tuple[str, str, str, object], ...] = ()
+    if output_jurisdiction is not None:
+        fields = (("a1", use_case, "jurisdiction", output_jurisdiction[0]),)
+    return Case(
+        name,
+        records=(
             rec(
-                f"r{i}",
-                asset=f"j{i}",
+                "r1",
                 use_case=use_case,
-                policy=policy,
+                policy=USE_CASES[use_case].accepted_policy_versions[0],
                 jurisdiction=record_jurisdiction,
-            )
-        )
-        assets.append(asset(f"j{i}", jurisdiction=asset_jurisdiction))
-        expected.append((f"j{i}", use_case, reason, f"r{i}"))
-    result = evaluate(spark, records, assets)
-    assert_decisions(
-        spark,
-        result.join(
-            spark.createDataFrame(
-                [(a, u) for a, u, _, _ in expected], "asset_id string, use_case string"
             ),
-            on=["asset_id", "use_case"],
         ),
-        expected,
-        use_case=None,
+        assets=(asset(jurisdiction=asset_jurisdiction),),
+        decisions=(("a1", use_case, reason, "r1"),),
+        scope=use_case,
+        fields=fields,
     )
 
 
-def test_grant_carries_its_terms(spark: SparkSession) -> None:
-    captured = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
-    record = rec("r1", use_case=GEN, policy="v2", jurisdiction="US", captured=captured)
-    result = evaluate(spark, [record], [asset(jurisdiction="EU")]).filter(F.col("use_case") == GEN)
-    schema = StructType(
-        [
-            StructField(c, TimestampType() if c == "captured_at" else StringType(), True)
-            for c in consent.EFFECTIVE_CONSENT_COLUMNS
+GRANT_TIME = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+
+RULES_6_8 = [
+    Case(
+        "policy-version-not-accepted",
+        records=(rec("r1", use_case=GEN, policy="v1"),),
+        decisions=(("a1", GEN, "policy_version_not_accepted", "r1"),),
+        scope=GEN,
+    ),
+    *[
+        _jurisdiction_case(
+            f"jurisdiction/{uc}/record-{record_j or 'null'}/asset-{asset_j or 'null'}".lower(),
+            uc,
+            record_j,
+            asset_j,
+            reason,
+        )
+        for uc, record_j, asset_j, reason in [
+            (GEN, None, None, "jurisdiction_unknown"),
+            (GEN, "EU", "US", "jurisdiction_blocked"),
+            (GEN, None, "EU", "jurisdiction_blocked"),
+            (GEN, "US", "EU", "granted"),
+            (GEN, None, "US", "granted"),
+            (MOD, "EU", None, "jurisdiction_blocked"),
+            (MOD, None, None, "jurisdiction_unknown"),
+            (MOD, None, "US", "granted"),
+            (REC, None, None, "granted"),
         ]
-    )
-    expected = spark.createDataFrame(
-        [("a1", GEN, "granted", "granted", "r1", "v2", captured, "US")], schema
-    )
-    assert_df_equality(result, expected, ignore_nullable=True)
-
-
-def test_denials_without_a_decisive_record_carry_no_terms(spark: SparkSession) -> None:
-    row = evaluate(spark, [], [asset(jurisdiction="EU")]).filter(F.col("use_case") == REC).first()
-    assert row is not None
-    assert row.asDict() == {
-        "asset_id": "a1",
-        "use_case": REC,
-        "decision": "denied",
-        "reason": "no_consent_record",
-        "consent_record_id": None,
-        "policy_version": None,
-        "captured_at": None,
-        "jurisdiction": "EU",
-    }
-
+    ],
+    # A grant carries its terms: every column of the decision.
+    Case(
+        "grant-carries-its-terms",
+        records=(rec("r1", use_case=GEN, policy="v2", jurisdiction="US", captured=GRANT_TIME),),
+        assets=(asset(jurisdiction="EU"),),
+        decisions=(("a1", GEN, "granted", "r1"),),
+        scope=GEN,
+        fields=(
+            ("a1", GEN, "policy_version", "v2"),
+            ("a1", GEN, "captured_at", GRANT_TIME),
+            ("a1", GEN, "jurisdiction", "US"),
+        ),
+    ),
+    Case(
+        "denial-without-a-decisive-record-carries-no-terms",
+        records=(),
+        assets=(asset(jurisdiction="EU"),),
+        decisions=(("a1", REC, "no_consent_record", None),),
+        fields=(
+            ("a1", REC, "policy_version", None),
+            ("a1", REC, "captured_at", None),
+            ("a1", REC, "jurisdiction", "EU"),
+        ),
+    ),
+]
 
 # --- Rule 2: canonical values (case, surrounding whitespace, empty strings) ----------------
 
+#: (use case, record jurisdiction, asset jurisdiction, reason[, output jurisdiction]);
+#: generative_training denies EU, moderation allows only US, recommendation has no rules.
+JURISDICTION_SPELLINGS: list[tuple[Any, ...]] = [
+    (GEN, "eu", "US", "jurisdiction_blocked"),
+    (GEN, "EU ", "US", "jurisdiction_blocked", "EU"),  # the output carries the canonical code
+    (GEN, "\u00a0Eu\t", "US", "jurisdiction_blocked"),
+    (GEN, "", "EU", "jurisdiction_blocked"),  # "" is null: the asset's EU applies
+    (GEN, "", None, "jurisdiction_unknown", None),
+    (GEN, "", "", "jurisdiction_unknown"),
+    (GEN, None, "", "jurisdiction_unknown"),  # an asset's "" no longer hides it
+    (GEN, None, "eu", "jurisdiction_blocked", "EU"),
+    (GEN, None, " EU", "jurisdiction_blocked"),
+    (GEN, "us", "EU", "malformed_record"),  # would grant through "us": never
+    (GEN, None, "us", "malformed_record"),  # ... nor through the asset's "us"
+    (GEN, "  ", "US", "malformed_record"),  # blank is a non-canonical null
+    (GEN, "", "US", "granted", "US"),  # "" is plain null, and the asset's US is clean
+    (MOD, "us", None, "malformed_record"),
+    (MOD, " EU", "US", "jurisdiction_blocked"),
+    (MOD, None, "us", "malformed_record"),
+    (MOD, "", "US", "granted"),
+    (REC, "eu", None, "malformed_record"),  # the record's own value, rules or not
+    (REC, None, "us", "granted"),  # without rules the asset's is not consulted
+]
 
-def assert_selected(
-    spark: SparkSession,
-    result: DataFrame,
-    expected: Sequence[tuple[str, str, str, str | None]],
-) -> None:
-    """Like :func:`assert_decisions`, for just the listed (asset_id, use_case) rows."""
-    keys = spark.createDataFrame(
-        [(a, u) for a, u, _, _ in expected], "asset_id string, use_case string"
-    )
-    assert_decisions(spark, result.join(keys, on=["asset_id", "use_case"]), expected, use_case=None)
+#: Per asset: a clean grant, then a later record with a non-canonical status (and perhaps an
+#: in-place revocation): (label, status, revoked_at, reason).
+STATUS_SPELLINGS = [
+    ("revoked-padded", " Revoked", None, "revoked"),
+    ("revoked-upper-newline", "REVOKED\n", None, "revoked"),
+    ("denied-padded", "Denied ", None, "denied"),
+    ("granted-upper", "GRANTED", None, "malformed_record"),
+    ("granted-padded", " granted", None, "malformed_record"),
+    ("granted-padded-revoked-in-place", " granted", at(-0.5), "revoked"),  # restricts
+    ("empty-is-null", "", None, "malformed_record"),
+    ("blank-is-null", "\t", None, "malformed_record"),
+]
+
+#: (label, policy version, status, reason, output policy version).
+POLICY_SPELLINGS = [
+    ("padded", " v1", "granted", "malformed_record", "v1"),
+    ("upper-case", "V1", "granted", "policy_version_not_accepted", "V1"),
+    ("empty-is-null", "", "granted", "malformed_record", None),
+    ("padded-revoked", " v1", "revoked", "revoked", "v1"),
+    ("upper-case-padded", "V1 ", "granted", "policy_version_not_accepted", "V1"),
+]
+
+OWNER_UUID = "9c1d2e3f-4a5b-4c6d-8e7f-0a1b2c3d4e5f"
+ASSET_UUIDS = [f"3f2b8c1e-9a4d-4e7b-8c2a-1b2c3d4e5f6{i}" for i in range(5)]
+
+RULE_2 = [
+    *[
+        _jurisdiction_case(
+            f"jurisdiction-spelling/{i:02d}-{row[0]}",
+            *row[:4],
+            output_jurisdiction=(row[4],) if len(row) > 4 else None,
+        )
+        for i, row in enumerate(JURISDICTION_SPELLINGS)
+    ],
+    *[
+        Case(
+            f"status-spelling/{label}",
+            records=(
+                rec("g", captured=at(-5)),
+                rec("x", status=status, captured=at(-1), revoked=revoked),
+            ),
+            decisions=(("a1", REC, reason, "x"),),
+        )
+        for label, status, revoked, reason in STATUS_SPELLINGS
+    ],
+    # Upper-case or padded ids revoke but never grant. Namespacing keeps their point: the
+    # namespace goes after the padding and is lowercase, so these stay non-canonical.
+    Case(
+        "id-spelling/uppercase-or-padded-ids-revoke-but-never-grant",
+        records=(
+            # [0]: a clean grant, then a revocation written in upper case: revoked.
+            rec("r0", user=OWNER_UUID, asset=ASSET_UUIDS[0], captured=at(-5)),
+            rec(
+                "R0-X",
+                user=OWNER_UUID.upper(),
+                asset=ASSET_UUIDS[0].upper(),
+                status="revoked",
+                captured=at(-1),
+            ),
+            # [1]: a grant through an upper-case asset id: malformed, and named canonically.
+            rec("r1", user=OWNER_UUID, asset=ASSET_UUIDS[1].upper()),
+            # [2]: a grant through a padded user id.
+            rec("r2", user=f" {OWNER_UUID}", asset=ASSET_UUIDS[2]),
+            # [3]: a grant through a non-canonical record id.
+            rec(" R3", user=OWNER_UUID, asset=ASSET_UUIDS[3]),
+            # [4]: a clean grant, then a denial by a padded, upper-case user: denied.
+            rec("r4", user=OWNER_UUID, asset=ASSET_UUIDS[4], captured=at(-5)),
+            rec(
+                "r4-x",
+                user=OWNER_UUID.upper() + "\t",
+                asset=ASSET_UUIDS[4],
+                status="denied",
+                captured=at(-1),
+            ),
+        ),
+        assets=tuple(asset(a, owner=OWNER_UUID) for a in ASSET_UUIDS),
+        decisions=(
+            (ASSET_UUIDS[0], REC, "revoked", "r0-x"),
+            (ASSET_UUIDS[1], REC, "malformed_record", "r1"),
+            (ASSET_UUIDS[2], REC, "malformed_record", "r2"),
+            (ASSET_UUIDS[3], REC, "malformed_record", "r3"),
+            (ASSET_UUIDS[4], REC, "denied", "r4-x"),
+        ),
+        ignored=counts(),
+    ),
+    Case(
+        "use-case-spelling/restricts-but-never-grants",
+        records=(
+            rec("r1", asset="a1", captured=at(-5)),
+            rec("r2", asset="a1", use_case=" Recommendation", status="revoked", captured=at(-1)),
+            rec("r3", asset="a2", use_case="RECOMMENDATION"),
+            rec("r4", asset="a3", use_case="recommendation\u00a0"),
+            rec("r5", asset="a4", use_case="recommendations"),  # another use case: ignored
+        ),
+        assets=tuple(asset(a) for a in ("a1", "a2", "a3", "a4")),
+        decisions=(
+            ("a1", REC, "revoked", "r2"),
+            ("a2", REC, "malformed_record", "r3"),
+            ("a3", REC, "malformed_record", "r4"),
+            ("a4", REC, "no_consent_record", None),
+        ),
+        ignored=counts(unknown_use_case=1),
+    ),
+    *[
+        Case(
+            f"policy-spelling/{label}",
+            records=(rec("r1", policy=policy, status=status),),
+            decisions=(("a1", REC, reason, "r1"),),
+            fields=(("a1", REC, "policy_version", output),),
+        )
+        for label, policy, status, reason, output in POLICY_SPELLINGS
+    ],
+    Case(
+        "duplicate-id/compared-in-canonical-form",
+        records=(
+            # One record, written twice: the same canonical content is not a conflict.
+            rec("d1", asset="a1", status="revoked"),
+            rec(" D1", asset="A1", status=" REVOKED"),
+            # A clean grant and its non-canonical copy: the copy wins the tie and denies.
+            rec("d2", asset="a2"),
+            rec("D2", asset="a2"),
+            # Canonically different content under one id: both malformed.
+            rec("d3", asset="a3"),
+            rec("D3", asset="a3", status="denied"),
+        ),
+        assets=tuple(asset(a) for a in ("a1", "a2", "a3")),
+        decisions=(
+            ("a1", REC, "revoked", "d1"),
+            ("a2", REC, "malformed_record", "d2"),
+            ("a3", REC, "malformed_record", "d3"),
+        ),
+    ),
+    Case(
+        "asset-spelling/noncanonical-rows-restrict-but-never-grant",
+        records=(
+            rec("r1", asset="a1"),
+            rec("r2", asset="a2", user="u2", captured=at(-5)),
+            rec("r2-x", asset="a2", user="u2", status="revoked", captured=at(-1)),
+            rec("r3", asset="a3"),
+            rec("r4", asset="a4", use_case=GEN, policy="v2"),
+            rec("r5", asset="a5"),
+        ),
+        assets=(
+            asset(" A1", owner="U1"),  # a grant would rest on its non-canonical id and owner
+            asset("a2", owner="u2\t"),
+            asset("a3 ", deleted=at(-1)),  # still deletes
+            asset("a4", jurisdiction="EU"),  # two rows of one asset agreeing canonically
+            asset("A4", jurisdiction="eu"),
+            asset("a5"),  # clean: granted
+        ),
+        decisions=(
+            ("a1", REC, "malformed_record", "r1"),
+            ("a2", REC, "revoked", "r2-x"),
+            ("a3", REC, "asset_deleted", None),
+            ("a4", REC, "no_consent_record", None),
+            ("a5", REC, "granted", "r5"),
+        ),
+        selected=(("a4", GEN, "jurisdiction_blocked", "r4"),),
+        ignored=counts(),
+    ),
+    Case(
+        "id-spelling/empty-and-blank-ids-are-null",
+        records=(
+            rec("r1", asset="a1", user=""),  # missing user
+            rec("r2", asset="a1", user="  "),  # missing user (and non-canonical)
+            rec("r3", asset=""),  # no asset
+            rec("r4", asset=" \t"),
+            rec("r5", asset="b1"),  # the owner is unknown: attributes nothing
+            rec("r6", asset="a1", use_case=""),  # no use case
+        ),
+        assets=(asset("a1"), asset("b1", owner=""), asset("", owner="u1"), asset("  ")),
+        extra=("", " A1 ", "X1"),
+        decisions=(
+            ("a1", REC, "no_consent_record", None),
+            ("b1", REC, "no_consent_record", None),
+            ("x1", REC, "asset_unknown", None),
+        ),
+        ignored=counts(unknown_use_case=1, asset_unknown=2, missing_user_id=2, not_owner=1),
+    ),
+    Case(
+        "ignored-counts/compare-canonical-values",
+        records=(
+            rec("r1", use_case=" Recommendation"),  # configured, attributed
+            rec("r2", use_case="recommendations"),  # unknown use case
+            rec("r3", user=" U1 "),  # the owner
+            rec("r4", user="u2"),  # not the owner
+            rec("r5", asset=" A1"),  # a known asset
+            rec("r6", asset="a1\u200b"),  # not whitespace: another, unknown asset
+        ),
+        ignored=counts(unknown_use_case=1, asset_unknown=1, not_owner=1),
+    ),
+    Case(
+        "jurisdiction-rules/deny-codes-canonicalised-allow-codes-not",
+        records=(
+            rec("r1", asset="a1", use_case="deny", jurisdiction="EU"),
+            rec("r2", asset="a2", use_case="deny", jurisdiction="US"),
+            rec("r3", asset="a3", use_case="allow", jurisdiction="US"),
+        ),
+        assets=tuple(asset(a) for a in ("a1", "a2", "a3")),
+        config="spelled-rules",
+        selected=(
+            ("a1", "deny", "jurisdiction_blocked", "r1"),
+            ("a2", "deny", "granted", "r2"),
+            ("a3", "allow", "jurisdiction_blocked", "r3"),
+        ),
+        matches_model=True,
+    ),
+]
+
+CASES: list[Case] = [*RULE_1, *RULES_2_3, *RULE_4, *RULE_5, *RULES_6_8, *RULE_2]
+
+
+@pytest.fixture(scope="module")
+def batches(spark: SparkSession) -> Batches:
+    return Batches(spark, CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_case(batches: Batches, case: Case) -> None:
+    """One example, checked on its own slice of a shared run, everything it expects at once."""
+    actual: dict[str, object] = {}
+    expected: dict[str, object] = {}
+    rows = batches.decisions(case) if case.evaluated else []
+    if case.decisions is not None:
+        in_scope = [row[:5] for row in rows if case.scope is None or row[1] == case.scope]
+        actual["decisions"] = sorted(in_scope, key=repr)
+        expected["decisions"] = _with_decision(case.decisions)
+    if case.selected:
+        keys = {(a, u) for a, u, _, _ in case.selected}
+        actual["selected"] = sorted((row[:5] for row in rows if row[:2] in keys), key=repr)
+        expected["selected"] = _with_decision(case.selected)
+    if case.fields:
+        actual["fields"] = {
+            (a, u, column): [row[COLUMNS.index(column)] for row in rows if row[:2] == (a, u)]
+            for a, u, column, _ in case.fields
+        }
+        expected["fields"] = {(a, u, column): [value] for a, u, column, value in case.fields}
+    if case.matches_model:
+        actual["model"] = sorted(rows, key=repr)
+        expected["model"] = _model_decided(
+            model.effective_consent(
+                list(case.records),
+                list(case.assets),
+                use_cases=CONFIGS[case.config],
+                as_of=case.as_of,
+                extra_asset_ids=list(case.extra),
+            )
+        )
+    if case.ignored is not None:
+        actual["ignored"] = batches.ignored(case)
+        expected["ignored"] = case.ignored
+    assert actual == expected
+
+
+def test_cases_cannot_interact() -> None:
+    """Namespacing keeps every case's meaning: names are unique, and each namespaced id has
+    the canonical form namespace + the original's (null stays null) and is non-canonical
+    exactly when the original is, so padding and upper case still restrict and never grant."""
+    names = [case.name for case in CASES]
+    assert len(names) == len(set(names))
+    for case in CASES:
+        records, assets, extra = namespaced_case(case)
+        pairs = [
+            (getattr(o, f), getattr(n, f))
+            for o, n in zip(case.records, records, strict=True)
+            for f in ("id", "user_id", "asset_id")
+        ]
+        pairs += [
+            (getattr(o, f), getattr(n, f))
+            for o, n in zip(case.assets, assets, strict=True)
+            for f in ("asset_id", "owner_user_id")
+        ]
+        pairs += list(zip(case.extra, extra, strict=True))
+        for original, spaced in pairs:
+            canonical = model.canonical(original, "lower")
+            assert model.canonical(spaced, "lower") == (
+                None if canonical is None else case.prefix + canonical
+            ), (case.name, original)
+            assert model.noncanonical(spaced, "lower") == model.noncanonical(original, "lower")
+
+
+# --- Rule 2 in isolation: the canonical form itself ------------------------------------
 
 
 def test_whitespace_is_what_str_isspace_means() -> None:
@@ -514,299 +1089,6 @@ def test_spark_trims_every_whitespace_character_and_only_those(spark: SparkSessi
     assert actual == [model.canonical(v, "lower") for v in values]
     assert actual[: len(consent.WHITESPACE)] == [f"ab-{c}-cd" for c in consent.WHITESPACE]
     assert actual[len(consent.WHITESPACE) :] == ["\u200bab", "\ufeffab", "xabx", None, None, None]
-
-
-def test_jurisdiction_case_whitespace_and_empty_string_cannot_bypass_rules(
-    spark: SparkSession,
-) -> None:
-    # (use case, record jurisdiction, asset jurisdiction, reason); generative_training denies
-    # EU, moderation allows only US, recommendation has no rules.
-    cases = [
-        (GEN, "eu", "US", "jurisdiction_blocked"),
-        (GEN, "EU ", "US", "jurisdiction_blocked"),
-        (GEN, "\u00a0Eu\t", "US", "jurisdiction_blocked"),
-        (GEN, "", "EU", "jurisdiction_blocked"),  # "" is null: the asset's EU applies
-        (GEN, "", None, "jurisdiction_unknown"),
-        (GEN, "", "", "jurisdiction_unknown"),
-        (GEN, None, "", "jurisdiction_unknown"),  # an asset's "" no longer hides it
-        (GEN, None, "eu", "jurisdiction_blocked"),
-        (GEN, None, " EU", "jurisdiction_blocked"),
-        (GEN, "us", "EU", "malformed_record"),  # would grant through "us": never
-        (GEN, None, "us", "malformed_record"),  # ... nor through the asset's "us"
-        (GEN, "  ", "US", "malformed_record"),  # blank is a non-canonical null
-        (GEN, "", "US", "granted"),  # "" is plain null, and the asset's US is clean
-        (MOD, "us", None, "malformed_record"),
-        (MOD, " EU", "US", "jurisdiction_blocked"),
-        (MOD, None, "us", "malformed_record"),
-        (MOD, "", "US", "granted"),
-        (REC, "eu", None, "malformed_record"),  # the record's own value, rules or not
-        (REC, None, "us", "granted"),  # without rules the asset's is not consulted
-    ]
-    records, assets, expected = [], [], []
-    for i, (use_case, record_jurisdiction, asset_jurisdiction, reason) in enumerate(cases):
-        records.append(
-            rec(
-                f"r{i}",
-                asset=f"j{i}",
-                use_case=use_case,
-                policy=USE_CASES[use_case].accepted_policy_versions[0],
-                jurisdiction=record_jurisdiction,
-            )
-        )
-        assets.append(asset(f"j{i}", jurisdiction=asset_jurisdiction))
-        expected.append((f"j{i}", use_case, reason, f"r{i}"))
-    result = evaluate(spark, records, assets)
-    assert_selected(spark, result, expected)
-    # The output carries the canonical jurisdiction.
-    jurisdictions = {
-        (r["asset_id"], r["use_case"]): r["jurisdiction"]
-        for r in result.select("asset_id", "use_case", "jurisdiction").collect()
-    }
-    assert jurisdictions[("j1", GEN)] == "EU"
-    assert jurisdictions[("j7", GEN)] == "EU"
-    assert jurisdictions[("j4", GEN)] is None
-    assert jurisdictions[("j12", GEN)] == "US"
-
-
-def test_status_case_and_whitespace_restricts_but_never_grants(spark: SparkSession) -> None:
-    # Each asset: a clean grant, then a later record with a non-canonical status.
-    later = {
-        "s1": (" Revoked", None, "revoked"),
-        "s2": ("REVOKED\n", None, "revoked"),
-        "s3": ("Denied ", None, "denied"),
-        "s4": ("GRANTED", None, "malformed_record"),
-        "s5": (" granted", None, "malformed_record"),
-        "s6": (" granted", at(-0.5), "revoked"),  # revoked in place: restricts
-        "s7": ("", None, "malformed_record"),  # "" is a null status
-        "s8": ("\t", None, "malformed_record"),
-    }
-    records, expected = [], []
-    for a, (status, revoked, reason) in later.items():
-        records.append(rec(f"g-{a}", asset=a, captured=at(-5)))
-        records.append(rec(f"x-{a}", asset=a, status=status, captured=at(-1), revoked=revoked))
-        expected.append((a, REC, reason, f"x-{a}"))
-    assert_decisions(spark, evaluate(spark, records, [asset(a) for a in later]), expected)
-
-
-def test_uppercase_or_padded_ids_revoke_but_never_grant(spark: SparkSession) -> None:
-    owner = "9c1d2e3f-4a5b-4c6d-8e7f-0a1b2c3d4e5f"
-    ids = [f"3f2b8c1e-9a4d-4e7b-8c2a-1b2c3d4e5f6{i}" for i in range(5)]
-    records = [
-        # ids[0]: a clean grant, then a revocation written in upper case: revoked.
-        rec("r0", user=owner, asset=ids[0], captured=at(-5)),
-        rec("R0-X", user=owner.upper(), asset=ids[0].upper(), status="revoked", captured=at(-1)),
-        # ids[1]: a grant through an upper-case asset id: malformed, and named canonically.
-        rec("r1", user=owner, asset=ids[1].upper()),
-        # ids[2]: a grant through a padded user id.
-        rec("r2", user=f" {owner}", asset=ids[2]),
-        # ids[3]: a grant through a non-canonical record id.
-        rec(" R3", user=owner, asset=ids[3]),
-        # ids[4]: a clean grant, then a denial by a padded, upper-case user: denied.
-        rec("r4", user=owner, asset=ids[4], captured=at(-5)),
-        rec("r4-x", user=owner.upper() + "\t", asset=ids[4], status="denied", captured=at(-1)),
-    ]
-    assets = [asset(a, owner=owner) for a in ids]
-    result = evaluate(spark, records, assets)
-    assert_decisions(
-        spark,
-        result,
-        [
-            (ids[0], REC, "revoked", "r0-x"),
-            (ids[1], REC, "malformed_record", "r1"),
-            (ids[2], REC, "malformed_record", "r2"),
-            (ids[3], REC, "malformed_record", "r3"),
-            (ids[4], REC, "denied", "r4-x"),
-        ],
-    )
-    assert set(ignored(spark, records, assets).values()) == {0}
-
-
-def test_use_case_case_and_whitespace_restricts_but_never_grants(spark: SparkSession) -> None:
-    records = [
-        rec("r1", asset="a1", captured=at(-5)),
-        rec("r2", asset="a1", use_case=" Recommendation", status="revoked", captured=at(-1)),
-        rec("r3", asset="a2", use_case="RECOMMENDATION"),
-        rec("r4", asset="a3", use_case="recommendation\u00a0"),
-        rec("r5", asset="a4", use_case="recommendations"),  # another use case: ignored
-    ]
-    assets = [asset(a) for a in ("a1", "a2", "a3", "a4")]
-    assert_decisions(
-        spark,
-        evaluate(spark, records, assets),
-        [
-            ("a1", REC, "revoked", "r2"),
-            ("a2", REC, "malformed_record", "r3"),
-            ("a3", REC, "malformed_record", "r4"),
-            ("a4", REC, "no_consent_record", None),
-        ],
-    )
-    assert ignored(spark, records, assets)["unknown_use_case"] == 1
-
-
-def test_policy_version_is_trimmed_but_its_case_is_kept(spark: SparkSession) -> None:
-    cases = {
-        "p1": (" v1", "granted", "malformed_record"),
-        "p2": ("V1", "granted", "policy_version_not_accepted"),
-        "p3": ("", "granted", "malformed_record"),  # "" is a null policy version
-        "p4": (" v1", "revoked", "revoked"),
-        "p5": ("V1 ", "granted", "policy_version_not_accepted"),
-    }
-    records = [
-        rec(f"r-{a}", asset=a, policy=policy, status=status)
-        for a, (policy, status, _) in cases.items()
-    ]
-    result = evaluate(spark, records, [asset(a) for a in cases])
-    assert_decisions(spark, result, [(a, REC, r, f"r-{a}") for a, (_, _, r) in cases.items()])
-    policies = {
-        r["asset_id"]: r["policy_version"]
-        for r in result.filter(F.col("use_case") == REC)
-        .select("asset_id", "policy_version")
-        .collect()
-    }
-    assert policies == {"p1": "v1", "p2": "V1", "p3": None, "p4": "v1", "p5": "V1"}
-
-
-def test_duplicate_ids_are_compared_in_canonical_form(spark: SparkSession) -> None:
-    records = [
-        # One record, written twice: the same canonical content is not a conflict.
-        rec("d1", asset="a1", status="revoked"),
-        rec(" D1", asset="A1", status=" REVOKED"),
-        # A clean grant and its non-canonical copy: the copy wins the tie and denies.
-        rec("d2", asset="a2"),
-        rec("D2", asset="a2"),
-        # Canonically different content under one id: both malformed.
-        rec("d3", asset="a3"),
-        rec("D3", asset="a3", status="denied"),
-    ]
-    assets = [asset(a) for a in ("a1", "a2", "a3")]
-    assert_decisions(
-        spark,
-        evaluate(spark, records, assets),
-        [
-            ("a1", REC, "revoked", "d1"),
-            ("a2", REC, "malformed_record", "d2"),
-            ("a3", REC, "malformed_record", "d3"),
-        ],
-    )
-
-
-def test_noncanonical_assets_rows_restrict_but_never_grant(spark: SparkSession) -> None:
-    assets = [
-        asset(" A1", owner="U1"),  # a grant would rest on its non-canonical id and owner
-        asset("a2", owner="u2\t"),
-        asset("a3 ", deleted=at(-1)),  # still deletes
-        asset("a4", jurisdiction="EU"),  # two rows of one asset agreeing canonically
-        asset("A4", jurisdiction="eu"),
-        asset("a5"),  # clean: granted
-    ]
-    records = [
-        rec("r1", asset="a1"),
-        rec("r2", asset="a2", user="u2", captured=at(-5)),
-        rec("r2-x", asset="a2", user="u2", status="revoked", captured=at(-1)),
-        rec("r3", asset="a3"),
-        rec("r4", asset="a4", use_case=GEN, policy="v2"),
-        rec("r5", asset="a5"),
-    ]
-    result = evaluate(spark, records, assets)
-    assert_decisions(
-        spark,
-        result,
-        [
-            ("a1", REC, "malformed_record", "r1"),
-            ("a2", REC, "revoked", "r2-x"),
-            ("a3", REC, "asset_deleted", None),
-            ("a4", REC, "no_consent_record", None),
-            ("a5", REC, "granted", "r5"),
-        ],
-    )
-    assert_selected(spark, result, [("a4", GEN, "jurisdiction_blocked", "r4")])
-    assert set(ignored(spark, records, assets).values()) == {0}
-
-
-def test_empty_and_blank_ids_are_null(spark: SparkSession) -> None:
-    assets = [asset("a1"), asset("b1", owner=""), asset("", owner="u1"), asset("  ")]
-    records = [
-        rec("r1", asset="a1", user=""),  # missing user
-        rec("r2", asset="a1", user="  "),  # missing user (and non-canonical)
-        rec("r3", asset=""),  # no asset
-        rec("r4", asset=" \t"),
-        rec("r5", asset="b1"),  # the owner is unknown: attributes nothing
-        rec("r6", asset="a1", use_case=""),  # no use case
-    ]
-    result = evaluate(spark, records, assets, extra=["", " A1 ", "X1"])
-    assert_decisions(
-        spark,
-        result,
-        [
-            ("a1", REC, "no_consent_record", None),
-            ("b1", REC, "no_consent_record", None),
-            ("x1", REC, "asset_unknown", None),
-        ],
-    )
-    assert ignored(spark, records, assets) == {
-        "unknown_use_case": 1,
-        "asset_unknown": 2,
-        "missing_captured_at": 0,
-        "captured_after_as_of": 0,
-        "missing_user_id": 2,
-        "not_owner": 1,
-    }
-
-
-def test_ignored_counts_compare_canonical_values(spark: SparkSession) -> None:
-    records = [
-        rec("r1", use_case=" Recommendation"),  # configured, attributed
-        rec("r2", use_case="recommendations"),  # unknown use case
-        rec("r3", user=" U1 "),  # the owner
-        rec("r4", user="u2"),  # not the owner
-        rec("r5", asset=" A1"),  # a known asset
-        rec("r6", asset="a1\u200b"),  # not whitespace: another, unknown asset
-    ]
-    assert ignored(spark, records) == {
-        "unknown_use_case": 1,
-        "asset_unknown": 1,
-        "missing_captured_at": 0,
-        "captured_after_as_of": 0,
-        "missing_user_id": 0,
-        "not_owner": 1,
-    }
-
-
-def test_deny_list_codes_are_canonicalised_allow_list_codes_are_not(
-    spark: SparkSession,
-) -> None:
-    # Built without validation: whatever config validation accepts, a deny entry restricts.
-    use_cases = {
-        "deny": UseCaseConfig.model_construct(
-            accepted_policy_versions=("v1",),
-            jurisdictions=JurisdictionRules.model_construct(allow=None, deny=(" eu",)),
-        ),
-        "allow": UseCaseConfig.model_construct(
-            accepted_policy_versions=("v1",),
-            jurisdictions=JurisdictionRules.model_construct(allow=("us",), deny=None),
-        ),
-    }
-    records = [
-        rec("r1", asset="a1", use_case="deny", jurisdiction="EU"),
-        rec("r2", asset="a2", use_case="deny", jurisdiction="US"),
-        rec("r3", asset="a3", use_case="allow", jurisdiction="US"),
-    ]
-    assets = [asset(a) for a in ("a1", "a2", "a3")]
-    result = consent.effective_consent(
-        records_df(spark, records), assets_df(spark, assets), use_cases=use_cases, as_of=T
-    )
-    assert_selected(
-        spark,
-        result,
-        [
-            ("a1", "deny", "jurisdiction_blocked", "r1"),
-            ("a2", "deny", "granted", "r2"),
-            ("a3", "allow", "jurisdiction_blocked", "r3"),
-        ],
-    )
-    assert _spark_rows(result) == _model_rows(
-        model.effective_consent(records, assets, use_cases=use_cases, as_of=T)
-    )
 
 
 # --- Bad and empty input, time zones, plan shape --------------------------------------------
