@@ -8,6 +8,14 @@ statistics: min/max bounds of the key column in the Delta log. Rows are inserted
 removed keys are statistics bounds and share files with surviving rows (so that a purge on a
 table with deletion vectors really writes vectors, and a log that is not cleaned really leaks).
 
+All ten kinds of table live side by side in ONE lake (one configured dataset each) and the
+story runs ONCE over all of them: one evaluate, one gate, one purge, one erasure, as the nightly
+run meets them. Replaying it per table cost ten lakes and ten runs of every step; the purge
+and the erasure report per table, so one parametrised test per table still checks everything
+about its own table, and no table's failure hides another's. The shared run (:func:`story`)
+returns plain data only: the steps' results and, per table, what was read independently at
+each stage (before the purge, after it, after the erasure: the bytes on disk change).
+
 The erasure's proof is checked independently here: every file under the table (data files,
 ``_change_data/``, deletion-vector files, and ``_delta_log/`` commits, checkpoints, ``.crc``)
 is read: Parquet data by the key's physical column name, the log's JSON lines, checksums and
@@ -20,8 +28,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -36,8 +46,7 @@ from tests.lakes import write_small_lake
 pytestmark = pytest.mark.slow
 
 UTC = dt.UTC
-DATASET = "track_embeddings"
-SNAPSHOT = f"snapshot/m1/{DATASET}"
+MODEL_VERSION = "m1"
 KEY = "embedding_id"
 AS_OF = dt.datetime(2026, 6, 1, tzinfo=UTC)
 FRESH = "2026-01-01 00:00:00"  # derived_at inside the dataset's 365-day retention at AS_OF
@@ -82,6 +91,14 @@ class Case:
     def key_text(self, key: str) -> str:
         """A key as it reads back, as text."""
         return str(BIGINT_KEYS[key]) if self.bigint_key else key
+
+    def key_texts(self, keys: Iterable[str]) -> set[str]:
+        return {self.key_text(k) for k in keys}
+
+    @property
+    def dataset(self) -> str:
+        """The table's dataset name in the shared lake's config (and its directory's)."""
+        return f"ut_{self.name}"
 
 
 EVERYTHING = {
@@ -244,68 +261,225 @@ def keys_of(spark: SparkSession, path: Path | str) -> set[str]:
     return {str(r[KEY]) for r in lake.read_table(spark, path).select(KEY).collect()}
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_user_table_is_gated_purged_and_erased(
-    spark: SparkSession, tmp_path: Path, case: Case
-) -> None:
-    config = load_config(write_small_lake(spark, tmp_path / "lake"))
-    path = config.dataset_path(DATASET)
-    shutil.rmtree(path)
-    create_user_table(spark, path, case)
-    survivors = {case.key_text(k) for k in SURVIVORS}
-    removed = {case.key_text(k) for k in REMOVED}
+def a2_rows(spark: SparkSession, path: Path | str) -> int:
+    """Rows of the revoked asset a2 that a Delta reader sees."""
+    return lake.read_table(spark, path).where(F.col("asset_id") == "a2").count()
 
-    # The table really is the user's kind of table.
+
+@dataclass(frozen=True)
+class Story:
+    """The one evaluate-gate-purge-erase run over every user table, as plain data.
+
+    ``evaluated``, ``gated``, ``purged`` (``run_purge``'s result, also when it raised
+    :class:`~consentgate.purge.PurgeFailed`) and ``erased`` are the steps' own results;
+    ``facts[dataset]`` is what this module read of each table by itself, stage by stage.
+    ``broken[dataset]`` names the stage whose independent reading of that table raised (or
+    whose erasure raised), so that only that table's test fails, saying why.
+    """
+
+    evaluated: dict[str, Any]
+    gated: dict[str, Any]
+    purged: dict[str, Any]
+    erased: dict[str, Any]
+    facts: dict[str, dict[str, Any]]
+    broken: dict[str, str]
+
+
+def _created(spark: SparkSession, path: Path, case: Case) -> dict[str, Any]:
+    """What kind of table the user made, and that its log names removed keys."""
     log = lake.open_table(path)
-    features = set(log.protocol().reader_features or ()) | set(log.protocol().writer_features or ())
-    settings = log.metadata().configuration
     physical = physical_name(path, KEY)
-    assert ("deletionVectors" in features) == case.deletion_vectors
-    assert (physical != KEY) == case.column_mapping
-    assert (settings.get("delta.enableChangeDataFeed") == "true") == case.change_data_feed
-    assert ("delta.constraints.sourced" in settings) == case.check_constraint
-    if case.generated_column:
-        assert "delta.generationExpression" in field_metadata(path, "derived_day")
-    assert lake.partition_columns(log) == (["asset_id"] if case.partitioned else [])
-    assert keys_of(spark, path) == survivors | removed
-    # delta-spark's default statistics put the removed keys into the log.
-    assert any(hit.startswith("_delta_log/") for hit in leaks(path, physical, removed))
+    return {
+        "features": set(log.protocol().reader_features or ())
+        | set(log.protocol().writer_features or ()),
+        "settings": dict(log.metadata().configuration),
+        "physical_key": physical,
+        "generated": case.generated_column
+        and "delta.generationExpression" in field_metadata(path, "derived_day"),
+        "partition_columns": list(lake.partition_columns(log)),
+        "keys_created": keys_of(spark, path),
+        "leaks_created": leaks(path, physical, case.key_texts(REMOVED)),
+    }
+
+
+def _gated(spark: SparkSession, path: Path, case: Case, gated: dict[str, Any]) -> dict[str, Any]:
+    """The gate's snapshot of the table, and the table's version the purge starts from."""
+    snapshot = gated["snapshots"][f"snapshot/{MODEL_VERSION}/{case.dataset}"]
+    return {
+        "snapshot_keys": keys_of(spark, snapshot),
+        "snapshot_a2_rows": a2_rows(spark, snapshot),
+        "version_before_purge": lake.table_version(path),
+    }
+
+
+def _purged(spark: SparkSession, path: Path, case: Case, physical: str) -> dict[str, Any]:
+    """The table after the purge, before the erasure: logically clean, physically not yet."""
+    return {
+        "version_after_purge": lake.table_version(path),
+        "keys_after_purge": keys_of(spark, path),
+        "a2_rows_after_purge": a2_rows(spark, path),
+        "inventory_rows_after_purge": lake.table_inventory(path)["rows"],
+        "leaks_before_erasure": leaks(path, physical, case.key_texts(REMOVED)),
+    }
+
+
+def _erased(spark: SparkSession, path: Path, case: Case, physical: str) -> dict[str, Any]:
+    """The table after the erasure: no removed key in any byte, survivors intact."""
+    return {
+        "leaks_after_erasure": leaks(path, physical, case.key_texts(REMOVED)),
+        "keys_after_erasure": keys_of(spark, path),
+        "inventory_rows_after_erasure": lake.table_inventory(path)["rows"],
+        "asset_names_after_erasure": asset_leaks(path, {"a2", "a3"}),
+    }
+
+
+@pytest.fixture(scope="module")
+def story(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Story:
+    """One small lake carrying all the user tables, and one run of every step over it.
+
+    Nothing here fails on one table's account: the purge's and the erasure's per-table
+    results, and :attr:`Story.broken`, are checked by each table's own test.
+    """
+    root = tmp_path_factory.mktemp("user_tables") / "lake"
+    datasets = {
+        case.dataset: {
+            "path": f"derived/{case.dataset}",
+            "use_case": "recommendation",
+            "key": KEY,
+            "asset_column": "asset_id",
+            "retention_days": 365,
+            "derived_at_column": "derived_at",
+        }
+        for case in CASES
+    }
+    conf_path = write_small_lake(spark, root, conf={"datasets": datasets})
+    shutil.rmtree(root / "derived" / "track_embeddings")  # the small lake's own, not configured
+    paths = {case.dataset: root / "derived" / case.dataset for case in CASES}
+    facts: dict[str, dict[str, Any]] = {case.dataset: {} for case in CASES}
+    broken: dict[str, str] = {}
+
+    def observe(stage: str, read: Callable[[Path, Case], dict[str, Any]]) -> None:
+        for case in CASES:
+            if case.dataset in broken:
+                continue
+            try:
+                facts[case.dataset].update(read(paths[case.dataset], case))
+            except Exception as exc:
+                broken[case.dataset] = f"{stage}: {type(exc).__name__}: {exc}"
+
+    def create(path: Path, case: Case) -> dict[str, Any]:
+        create_user_table(spark, path, case)
+        return {}
+
+    def physical_key(case: Case) -> str:
+        """The key's name in the Parquet files, as read when the table was created."""
+        return str(facts[case.dataset]["physical_key"])
+
+    observe("create", create)
+    config = load_config(conf_path)  # which checks that every dataset's table exists
+    assert all(config.dataset_path(n).resolve() == p.resolve() for n, p in paths.items())
+    observe("created", lambda path, case: _created(spark, path, case))
 
     evaluated = run_evaluate(spark, config, use_case="recommendation", as_of=AS_OF)
-    assert evaluated["reasons"] == {"granted": 1, "no_consent_record": 1, "revoked": 1}
+    gated = gate.run_gate(
+        spark, config, use_case="recommendation", model_version=MODEL_VERSION, as_of=AS_OF
+    )
+    observe("gated", lambda path, case: _gated(spark, path, case, gated))
 
-    gated = gate.run_gate(spark, config, use_case="recommendation", model_version="m1", as_of=AS_OF)
-    snapshot = gated["snapshots"][SNAPSHOT]
-    assert keys_of(spark, snapshot) == survivors
-    assert lake.read_table(spark, snapshot).where(F.col("asset_id") == "a2").count() == 0
+    try:
+        purged = purge.run_purge(spark, config, as_of=AS_OF, erase=False)
+    except purge.PurgeFailed as exc:  # the failed tables are in its result's "failed"
+        purged = exc.result
+    observe("purged", lambda path, case: _purged(spark, path, case, physical_key(case)))
 
-    version = lake.table_version(path)
-    result = purge.run_purge(spark, config, as_of=AS_OF, erase=False)
-    purged = result["datasets"][DATASET]
+    # The erasure window is 0 hours: the purge is already past it.
+    names = [case.dataset for case in CASES]
+    try:
+        erased = erasure.erase_and_verify(spark, config, datasets=names)
+    except Exception as exc:
+        # One table's erasure raised: erase them one by one, so that every other table is
+        # still erased and checked, and the one that raises is named by its own test.
+        erased = {"ok": False, "raised": f"{type(exc).__name__}: {exc}", "datasets": {}}
+        for name in names:
+            try:
+                one = erasure.erase_and_verify(spark, config, datasets=[name])
+            except Exception as exc_one:
+                broken.setdefault(name, f"erasure: {type(exc_one).__name__}: {exc_one}")
+            else:
+                erased["datasets"].update(one["datasets"])
+    observe("erased", lambda path, case: _erased(spark, path, case, physical_key(case)))
+    return Story(evaluated, gated, purged, erased, facts, broken)
+
+
+def test_one_run_covers_every_user_table(story: Story) -> None:
+    """The run-level results: one evaluation, a snapshot of every table, every table and
+    snapshot purged without failure, one erasure that verifies."""
+    names = {case.dataset for case in CASES}
+    snapshots = {f"snapshot/{MODEL_VERSION}/{name}" for name in names}
+    assert story.evaluated["reasons"] == {"granted": 1, "no_consent_record": 1, "revoked": 1}
+    assert set(story.gated["snapshots"]) == snapshots
+    assert story.purged["failed"] == {}
+    assert set(story.purged["datasets"]) == names | snapshots
+    # The gate admitted only a1's fresh rows, so the purge finds nothing in the snapshots
+    # (and commits nothing to them).
+    for name in snapshots:
+        assert story.purged["datasets"][name]["rows_deleted"] == 0, name
+        assert story.purged["datasets"][name]["commits"] == [], name
+    assert "raised" not in story.erased, story.erased.get("raised")
+    assert set(story.erased["datasets"]) == names
+    assert story.erased["ok"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_user_table_is_gated_purged_and_erased(story: Story, case: Case) -> None:
+    """Everything about one table, from the shared run's per-table results and this module's
+    own readings of the table (the same checks a run over this table alone would face)."""
+    name = case.dataset
+    assert name not in story.broken, f"{name}: {story.broken.get(name)}"
+    facts = story.facts[name]
+    survivors = case.key_texts(SURVIVORS)
+    removed = case.key_texts(REMOVED)
+
+    # The table really is the user's kind of table.
+    settings = facts["settings"]
+    assert ("deletionVectors" in facts["features"]) == case.deletion_vectors
+    assert (facts["physical_key"] != KEY) == case.column_mapping
+    assert (settings.get("delta.enableChangeDataFeed") == "true") == case.change_data_feed
+    assert ("delta.constraints.sourced" in settings) == case.check_constraint
+    assert facts["generated"] == case.generated_column
+    assert facts["partition_columns"] == (["asset_id"] if case.partitioned else [])
+    assert facts["keys_created"] == survivors | removed
+    # delta-spark's default statistics put the removed keys into the log.
+    assert any(hit.startswith("_delta_log/") for hit in facts["leaks_created"])
+
+    # The gate's snapshot of this table holds the survivors only.
+    assert facts["snapshot_keys"] == survivors
+    assert facts["snapshot_a2_rows"] == 0
+
+    assert name not in story.purged["failed"], story.purged["failed"].get(name)
+    purged = story.purged["datasets"][name]
+    version = facts["version_before_purge"]
     assert purged["rows_deleted"] == len(REMOVED)
     assert purged["reasons"] == REASONS
     # Logically at once: one commit, after which no Delta reader sees a removed row.
     assert purged["commits"] == [version + 1]
-    assert lake.table_version(path) == version + 1
-    assert keys_of(spark, path) == survivors
-    assert lake.read_table(spark, path).where(F.col("asset_id") == "a2").count() == 0
-    assert lake.table_inventory(path)["rows"] == len(SURVIVORS)
+    assert facts["version_after_purge"] == version + 1
+    assert facts["keys_after_purge"] == survivors
+    assert facts["a2_rows_after_purge"] == 0
+    assert facts["inventory_rows_after_purge"] == len(SURVIVORS)
     assert purged["rows_after"] == len(SURVIVORS)
     if case.deletion_vectors:
         # a1's rows share files with removed rows: those files get vectors, not rewrites.
         assert purged["deletion_vectors_added"] > 0
     # The bytes are still there (time travel), so the check below can fail.
-    before = leaks(path, physical, removed)
+    before = facts["leaks_before_erasure"]
     assert any(not hit.startswith("_delta_log/") for hit in before)
     if case.change_data_feed:  # under _change_data/, or a random prefix with column mapping
         assert any(hit.split(" ")[0].rsplit("/", 1)[-1].startswith("cdc-") for hit in before)
 
-    # The erasure window is 0 hours: the purge is already past it.
-    erased = erasure.erase_and_verify(spark, config, datasets=[DATASET])
-    receipt = erased["datasets"][DATASET]
-    remaining = leaks(path, physical, removed)
+    receipt = story.erased["datasets"][name]
+    remaining = facts["leaks_after_erasure"]
     assert receipt["result"] == "verified", (receipt["files_with_removed_keys"], remaining)
-    assert erased["ok"]
     assert receipt["attempts_erased"] == 1 and receipt["attempts_pending"] == 0
     assert receipt["keys_checked"] == len(REMOVED)
     assert receipt["files_removed"] > 0
@@ -315,9 +489,9 @@ def test_user_table_is_gated_purged_and_erased(
     # Independently: no file under the table holds a removed key any more ...
     assert remaining == []
     # ... the survivors are intact for both engines ...
-    assert keys_of(spark, path) == survivors
-    assert lake.table_inventory(path)["rows"] == len(SURVIVORS)
+    assert facts["keys_after_erasure"] == survivors
+    assert facts["inventory_rows_after_erasure"] == len(SURVIVORS)
     # ... and no directory name or log value names a fully removed asset either (beyond the
     # key check: an empty ``asset_id=a2/`` partition directory still names the revoked asset).
-    names = asset_leaks(path, {"a2", "a3"})
+    names = facts["asset_names_after_erasure"]
     assert names == [], f"removed assets still named under the table: {names}"
