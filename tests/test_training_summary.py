@@ -36,6 +36,7 @@ from consentgate.manifest import load_manifest
 from consentgate.training_summary import (
     FORMAT,
     NOT_RECORDED,
+    Figure,
     TrainingSummary,
     TrainingSummaryError,
     audit_entry_digest,
@@ -286,6 +287,50 @@ def test_what_the_record_does_not_hold_is_said_not_invented(summary: TrainingSum
         assert fig.note is not None and fig.note.startswith(f"{NOT_RECORDED}: ")
 
 
+def _cited_audit_values(fig: Figure, entries: dict[int, Any]) -> list[Any]:
+    """The values the figure's audit citations point at (the head citation excepted)."""
+    values = []
+    for cite in fig.cites:
+        if cite.source != "audit" or cite.pointer in ("", None):
+            continue
+        entry = entries[cite.seq]
+        document = {
+            "seq": entry.seq,
+            "at": entry.at,
+            "kind": entry.kind,
+            "run_id": entry.run_id,
+            "payload": entry.payload,
+        }
+        values.append(resolve_pointer(document, cite.pointer))
+    return values
+
+
+def _check_audit_derivation(fig: Figure, entries: dict[int, Any]) -> bool:
+    """Issue #26 item 6: an audit-derived figure equals what its cited values give, recomputed
+    here from the cited entries alone (sums of counts or of per-reason counts, counts per
+    value), not only "the pointer leads somewhere"."""
+    if fig.derivation is None or not any(c.source == "audit" for c in fig.cites):
+        return False
+    values = _cited_audit_values(fig, entries)
+    if fig.derivation.startswith("sum over the cited"):
+        if isinstance(fig.value, dict):
+            totals: dict[str, int] = {}
+            for reasons in values:
+                for reason, n in reasons.items():
+                    totals[reason] = totals.get(reason, 0) + int(n)
+            assert fig.value == totals, fig.key
+        else:
+            assert fig.value == sum(int(v) for v in values), fig.key
+    elif fig.derivation == "count of the cited receipts per result":
+        counts: dict[str, int] = {}
+        for value in values:
+            counts[str(value)] = counts.get(str(value), 0) + 1
+        assert fig.value == counts, fig.key
+    else:
+        return False
+    return True
+
+
 def test_every_figure_cites_sealed_evidence_that_holds_it(
     lake_after: Lake, summary: TrainingSummary
 ) -> None:
@@ -293,6 +338,7 @@ def test_every_figure_cites_sealed_evidence_that_holds_it(
     assert record.audit is not None
     entries = {e.seq: e for e in record.audit}
     manifest = lake_after.manifest
+    recomputed = set()
     for fig in summary.figures():
         if not fig.recorded:
             continue
@@ -319,6 +365,13 @@ def test_every_figure_cites_sealed_evidence_that_holds_it(
                     "payload": entry.payload,
                 }
                 resolve_pointer(document, cite.pointer)  # leads somewhere
+        if _check_audit_derivation(fig, entries):
+            recomputed.add(fig.key)
+    assert {
+        "opt_outs.purge.snapshot_rows_removed",
+        "opt_outs.erasure.receipts",
+        "opt_outs.erasure.keys_checked",
+    } <= recomputed, recomputed
     # a measured figure cites the run it was counted from, and the head that seals the log
     removed = summary.figure("opt_outs.purge.snapshot_rows_removed")
     pointer = json_pointer("payload", "datasets", SNAPSHOT, "reasons")
