@@ -287,6 +287,17 @@ def test_what_the_record_does_not_hold_is_said_not_invented(summary: TrainingSum
         assert fig.note is not None and fig.note.startswith(f"{NOT_RECORDED}: ")
 
 
+def _entry_document(entry: Any) -> dict[str, Any]:
+    """An audit entry as the document its citations' JSON pointers point into."""
+    return {
+        "seq": entry.seq,
+        "at": entry.at,
+        "kind": entry.kind,
+        "run_id": entry.run_id,
+        "payload": entry.payload,
+    }
+
+
 def _cited_audit_values(fig: Figure, entries: dict[int, Any]) -> list[Any]:
     """The values the figure's audit citations point at (the head citation excepted)."""
     values = []
@@ -294,14 +305,7 @@ def _cited_audit_values(fig: Figure, entries: dict[int, Any]) -> list[Any]:
         if cite.source != "audit" or cite.pointer in ("", None):
             continue
         entry = entries[cite.seq]
-        document = {
-            "seq": entry.seq,
-            "at": entry.at,
-            "kind": entry.kind,
-            "run_id": entry.run_id,
-            "payload": entry.payload,
-        }
-        values.append(resolve_pointer(document, cite.pointer))
+        values.append(resolve_pointer(_entry_document(entry), cite.pointer))
     return values
 
 
@@ -357,14 +361,7 @@ def test_every_figure_cites_sealed_evidence_that_holds_it(
                 assert cite.seq is not None
                 entry = entries[cite.seq]
                 assert cite.sha256 == entry.entry_sha256, fig.key
-                document = {
-                    "seq": entry.seq,
-                    "at": entry.at,
-                    "kind": entry.kind,
-                    "run_id": entry.run_id,
-                    "payload": entry.payload,
-                }
-                resolve_pointer(document, cite.pointer)  # leads somewhere
+                resolve_pointer(_entry_document(entry), cite.pointer)  # leads somewhere
         if _check_audit_derivation(fig, entries):
             recomputed.add(fig.key)
     assert {
