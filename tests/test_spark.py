@@ -210,3 +210,25 @@ def test_a_running_jvm_gets_no_java_option_even_from_a_zip(tmp_path: Path) -> No
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"spark.ui.showConsoleProgress": "false"}
+
+
+@pytest.mark.parametrize(
+    ("master", "partitions"),
+    [
+        ("local", "2"),
+        ("local[3]", "6"),
+        ("local[3,2]", "6"),
+        ("local[*]", str(2 * (os.cpu_count() or 1))),
+    ],
+)
+def test_a_local_session_shuffles_into_two_partitions_per_core(
+    master: str, partitions: str
+) -> None:
+    defaults = spark_module._local_defaults(master)
+    assert defaults["spark.sql.shuffle.partitions"] == partitions
+    assert defaults["spark.databricks.delta.snapshotPartitions"] == "2"
+
+
+@pytest.mark.parametrize("master", [None, "spark://host:7077", "yarn", "k8s://https://h:443"])
+def test_a_cluster_keeps_spark_and_deltas_defaults(master: str | None) -> None:
+    assert spark_module._local_defaults(master) == {}

@@ -12,7 +12,8 @@ through delta-spark:
    rows (idempotent: no commit when no file has a vector).
 2. **VACUUM** (full) with ``retention = window``: tombstoned files, ``_change_data/`` files and
    unreferenced files (orphans of a killed writer) older than the window leave the disk. When
-   every file on disk is active, VACUUM is not run at all (nothing to delete, no commit).
+   no file could go (every file active or younger than the window), VACUUM is not run at all:
+   no listing, no commit (:mod:`consentgate.maintenance`).
 3. **Verifies**: every Parquet file physically present under the table (data files and
    ``_change_data/``; by the key's *physical* column name, so column mapping is honoured) and
    every file under ``_delta_log/`` (JSON commits, checkpoints, ``.crc``: partition values,
@@ -56,7 +57,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructField, StructType
 
-from consentgate import audit, lake
+from consentgate import audit, lake, maintenance
 from consentgate.config import Config
 from consentgate.errors import TableError, foreign_cause
 from consentgate.logs import step
@@ -122,7 +123,7 @@ def _vacuum(
             spark, "REORG TABLE {table} APPLY (PURGE)", path, commit_metadata=meta
         )
         reorged = result.metric("numRemovedFiles") if result is not None else 0
-    vacuumed = lake.vacuum(spark, path, retention_hours=window_hours)
+    vacuumed = maintenance.vacuum(spark, path, retention_hours=window_hours)
     _remove_empty_directories(path)
     after = set(_physical_files(path))
     gone = [rel for rel in before if rel not in after and not rel.endswith(".crc")]

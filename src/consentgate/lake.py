@@ -33,14 +33,12 @@ object-store URIs, but the erasure scan walks the directory with ``os``.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote
 
 import pyarrow as pa
 import rfc8785
@@ -59,7 +57,6 @@ __all__ = [
     "TXN_KEY",
     "CommitResult",
     "LogTable",
-    "VacuumResult",
     "active_files",
     "append_only",
     "checkpoint_and_clean_log",
@@ -77,7 +74,6 @@ __all__ = [
     "table_inventory",
     "table_version",
     "user_metadata",
-    "vacuum",
     "write_table",
 ]
 
@@ -473,67 +469,6 @@ def run_sql(
         return _committed(path, txn)
     except TableError:
         return None
-
-
-@dataclass(frozen=True)
-class VacuumResult:
-    """What a VACUUM deleted: files the log had tombstoned, and files no commit references
-    (orphans: a killed writer's uncommitted output), as absolute paths."""
-
-    tombstoned: tuple[str, ...] = ()
-    orphans: tuple[str, ...] = ()
-
-
-def vacuum(spark: SparkSession, path: str | Path, *, retention_hours: float) -> VacuumResult:
-    """VACUUM (full) with ``retention_hours``: delete tombstoned, ``_change_data/`` and
-    unreferenced files older than that.
-
-    Dry runs first (``LITE``: what the log tombstoned; full: everything), so the receipt can
-    say what left and why; when nothing would go, nothing runs and nothing is committed
-    (delta-spark logs VACUUM START/END commits), so erasure is idempotent. Only file names
-    reach the driver.
-    """
-    from delta.tables import DeltaTable
-
-    hours = float(retention_hours)
-    if _only_active_files(path):
-        return VacuumResult()  # nothing VACUUM could delete: spare its listing jobs
-    table = _sql_table(path)
-    everything = {
-        _local(r[0]) for r in spark.sql(f"VACUUM {table} RETAIN {hours} HOURS DRY RUN").collect()
-    }
-    if not everything:
-        return VacuumResult()
-    try:
-        lite = spark.sql(f"VACUUM {table} LITE RETAIN {hours} HOURS DRY RUN").collect()
-        tombstoned = {_local(r[0]) for r in lite}
-    except Exception:  # LITE needs the log back to the tombstones; then all count as full
-        tombstoned = set()
-    DeltaTable.forPath(spark, str(path)).vacuum(hours)
-    return VacuumResult(
-        tombstoned=tuple(sorted(everything & tombstoned)),
-        orphans=tuple(sorted(everything - tombstoned)),
-    )
-
-
-def _only_active_files(path: str | Path) -> bool:
-    """Whether every file VACUUM looks at under ``path`` is an active data file (then it has
-    nothing to delete). VACUUM skips hidden names (``_``/``.``) except ``_change_data``."""
-    root = Path(path)
-    active = {unquote(p) for p in active_files(open_table(root)).column("path").to_pylist()}
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = Path(dirpath).relative_to(root)
-        dirnames[:] = [d for d in dirnames if not d.startswith((".", "_")) or d == "_change_data"]
-        for name in filenames:
-            if name.startswith((".", "_")):
-                continue
-            if (rel_dir / name).as_posix() not in active:
-                return False
-    return True
-
-
-def _local(uri: str) -> str:
-    return unquote(str(uri).removeprefix("file:").removeprefix("//"))
 
 
 def _sql_table(path: str | Path) -> str:

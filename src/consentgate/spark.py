@@ -217,15 +217,29 @@ def _local_defaults(master: str | None) -> dict[str, str]:
 
     delta-spark rebuilds a table's state from its log with ``snapshotPartitions`` tasks (50 by
     default, sized for clusters); on one machine that is 50 tiny tasks per table version read,
-    which dominated local runs. A cluster keeps Delta's default.
+    which dominated local runs. Spark's 200 shuffle partitions are sized for clusters too: a
+    local session gets two per core it runs on (adaptive execution, on by default, coalesces
+    them further), so a decision over kilobytes is not 200 tasks per shuffle. A cluster keeps
+    Spark's and Delta's defaults.
     """
     if master is None or not master.startswith("local"):
         return {}
     return {
+        "spark.sql.shuffle.partitions": str(2 * _local_cores(master)),
         "spark.databricks.delta.snapshotPartitions": "2",
         # VACUUM lists a table's directories with this many tasks at most (10000 by default).
         "spark.sql.sources.parallelPartitionDiscovery.parallelism": "4",
     }
+
+
+def _local_cores(master: str) -> int:
+    """The cores a ``local``, ``local[N]``, ``local[*]`` or ``local[N,F]`` master runs on."""
+    inside = master.partition("[")[2].partition("]")[0].partition(",")[0].strip()
+    if inside.isdigit() and int(inside) > 0:
+        return int(inside)
+    if inside in ("", "*") and master.strip() == "local":
+        return 1
+    return os.cpu_count() or 1
 
 
 def _submitted_jars() -> str:

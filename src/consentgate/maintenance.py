@@ -1,0 +1,126 @@
+"""VACUUM that pays only for its work: one listing when something can go, none otherwise.
+
+delta-spark's VACUUM lists every directory of the table and, on a local session, that listing
+(plus the state reconstruction it joins against) is most of an erasure's cost. The receipt
+needs to say what left the disk and why (a tombstoned file, or an orphan of a killed writer),
+which dry runs can tell — but each dry run is a full listing of its own. So:
+
+* **Whether VACUUM can delete anything** is decided in Python from the disk and the log (the
+  Spark-free delta-rs reader): VACUUM deletes a file only when no active file references it and
+  its modification time is older than the retention cutoff (delta-spark's ``VacuumCommand``:
+  ``modificationTime < deleteBeforeTimestamp``, anti-joined with the valid files). When no file
+  qualifies, VACUUM is not run: no listing jobs and no ``VACUUM START/END`` commits, so a night
+  with nothing to erase leaves the table untouched. The check is one-sided on purpose: a file
+  whose tombstone is younger than the window but whose bytes are old makes us *run* VACUUM
+  (which then keeps it), never skip a deletion.
+* **What went** is the difference of the disk before and after the one VACUUM; a file that went
+  is *tombstoned* when the log (JSON commits, checkpoints and their sidecars still on disk)
+  holds a ``remove`` action for it, and an *orphan* otherwise. When the log no longer reaches
+  back to a tombstone (cleaned up), the file counts as an orphan — as delta-spark's ``LITE``
+  mode would refuse, and our former dry-run pair then counted it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote
+
+import pyarrow.parquet as pq
+from pyspark.sql import SparkSession
+
+from consentgate import lake
+
+_LOG_DIR = "_delta_log"
+
+
+@dataclass(frozen=True)
+class VacuumResult:
+    """What a VACUUM deleted: files the log had tombstoned, and files no commit references
+    (orphans: a killed writer's uncommitted output), relative to the table."""
+
+    tombstoned: tuple[str, ...] = ()
+    orphans: tuple[str, ...] = ()
+
+
+def vacuum(spark: SparkSession, path: str | Path, *, retention_hours: float) -> VacuumResult:
+    """VACUUM (full) with ``retention_hours``: delete tombstoned, ``_change_data/`` and
+    unreferenced files older than that; nothing runs when nothing can go (module docstring).
+
+    Only file names are compared, on the driver's local disk; no Spark job returns them.
+    """
+    from delta.tables import DeltaTable
+
+    root = Path(path)
+    hours = float(retention_hours)
+    cutoff = time.time() - hours * 3600.0
+    inactive = inactive_files(root)
+    if not any(mtime < cutoff for mtime in inactive.values()):
+        return VacuumResult()  # nothing VACUUM could delete: spare its listing and commits
+    DeltaTable.forPath(spark, str(root)).vacuum(hours)
+    gone = sorted(rel for rel in inactive if not (root / rel).exists())
+    if not gone:
+        return VacuumResult()
+    removed = tombstoned_paths(root)
+    return VacuumResult(
+        tombstoned=tuple(rel for rel in gone if rel in removed),
+        orphans=tuple(rel for rel in gone if rel not in removed),
+    )
+
+
+def inactive_files(root: Path) -> dict[str, float]:
+    """Files VACUUM looks at that no active file of the table is, with their modification
+    times. VACUUM skips hidden names (``_``/``.``) except ``_change_data``."""
+    active = {
+        unquote(p) for p in lake.active_files(lake.open_table(root)).column("path").to_pylist()
+    }
+    out: dict[str, float] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        rel_dir = here.relative_to(root)
+        dirnames[:] = [d for d in dirnames if not d.startswith((".", "_")) or d == "_change_data"]
+        for name in filenames:
+            if name.startswith((".", "_")):
+                continue
+            rel = (rel_dir / name).as_posix()
+            if rel not in active:
+                out[rel] = (here / name).stat().st_mtime
+    return out
+
+
+def tombstoned_paths(root: Path) -> frozenset[str]:
+    """Every path a ``remove`` action names in the log files still on disk: JSON commits (and
+    JSON checkpoints), Parquet checkpoints and v2-checkpoint sidecars. Relative, unquoted."""
+    found: set[str] = set()
+    log_dir = root / _LOG_DIR
+    if not log_dir.is_dir():
+        return frozenset()
+    for file in sorted(log_dir.rglob("*")):
+        if file.name.endswith(".json") and file.is_file():
+            found.update(_removed_in_json(file))
+        elif file.name.endswith(".parquet") and file.is_file():
+            found.update(_removed_in_parquet(file))
+    return frozenset(unquote(p) for p in found)
+
+
+def _removed_in_json(file: Path) -> list[str]:
+    out: list[str] = []
+    with file.open(encoding="utf-8") as lines:
+        for line in lines:
+            if '"remove"' not in line:
+                continue
+            action = json.loads(line)
+            remove = action.get("remove") if isinstance(action, dict) else None
+            if isinstance(remove, dict) and isinstance(remove.get("path"), str):
+                out.append(remove["path"])
+    return out
+
+
+def _removed_in_parquet(file: Path) -> list[str]:
+    if "remove" not in pq.read_schema(file).names:
+        return []
+    column = pq.read_table(file, columns=["remove"]).column("remove")
+    return [r["path"] for r in column.to_pylist() if r is not None and r.get("path") is not None]

@@ -1,0 +1,76 @@
+"""VACUUM runs only when a file can go, and says which files went and why (tombstoned/orphan).
+
+The expectations come from the disk and from what the test itself did (which files it
+overwrote, which file it planted), not from the module's own log reading.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from consentgate import lake, maintenance
+
+WEEK = 168
+OLD = time.time() - (WEEK + 24) * 3600  # older than the window
+
+
+def _table(spark: SparkSession, path: Path) -> tuple[set[str], set[str]]:
+    """A table written twice (the first version's files tombstoned by an overwrite).
+
+    Returns (tombstoned files, active files), relative paths read from the disk.
+    """
+    lake.write_table(spark.range(6).repartition(2).withColumnRenamed("id", "k"), path)
+    first = {p.relative_to(path).as_posix() for p in path.glob("*.parquet")}
+    lake.write_table(spark.range(3).withColumnRenamed("id", "k"), path, mode="overwrite")
+    active = {p.relative_to(path).as_posix() for p in path.glob("*.parquet")} - first
+    return first, active
+
+
+def test_inside_the_window_nothing_runs_and_nothing_is_committed(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    path = tmp_path / "t"
+    tombstoned, active = _table(spark, path)
+    version = lake.table_version(path)
+    result = maintenance.vacuum(spark, path, retention_hours=WEEK)
+    assert result == maintenance.VacuumResult()
+    assert lake.table_version(path) == version  # no VACUUM START/END commits
+    assert all((path / rel).exists() for rel in tombstoned | active)
+
+
+def test_old_bytes_go_as_orphans_young_tombstones_stay(spark: SparkSession, tmp_path: Path) -> None:
+    """An orphan older than the window goes; a tombstoned file whose *bytes* are old but whose
+    removal is recent stays (Delta keeps it for time travel), and VACUUM still had to run."""
+    path = tmp_path / "t"
+    tombstoned, active = _table(spark, path)
+    orphan = path / "part-99999-killed-writer.snappy.parquet"
+    shutil.copy(path / sorted(active)[0], orphan)
+    for file in [orphan, *(path / rel for rel in tombstoned)]:
+        os.utime(file, (OLD, OLD))
+    version = lake.table_version(path)
+
+    result = maintenance.vacuum(spark, path, retention_hours=WEEK)
+
+    assert result == maintenance.VacuumResult(orphans=(orphan.name,))
+    assert not orphan.exists()
+    assert all((path / rel).exists() for rel in tombstoned | active)
+    assert lake.table_version(path) > version  # VACUUM ran (START/END)
+
+
+def test_window_zero_removes_tombstoned_files_and_names_them(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    path = tmp_path / "t"
+    tombstoned, active = _table(spark, path)
+    result = maintenance.vacuum(spark, path, retention_hours=0)
+    assert set(result.tombstoned) == tombstoned and result.orphans == ()
+    assert not any((path / rel).exists() for rel in tombstoned)
+    assert all((path / rel).exists() for rel in active)
+    version = lake.table_version(path)
+    assert maintenance.vacuum(spark, path, retention_hours=0) == maintenance.VacuumResult()
+    assert lake.table_version(path) == version
