@@ -825,9 +825,9 @@ def _relocate(
     """
     path = target_path(config, name, dataset)
     table = _open_checked(name, path, dataset.key)
-    if int(table.version()) == decided.plan.version:
-        return decided, None
     active = lake.active_files(table).column("path").to_pylist()
+    if int(table.version()) == decided.plan.version and decided.covered.issuperset(active):
+        return decided, None  # every active file decided: nothing moved
     still = {f.path for f in decided.plan.files} & set(active)
     located = decided.located.where(F.col("_file").isin(*sorted(still))) if still else None
     added = sorted(set(active) - decided.covered)
