@@ -4,6 +4,10 @@ The other writer runs in its own thread and commits through delta-spark, exactly
 job would; it is started from inside the decider (after the purge has pinned the version it
 plans from and before it commits) or runs freely beside the purge. Invariants checked every time: appended rows
 are never lost, removed rows never come back, no row is duplicated.
+
+The last section runs the production decision (no decider: the run's consent, decided once,
+re-located on conflicts); there the other writer commits from purge's test hook
+(``purge._TEST_HOOKS``), between our decision and our MERGE.
 """
 
 from __future__ import annotations
