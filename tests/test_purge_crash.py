@@ -1,7 +1,12 @@
 """Crash safety: the purge is killed with SIGKILL (a real process kill, in a subprocess with
 its own SparkSession) after recording its keys but before its MERGE commits, and after the
 commit but before the audit entry. A rerun must leave the table exactly as an uninterrupted
-run, erase what a killed writer left on disk, and the audit log must say what happened."""
+run, erase what a killed writer left on disk, and the audit log must say what happened.
+
+The same two crash points with the production plan (the run's decision materialised by
+``plan_purge``, as the DAG does, and the retried task purging from it) are killed in process by
+purge's test hook (:class:`Killed`): seconds instead of a JVM per crash.
+"""
 
 from __future__ import annotations
 
@@ -22,8 +27,7 @@ from pyspark.sql import SparkSession
 from consentgate import audit, erasure, lake, purge
 from consentgate.config import Config, load_config
 from tests.test_purge import AS_OF, build, decide, expected_after
-
-pytestmark = pytest.mark.slow
+from tests.test_purge_concurrency import EMB, append_rows, embedding_ids, small_lake_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,6 +105,7 @@ def plant_orphan(path: Path) -> str:
     return orphan
 
 
+@pytest.mark.slow
 def test_kill_before_commit_then_rerun(spark: SparkSession, tmp_path: Path) -> None:
     config, path, conf = setup(spark, tmp_path)
     expected = expected_after(lake.read_table(spark, path)).localCheckpoint()
@@ -130,6 +135,7 @@ def test_kill_before_commit_then_rerun(spark: SparkSession, tmp_path: Path) -> N
     assert audit.verify_chain(spark, config)["ok"]
 
 
+@pytest.mark.slow
 def test_kill_after_commit_then_rerun(spark: SparkSession, tmp_path: Path) -> None:
     config, path, conf = setup(spark, tmp_path)
     expected = expected_after(lake.read_table(spark, path)).localCheckpoint()
@@ -159,4 +165,84 @@ def test_kill_after_commit_then_rerun(spark: SparkSession, tmp_path: Path) -> No
     receipt = result["erasure"]["datasets"]["emb"]
     assert receipt["result"] == "verified" and receipt["keys_checked"] == 9
     assert erasure.erase_and_verify(spark, config, run_id="again")["ok"]
+    assert audit.verify_chain(spark, config)["ok"]
+
+
+# --------------------------------------------------------------------------------------------
+# The production plan (no decider), killed in process
+
+
+class Killed(BaseException):
+    """SIGKILL, in process: raised by purge's test hook at a crash point, it is no Exception,
+    so nothing of the purge catches it. What still runs on the way out (``finally`` blocks)
+    only releases cached frames and the table lock, as the kernel does for a killed process:
+    nothing is written to the lake, the key table or the audit log."""
+
+
+def kill(name: str) -> None:
+    raise Killed(name)
+
+
+def killed_task(
+    spark: SparkSession, config: Config, monkeypatch: pytest.MonkeyPatch, point: str
+) -> None:
+    """The DAG's way: the run is decided and materialised once (``plan_purge``), then the
+    table's task purges from that plan and is killed at ``point``."""
+    purge.plan_purge(spark, config, as_of=AS_OF, run_id="purge-nightly")
+    monkeypatch.setitem(purge._TEST_HOOKS, point, kill)
+    with pytest.raises(Killed):
+        purge.purge_dataset(spark, config, EMB, as_of=AS_OF, run_id="purge-nightly")
+    monkeypatch.delitem(purge._TEST_HOOKS, point)
+
+
+def test_production_plan_killed_before_commit_then_the_retried_task_converges(
+    spark: SparkSession, small_lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed with its keys recorded and no commit; before the retry another writer appends e4
+    (a2 revoked) and e5 (a1 granted). The retried task purges from the run's materialised plan
+    (decided at v0): the appended file is re-located with the plan's consent, one commit
+    removes e2, e3 and e4, and the killed attempt is recorded as not committed."""
+    config = small_lake_config(small_lake)
+    path = config.dataset_path(EMB)
+    killed_task(spark, config, monkeypatch, "before_commit")
+    assert lake.table_version(path) == 0
+    assert embedding_ids(spark, path) == ["e1", "e2", "e3"]
+    append_rows(spark, path, [("e4", "a2"), ("e5", "a1")])
+
+    result = purge.purge_dataset(spark, config, EMB, as_of=AS_OF, run_id="purge-nightly")
+
+    assert embedding_ids(spark, path) == ["e1", "e5"]
+    assert result["rows_deleted"] == 3 and result["commits"] == [2]
+    assert result["reasons"] == {"no_consent_record": 1, "revoked": 2}
+    assert result["recovered"] == 1
+    [recovery] = audit.events(spark, config, kind="recovery")
+    assert recovery["payload"]["event"] == "attempt_not_committed"
+    assert recovery["run_id"] == "purge-nightly"
+    assert audit.verify_chain(spark, config)["ok"]
+
+
+def test_production_plan_killed_after_commit_then_the_retried_task_commits_nothing_more(
+    spark: SparkSession, small_lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after its MERGE committed (v1) and before its audit entry. The retried task's
+    plan is still the one decided at v0: re-locating it finds its decided files rewritten and
+    only our own commit's output uncovered, decides that, and finds nothing to remove: no
+    second MERGE, and the commit is recorded as committed without audit."""
+    config = small_lake_config(small_lake)
+    path = config.dataset_path(EMB)
+    killed_task(spark, config, monkeypatch, "after_commit")
+    assert lake.table_version(path) == 1
+    assert audit.events(spark, config, kind="purge") == []
+    assert embedding_ids(spark, path) == ["e1"]
+
+    result = purge.purge_dataset(spark, config, EMB, as_of=AS_OF, run_id="purge-nightly")
+
+    assert result["rows_deleted"] == 0 and result["commits"] == [] and result["recovered"] == 1
+    assert lake.table_version(path) == 1
+    assert embedding_ids(spark, path) == ["e1"]
+    [recovery] = audit.events(spark, config, kind="recovery")
+    payload = recovery["payload"]
+    assert payload["event"] == "committed_without_audit"
+    assert payload["version_committed"] == 1 and payload["rows_deleted"] == 2
+    assert payload["reasons"] == {"no_consent_record": 1, "revoked": 1}
     assert audit.verify_chain(spark, config)["ok"]

@@ -43,7 +43,9 @@ entry (crash between the two) is found on the next run from the table's history 
 as a ``recovery`` entry, as is an attempt that recorded keys but never committed. Purges of one
 table are serialised by a per-table ``flock`` so that a running attempt is never mistaken for a
 crashed one. For tests, ``CONSENTGATE_PURGE_CRASH_AT=before_commit|after_commit`` kills the
-process with SIGKILL at that point.
+process with SIGKILL at that point, and :data:`_TEST_HOOKS` (process-local callbacks that
+production never sets) lets a test act there: another writer commits between our decision and
+our MERGE, a conflict, a crash.
 
 Idempotence: a table with nothing to remove gets no commit at all.
 
@@ -113,6 +115,13 @@ log = logging.getLogger(__name__)
 USE_CASE_NOT_CONFIGURED: Final = "use_case_not_configured"
 
 CRASH_ENV: Final = "CONSENTGATE_PURGE_CRASH_AT"
+#: Test hooks, process-local: point -> callback, called with the table's name when a purge pass
+#: reaches the point. ``before_commit``: keys recorded, MERGE about to run (a ConflictError
+#: raised here is handled as delta-spark's refusal of the MERGE: audited, rows re-located,
+#: retried); ``after_commit``: MERGE committed, its audit entry not yet written. Nothing in
+#: consentgate registers one and no caller can pass one: tests set entries with
+#: ``monkeypatch.setitem`` (see tests/test_purge_concurrency.py, tests/test_purge_crash.py).
+_TEST_HOOKS: Final[dict[str, Callable[[str], None]]] = {}
 OPERATION: Final = "consentgate.purge"
 _META_OPERATION: Final = "consentgate.operation"
 _META_ATTEMPT: Final = "consentgate.attempt"
@@ -816,9 +825,9 @@ def _relocate(
     """
     path = target_path(config, name, dataset)
     table = _open_checked(name, path, dataset.key)
-    if int(table.version()) == decided.plan.version:
-        return decided, None
     active = lake.active_files(table).column("path").to_pylist()
+    if int(table.version()) == decided.plan.version and decided.covered.issuperset(active):
+        return decided, None  # every active file decided: nothing moved
     still = {f.path for f in decided.plan.files} & set(active)
     located = decided.located.where(F.col("_file").isin(*sorted(still))) if still else None
     added = sorted(set(active) - decided.covered)
@@ -1059,8 +1068,12 @@ def _record_keys(
     )
 
 
-def _crash_point(point: str) -> None:
-    """Kill this process with SIGKILL when the crash test asks for it at ``point``."""
+def _crash_point(point: str, name: str) -> None:
+    """Run the test hook registered for ``point`` (:data:`_TEST_HOOKS`), then kill this
+    process with SIGKILL when the crash test asks for it at ``point``."""
+    hook = _TEST_HOOKS.get(point)
+    if hook is not None:
+        hook(name)
     if os.environ.get(CRASH_ENV) == point:
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -1202,11 +1215,11 @@ def _purge_passes(
             "consentgate.as_of": iso(as_of),
             "consentgate.policy": _policy(config, dataset),
         }
-        _crash_point("before_commit")
         removed = located.select(KEY_SHA).distinct()
         if plan.rows_removed <= _BROADCAST_ROWS:
             removed = F.broadcast(removed)
         try:
+            _crash_point("before_commit", name)
             result = lake.merge_delete(
                 spark,
                 path,
@@ -1230,7 +1243,7 @@ def _purge_passes(
                 },
             )
             continue
-        _crash_point("after_commit")
+        _crash_point("after_commit", name)
         files_removed = result.metric("numTargetFilesRemoved")
         dvs_added = result.metric("numTargetDeletionVectorsAdded") + result.metric(
             "numTargetDeletionVectorsUpdated"
