@@ -238,6 +238,8 @@ def run(args: argparse.Namespace, spark: Any = None) -> dict[str, Any]:
                     "error": f"{type(exc).__name__}: {exc}"[:1000],
                 }
             result["wall_seconds"] = round(time.perf_counter() - t0, 3)
+            for line in phase_lines(result):
+                log(line)
             doc["results"].append(result)
             doc["machine"]["load_average_end"] = list(os.getloadavg())
             _write(args.out, doc)
@@ -247,6 +249,29 @@ def run(args: argparse.Namespace, spark: Any = None) -> dict[str, Any]:
     report.write(args.docs, doc, results_path=args.out)
     log(f"wrote {args.out} and {args.docs}")
     return doc
+
+
+def phase_lines(result: dict[str, Any]) -> list[str]:
+    """One line per timed phase of a scenario's result: median seconds with the median Spark
+    jobs and tasks beside them, so a change in fixed cost (more jobs or tasks for the same
+    work) shows in the run's log and not only in the JSON."""
+    lines: list[str] = []
+    parts = [(result.get("scenario", "?"), result)]
+    if isinstance(result.get("merkle"), dict):
+        parts.append((f"{result.get('scenario')} merkle", result["merkle"]))
+    for label, part in parts:
+        spark = part.get("spark") or {}
+        for contender, seconds in (part.get("seconds") or {}).items():
+            jobs = (spark.get("jobs") or {}).get(contender, {}).get("median")
+            tasks = (spark.get("tasks") or {}).get(contender, {}).get("median")
+            median = seconds.get("median")
+            lines.append(
+                f"{label} at {result.get('scale')}: {contender} "
+                + ("failed" if median is None else f"{median:.3f}s")
+                + ("" if jobs is None else f" jobs={jobs:g}")
+                + ("" if tasks is None else f" tasks={tasks:g}")
+            )
+    return lines
 
 
 def _jobs(
@@ -302,4 +327,9 @@ def main(argv: Sequence[str] | None = None, spark: Any = None) -> dict[str, Any]
 
 
 if __name__ == "__main__":
+    from consentgate.logs import configure_cli_logging
+
+    # consentgate's own step lines (each with its seconds, Spark jobs and tasks) go to stderr
+    # between the runner's lines: the per-step view of every timed phase.
+    configure_cli_logging()
     main()

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pyspark.sql import SparkSession
 
@@ -44,6 +44,7 @@ from bench.lakes import (
 )
 from consentgate import lake
 from consentgate.config import Config
+from consentgate.spark import SparkWork, spark_work
 
 GATE_USE_CASE = "generative_training"
 
@@ -72,6 +73,30 @@ def stats(samples: Sequence[float | None]) -> dict[str, Any]:
         "min": round(min(good), 6) if good else None,
         "max": round(max(good), 6) if good else None,
         "failed": len(samples) - len(good),
+    }
+
+
+T = TypeVar("T")
+
+
+def timed(ctx: Context, label: str, call: Callable[[], T]) -> tuple[T, float, SparkWork]:
+    """Run ``call`` timed, with the Spark jobs and tasks it ran, and log them beside its
+    seconds: a change that adds fixed cost (one more pass, more tiny tasks) shows in the log
+    even when the seconds of a small lake hide it. Counting happens after the clock stops."""
+    with spark_work(ctx.spark, "bench") as work:
+        t0 = time.perf_counter()
+        out = call()
+        seconds = time.perf_counter() - t0
+    partial = " (lower bounds: Spark forgot some jobs)" if work.partial else ""
+    ctx.log(f"{label}: {seconds:.3f}s jobs={work.jobs} tasks={work.tasks}{partial}")
+    return out, seconds, work
+
+
+def spark_counts(jobs: dict[str, list[int | None]], tasks: dict[str, list[int | None]]) -> Any:
+    """``{"jobs": {contender: stats}, "tasks": {...}}`` for a result."""
+    return {
+        "jobs": {c: stats([None if n is None else float(n) for n in j]) for c, j in jobs.items()},
+        "tasks": {c: stats([None if n is None else float(n) for n in t]) for c, t in tasks.items()},
     }
 
 
@@ -180,6 +205,8 @@ def purge(
 
     times: dict[str, list[float | None]] = {c: [] for c in contenders}
     extra: dict[str, list[float | None]] = {c: [] for c in contenders}
+    jobs: dict[str, list[int | None]] = {c: [] for c in contenders}
+    tasks: dict[str, list[int | None]] = {c: [] for c in contenders}
     io: dict[str, Any] = {}
     rows_ok: dict[str, bool] = {c: True for c in contenders}
     errors: dict[str, str] = {}
@@ -189,18 +216,26 @@ def purge(
             config = conf_of(trial)
             before = snapshot_files(config)
             rows_before = {n: lake.table_inventory(config.dataset_path(n))["rows"] for n in before}
-            ctx.log(f"purge {layout} {scale} r={fraction:g}: {name} repeat {r + 1}")
-            t0 = time.perf_counter()
+            label = f"purge {layout} {scale} r={fraction:g}: {name} repeat {r + 1}"
+            ctx.log(label)
             try:
-                facts = contenders[name](config, trial)
+                facts, seconds, work = timed(
+                    ctx,
+                    label,
+                    lambda: contenders[name](config, trial),  # noqa: B023
+                )
             except Exception as exc:  # a failing contender is a result, not a crash
                 errors[name] = f"{type(exc).__name__}: {exc}"[:500]
                 times[name].append(None)
                 extra[name].append(None)
+                jobs[name].append(None)
+                tasks[name].append(None)
                 shutil.rmtree(trial, ignore_errors=True)
                 continue
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(seconds)
             extra[name].append(facts.get("plan_seconds"))
+            jobs[name].append(work.jobs)
+            tasks[name].append(work.tasks)
             diff = io_diff(before, config, rows_before)
             io[name] = diff  # identical across repeats for a deterministic strategy
             deleted = {n: d["rows_deleted"] for n, d in diff.items()}
@@ -208,6 +243,7 @@ def purge(
             shutil.rmtree(trial, ignore_errors=True)
     result["seconds"] = {c: stats(t) for c, t in times.items()}
     result["plan_seconds"] = {c: stats(t) for c, t in extra.items() if any(extra[c])}
+    result["spark"] = spark_counts(jobs, tasks)
     result["rows_ok"] = rows_ok
     if errors:
         result["errors"] = errors
@@ -259,45 +295,58 @@ def gate(ctx: Context, base: Path, *, scale: int) -> dict[str, Any]:
     if missing:
         result["not_measured"] = {"consentgate": missing}
     times: dict[str, list[float | None]] = {c: [] for c in contenders}
+    jobs: dict[str, list[int | None]] = {c: [] for c in contenders}
+    tasks: dict[str, list[int | None]] = {c: [] for c in contenders}
     rows: dict[str, dict[str, int]] = {}
     errors: dict[str, str] = {}
     for r in range(ctx.repeats):
         for name in _rotated(contenders, r):
             trial = clone_lake(base, ctx.scratch / f"gate-{name}")
             config = conf_of(trial)
-            ctx.log(f"gate {scale}: {name} repeat {r + 1}")
-            t0 = time.perf_counter()
-            try:
+            label = f"gate {scale}: {name} repeat {r + 1}"
+            ctx.log(label)
+
+            def call(
+                name: str = name, config: Config = config, trial: Path = trial, r: int = r
+            ) -> Any:
                 if name == "consentgate":
                     from consentgate.gate import run_gate
 
-                    out = run_gate(
+                    return run_gate(
                         ctx.spark,
                         config,
                         use_case=GATE_USE_CASE,
                         model_version=f"bench-{r}",
                         as_of=AS_OF,
                     )
-                    elapsed = time.perf_counter() - t0
+                return baselines.bare_gate(
+                    ctx.spark,
+                    config,
+                    use_case=GATE_USE_CASE,
+                    as_of=AS_OF,
+                    out_dir=trial / "_bench_bare",
+                )
+
+            try:
+                out, elapsed, work = timed(ctx, label, call)
+                if name == "consentgate":
                     rows[name] = {
                         Path(p).name: int(lake.table_inventory(p)["rows"])
                         for p in out["snapshots"].values()
                     }
                 else:
-                    rows[name] = baselines.bare_gate(
-                        ctx.spark,
-                        config,
-                        use_case=GATE_USE_CASE,
-                        as_of=AS_OF,
-                        out_dir=trial / "_bench_bare",
-                    )
-                    elapsed = time.perf_counter() - t0
+                    rows[name] = out
                 times[name].append(elapsed)
+                jobs[name].append(work.jobs)
+                tasks[name].append(work.tasks)
             except Exception as exc:
                 errors[name] = f"{type(exc).__name__}: {exc}"[:500]
                 times[name].append(None)
+                jobs[name].append(None)
+                tasks[name].append(None)
             shutil.rmtree(trial, ignore_errors=True)
     result["seconds"] = {c: stats(t) for c, t in times.items()}
+    result["spark"] = spark_counts(jobs, tasks)
     result["rows"] = rows
     if errors:
         result["errors"] = errors
@@ -360,13 +409,17 @@ def hashing(ctx: Context, base: Path, *, scale: int) -> dict[str, Any]:
         f"sha256sum x{cores}": lambda: baselines.sha256sum(files, processes=cores),
     }
     times: dict[str, list[float | None]] = {c: [] for c in contenders}
+    jobs: dict[str, list[int | None]] = {c: [] for c in contenders}
+    tasks: dict[str, list[int | None]] = {c: [] for c in contenders}
     agree: dict[str, bool] = {c: True for c in contenders}
     for r in range(ctx.repeats):
         for name in _rotated(list(contenders), r):
-            ctx.log(f"hashing {scale}: {name} repeat {r + 1}")
-            t0 = time.perf_counter()
-            got = contenders[name]()
-            times[name].append(time.perf_counter() - t0)
+            label = f"hashing {scale}: {name} repeat {r + 1}"
+            ctx.log(label)
+            got, seconds, work = timed(ctx, label, contenders[name])
+            times[name].append(seconds)
+            jobs[name].append(work.jobs)
+            tasks[name].append(work.tasks)
             agree[name] = agree[name] and got == reference
     result: dict[str, Any] = {
         "scenario": "hashing",
@@ -374,6 +427,7 @@ def hashing(ctx: Context, base: Path, *, scale: int) -> dict[str, Any]:
         "files": len(files),
         "bytes": total,
         "seconds": {c: stats(t) for c, t in times.items()},
+        "spark": spark_counts(jobs, tasks),
         "mb_per_second": {
             c: stats([None if t is None else total / t / 1e6 for t in ts])
             for c, ts in times.items()
@@ -404,15 +458,20 @@ def hashing(ctx: Context, base: Path, *, scale: int) -> dict[str, Any]:
     name = max(config.datasets, key=lambda n: lake.table_inventory(config.dataset_path(n))["rows"])
     path = config.dataset_path(name)
     mtimes: dict[str, list[float | None]] = {"content_merkle_root": [], "bare_scan": []}
+    mjobs: dict[str, list[int | None]] = {c: [] for c in mtimes}
+    mtasks: dict[str, list[int | None]] = {c: [] for c in mtimes}
+    scans: dict[str, Callable[[], object]] = {
+        "content_merkle_root": lambda: digest.content_merkle_root(lake.read_table(ctx.spark, path)),
+        "bare_scan": lambda: baselines.bare_scan(ctx.spark, path),
+    }
     for r in range(ctx.repeats):
         for which in _rotated(list(mtimes), r):
-            ctx.log(f"merkle {scale}: {which} repeat {r + 1}")
-            t0 = time.perf_counter()
-            if which == "content_merkle_root":
-                digest.content_merkle_root(lake.read_table(ctx.spark, path))
-            else:
-                baselines.bare_scan(ctx.spark, path)
-            mtimes[which].append(time.perf_counter() - t0)
+            label = f"merkle {scale}: {which} repeat {r + 1}"
+            ctx.log(label)
+            _, seconds, work = timed(ctx, label, scans[which])
+            mtimes[which].append(seconds)
+            mjobs[which].append(work.jobs)
+            mtasks[which].append(work.tasks)
     merkle_ratio = stats(
         [
             _ratio(a, b)
@@ -424,6 +483,7 @@ def hashing(ctx: Context, base: Path, *, scale: int) -> dict[str, Any]:
         "rows": lake.table_inventory(path)["rows"],
         "bytes": lake.table_inventory(path)["bytes"],
         "seconds": {c: stats(t) for c, t in mtimes.items()},
+        "spark": spark_counts(mjobs, mtasks),
         "time_ratios": {"content_merkle_root/bare_scan": merkle_ratio},
     }
     result["targets"] = {

@@ -107,3 +107,37 @@ def test_markdown_has_every_section(results: dict[str, Any]) -> None:
     for heading in ("## Machine", "## Targets", "## 1-2. Purge", "## 3. Gate", "## 4. Manifest"):
         assert heading in md
     assert "## Not measured" not in md
+
+
+def test_every_timed_phase_counts_its_spark_jobs_and_tasks(results: dict[str, Any]) -> None:
+    """Fixed cost shows beside the seconds: each contender's Spark jobs and tasks."""
+    for r in results["results"]:
+        for part in (r, r.get("merkle") or {}):
+            if "seconds" not in part:
+                continue
+            assert set(part["spark"]["jobs"]) == set(part["seconds"]), r["scenario"]
+    purge = next(x for x in results["results"] if x["scenario"] == "purge_clustered")
+    jobs = purge["spark"]["jobs"]["consentgate"]["median"]
+    tasks = purge["spark"]["tasks"]["consentgate"]["median"]
+    assert jobs >= 1 and tasks >= jobs
+    assert purge["spark"]["jobs"]["deltars_merge"]["median"] >= 0  # its plan runs on Spark
+    gate = next(x for x in results["results"] if x["scenario"] == "gate")
+    assert gate["spark"]["jobs"]["consentgate"]["median"] >= 1
+
+
+def test_phase_lines_put_jobs_and_tasks_beside_the_seconds() -> None:
+    one = {"median": 2.5, "min": 2.5, "max": 2.5, "samples": [2.5], "failed": 0}
+    none = {"median": None, "min": None, "max": None, "samples": [None], "failed": 1}
+    result = {
+        "scenario": "gate",
+        "scale": 200,
+        "seconds": {"consentgate": one, "bare_spark": none},
+        "spark": {
+            "jobs": {"consentgate": {**one, "median": 41.0}, "bare_spark": none},
+            "tasks": {"consentgate": {**one, "median": 97.0}, "bare_spark": none},
+        },
+    }
+    assert run.phase_lines(result) == [
+        "gate at 200: consentgate 2.500s jobs=41 tasks=97",
+        "gate at 200: bare_spark failed",
+    ]

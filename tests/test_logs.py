@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import io
 import logging
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from pyspark.sql import SparkSession
 
 from consentgate import logs
 
@@ -76,3 +80,68 @@ def test_cli_logging_goes_to_the_current_stderr_once(monkeypatch: pytest.MonkeyP
     assert len(lines) == 1, lines
     assert lines[0].endswith(" INFO consentgate.gate step=publish tables=2")
     assert "\x1b[" not in lines[0]  # no colour codes
+
+
+@dataclass
+class _Measured:
+    """What consentgate.spark.SparkWork hands to a step line, without Spark."""
+
+    started: float
+    jobs: int
+    tasks: int
+    partial: bool = False
+
+    def counts(self) -> dict[str, int | bool | None]:
+        return {"jobs": self.jobs, "tasks": self.tasks, "spark_partial": self.partial or None}
+
+
+def test_jobs_and_tasks_sit_between_the_counts_and_seconds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    work = _Measured(started=time.monotonic() - 2.0, jobs=7, tasks=23)
+    with caplog.at_level(logging.INFO, logger="consentgate"):
+        logs.step(logging.getLogger("consentgate.gate"), "decide", rows=3, work=work)
+    head, _, seconds = caplog.records[0].getMessage().rpartition(" seconds=")
+    assert head == "step=decide rows=3 jobs=7 tasks=23"
+    assert 2.0 <= float(seconds) < 60  # timed from the work's start
+
+
+def test_partial_counts_say_so_and_an_idle_step_says_zero() -> None:
+    partial = _Measured(started=0.0, jobs=80, tasks=160, partial=True)
+    fields = logs.step_fields("rewrite", counts={"rows": 1, **partial.counts()})
+    assert logs.format_fields(fields) == (
+        "step=rewrite rows=1 jobs=80 tasks=160 spark_partial=true"
+    )
+    idle = _Measured(started=0.0, jobs=0, tasks=0)
+    assert logs.format_fields(logs.step_fields("publish", counts={**idle.counts()})) == (
+        "step=publish jobs=0 tasks=0"
+    )
+
+
+def test_the_purge_step_lines_show_the_spark_work_they_ran(
+    spark: SparkSession, small_lake: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real nightly purge of ``tests/lakes.py``'s lake: each step line (decide, the table's
+    rewrite and erasure, the run) carries the jobs and tasks Spark ran for it, and the run's
+    line counts its inner steps' jobs too."""
+    from consentgate import purge
+    from consentgate.config import load_config
+
+    config = load_config(small_lake)
+    with caplog.at_level(logging.INFO, logger="consentgate"):
+        purge.run_purge(spark, config, as_of=dt.datetime(2026, 6, 1, tzinfo=dt.UTC))
+    lines = {
+        (f["step"], f.get("table")): f
+        for f in (getattr(r, logs.RECORD_FIELDS, None) for r in caplog.records)
+        if f is not None
+    }
+    steps = [("decide", None), ("rewrite", "track_embeddings"), ("erase", "track_embeddings")]
+    for key in [*steps, ("purge", None)]:
+        fields = lines[key]
+        assert list(fields)[-3:] == ["jobs", "tasks", "seconds"], fields  # beside seconds
+        assert int(fields["jobs"]) >= 1 and int(fields["tasks"]) >= int(fields["jobs"]), fields
+        assert "spark_partial" not in fields
+    outer = int(lines[("purge", None)]["jobs"])
+    assert outer >= sum(int(lines[k]["jobs"]) for k in steps)
+    message = next(r.getMessage() for r in caplog.records if "step=rewrite" in r.getMessage())
+    assert " jobs=" in message and " tasks=" in message and "a1" not in message

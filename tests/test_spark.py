@@ -232,3 +232,56 @@ def test_a_local_session_shuffles_into_two_partitions_per_core(
 @pytest.mark.parametrize("master", [None, "spark://host:7077", "yarn", "k8s://https://h:443"])
 def test_a_cluster_keeps_spark_and_deltas_defaults(master: str | None) -> None:
     assert spark_module._local_defaults(master) == {}
+
+
+# spark_work: the Spark jobs and tasks of a step, from Spark's own status tracker (issue #20).
+
+
+def test_a_block_that_runs_jobs_counts_them_and_their_tasks(spark: SparkSession) -> None:
+    with spark_module.spark_work(spark, "test") as work:
+        spark.range(0, 100, numPartitions=3).count()
+        spark.sparkContext.parallelize(range(10), 2).sum()
+    assert work.jobs is not None and work.tasks is not None
+    assert work.jobs >= 2 and work.tasks >= 2 + 3  # at least the RDD's 2 and the 3 scan tasks
+    assert not work.partial
+    assert not set(spark.sparkContext.getJobTags())  # the tag is gone with the block
+
+
+def test_a_block_that_runs_no_job_counts_zero(spark: SparkSession) -> None:
+    spark.range(5).count()  # a job just before the block is not the block's
+    with spark_module.spark_work(spark, "idle") as work:
+        spark.range(5).where("id > 1")  # a plan, no job
+    assert (work.jobs, work.tasks, work.partial) == (0, 0, False)
+
+
+def test_an_outer_step_counts_its_inner_steps_jobs(spark: SparkSession) -> None:
+    with spark_module.spark_work(spark, "outer") as outer:
+        spark.range(10).count()
+        with spark_module.spark_work(spark, "inner") as inner:
+            spark.sparkContext.parallelize(range(4), 2).count()
+            spark.sparkContext.parallelize(range(4), 2).count()
+        (left,) = set(spark.sparkContext.getJobTags())  # the inner block took only its own tag
+        assert left.startswith(f"{spark_module.STEP_TAG_PREFIX}-outer-")
+    assert inner.jobs == 2 and inner.tasks == 4
+    assert outer.jobs is not None and outer.tasks is not None and inner.jobs is not None
+    assert outer.jobs > inner.jobs and outer.tasks > inner.tasks
+
+
+def test_a_failing_block_removes_its_tag_and_counts_nothing(spark: SparkSession) -> None:
+    with pytest.raises(ZeroDivisionError), spark_module.spark_work(spark, "fails") as work:
+        spark.range(1).count()
+        raise ZeroDivisionError
+    assert work.jobs is None and not set(spark.sparkContext.getJobTags())
+
+
+def test_jobs_spark_has_forgotten_mark_the_counts_partial(spark: SparkSession) -> None:
+    """The status store keeps spark.ui.retainedJobs jobs (100 in the test session): a step
+    that ran more is reported as a lower bound, never as an exact but wrong count."""
+    retained = int(spark.sparkContext.getConf().get("spark.ui.retainedJobs", "1000"))
+    assert retained <= 100, "this test runs retained + 20 jobs; keep the test session's limit"
+    rdd = spark.sparkContext.parallelize([1], 1)
+    with spark_module.spark_work(spark, "many") as work:
+        for _ in range(retained + 20):
+            rdd.count()
+    assert work.partial
+    assert work.jobs is not None and 0 < work.jobs < retained + 20

@@ -47,7 +47,6 @@ import datetime as dt
 import hashlib
 import logging
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -69,6 +68,7 @@ from consentgate.purge import (
     targets,
 )
 from consentgate.runtime import iso, new_run_id, now_utc
+from consentgate.spark import spark_work
 
 _LOG_DIR = "_delta_log"
 
@@ -363,39 +363,39 @@ def erase_dataset(
         attempts_pending, files_with_removed_keys[], problems[], result`` (``verified`` or
         ``failed``: a removed key found, or no removed key to check committed purges against).
     """
-    started = time.monotonic()
-    dataset = targets(config)[name]
-    path = target_path(config, name, dataset)
-    window = config.erasure.window_hours
-    instant = now or now_utc()
-    old, pending = _erasable_attempts(path, cutoff=instant - dt.timedelta(hours=window))
-    vacuumed = _vacuum(spark, path, window_hours=window, run_id=run_id, reorg=bool(old))
-    checked = verify_erased(spark, config, name, path, key=dataset.key, attempts=old)
-    log_cleaned = False
-    if any(f.startswith(_LOG_DIR + "/") for f in checked["files_with_removed_keys"]):
-        # Removed keys are still in the log (statistics or partition values of a table we did
-        # not create): clean the log, then prove again.
-        _clean_log(spark, path, window_hours=window, run_id=run_id)
-        log_cleaned = True
+    with spark_work(spark, "erase") as ran:
+        dataset = targets(config)[name]
+        path = target_path(config, name, dataset)
+        window = config.erasure.window_hours
+        instant = now or now_utc()
+        old, pending = _erasable_attempts(path, cutoff=instant - dt.timedelta(hours=window))
+        vacuumed = _vacuum(spark, path, window_hours=window, run_id=run_id, reorg=bool(old))
         checked = verify_erased(spark, config, name, path, key=dataset.key, attempts=old)
-    ok = not checked["files_with_removed_keys"] and not checked["problems"]
-    receipt: dict[str, Any] = {
-        "dataset": name,
-        "window_hours": window,
-        "at": iso(instant),
-        **vacuumed,
-        "log_cleaned": log_cleaned,
-        **checked,
-        "attempts_erased": len(old),
-        "attempts_pending": len(pending),
-        "result": "verified" if ok else "failed",
-    }
-    audit_payload = {k: v for k, v in receipt.items() if k != "files_with_removed_keys"}
-    audit_payload["files_with_removed_keys"] = len(checked["files_with_removed_keys"])
-    audit_payload["files_with_removed_keys_sha256"] = hashlib.sha256(
-        "\n".join(checked["files_with_removed_keys"]).encode()
-    ).hexdigest()
-    audit.append_event(spark, config, kind="erasure", run_id=run_id, payload=audit_payload)
+        log_cleaned = False
+        if any(f.startswith(_LOG_DIR + "/") for f in checked["files_with_removed_keys"]):
+            # Removed keys are still in the log (statistics or partition values of a table we did
+            # not create): clean the log, then prove again.
+            _clean_log(spark, path, window_hours=window, run_id=run_id)
+            log_cleaned = True
+            checked = verify_erased(spark, config, name, path, key=dataset.key, attempts=old)
+        ok = not checked["files_with_removed_keys"] and not checked["problems"]
+        receipt: dict[str, Any] = {
+            "dataset": name,
+            "window_hours": window,
+            "at": iso(instant),
+            **vacuumed,
+            "log_cleaned": log_cleaned,
+            **checked,
+            "attempts_erased": len(old),
+            "attempts_pending": len(pending),
+            "result": "verified" if ok else "failed",
+        }
+        audit_payload = {k: v for k, v in receipt.items() if k != "files_with_removed_keys"}
+        audit_payload["files_with_removed_keys"] = len(checked["files_with_removed_keys"])
+        audit_payload["files_with_removed_keys_sha256"] = hashlib.sha256(
+            "\n".join(checked["files_with_removed_keys"]).encode()
+        ).hexdigest()
+        audit.append_event(spark, config, kind="erasure", run_id=run_id, payload=audit_payload)
     step(
         log,
         "erase",
@@ -406,7 +406,7 @@ def erase_dataset(
         keys_checked=receipt.get("keys_checked"),
         attempts_pending=len(pending),
         verified=ok,
-        since=started,
+        work=ran,
         level=logging.INFO if ok else logging.WARNING,
     )
     return receipt

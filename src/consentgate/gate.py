@@ -87,6 +87,7 @@ from consentgate.manifest import (
     write_manifest,
 )
 from consentgate.runtime import iso, new_run_id, now_utc, parse_instant, versions
+from consentgate.spark import spark_work
 
 #: Columns of the stored allowlist (the leaf fields, in leaf order).
 ALLOWLIST_COLUMNS: Final = digest.ALLOWLIST_COLUMNS
@@ -445,26 +446,29 @@ def prepare_gate(
     meta = {"consentgate.op": "gate.prepare", "consentgate.run_id": run_id}
     try:
         _refuse_existing(config, model_version)  # again, now that nobody else can change it
-        sources = evaluate.load_sources(spark, config)
-        explicit = (as_of is not None) if as_of_explicit is None else as_of_explicit
-        if explicit:
-            _refuse_back_dated(sources, instant)
-        dataset_versions = {n: lake.table_version(config.dataset_path(n)) for n in names}
-        decisions = evaluate.decisions(spark, config, sources, use_case=use_case, as_of=instant)
-        decisions_version = lake.write_table(decisions, work / "decisions", commit_metadata=meta)
-        step(log, "decide", run_id=run_id, since=started, **_sizes(work / "decisions"))
-        started = time.monotonic()
-        stored = lake.read_table(spark, work / "decisions", version=decisions_version)
-        granted = (
-            stored.where(F.col("decision") == F.lit("granted"))
-            .select(*ALLOWLIST_COLUMNS)
-            .repartitionByRange("asset_id")
-            .sortWithinPartitions("asset_id")
-        )
-        allow_version = lake.write_table(granted, allow, commit_metadata=meta)
-        written = _sizes(allow)
+        with spark_work(spark, "decide") as ran:
+            sources = evaluate.load_sources(spark, config)
+            explicit = (as_of is not None) if as_of_explicit is None else as_of_explicit
+            if explicit:
+                _refuse_back_dated(sources, instant)
+            dataset_versions = {n: lake.table_version(config.dataset_path(n)) for n in names}
+            decisions = evaluate.decisions(spark, config, sources, use_case=use_case, as_of=instant)
+            decisions_version = lake.write_table(
+                decisions, work / "decisions", commit_metadata=meta
+            )
+        step(log, "decide", run_id=run_id, since=started, work=ran, **_sizes(work / "decisions"))
+        with spark_work(spark, "allowlist") as ran:
+            stored = lake.read_table(spark, work / "decisions", version=decisions_version)
+            granted = (
+                stored.where(F.col("decision") == F.lit("granted"))
+                .select(*ALLOWLIST_COLUMNS)
+                .repartitionByRange("asset_id")
+                .sortWithinPartitions("asset_id")
+            )
+            allow_version = lake.write_table(granted, allow, commit_metadata=meta)
+            written = _sizes(allow)
         count = written["rows"]
-        step(log, "allowlist", run_id=run_id, since=started, **written)
+        step(log, "allowlist", run_id=run_id, work=ran, **written)
         minimum = config.gate.min_allowlist_assets
         if count == 0 or count < minimum:
             raise CheckFailed(
@@ -484,10 +488,10 @@ def prepare_gate(
         for counts in by_jurisdiction.values():
             for reason, n in counts.items():
                 reasons[reason] = reasons.get(reason, 0) + n
-        started = time.monotonic()
-        stored_allow = lake.read_table(spark, allow, version=allow_version)
-        root, leaves = digest.allowlist_merkle_root(stored_allow)
-        step(log, "hash", table="allowlist", run_id=run_id, rows=leaves, since=started)
+        with spark_work(spark, "hash") as ran:
+            stored_allow = lake.read_table(spark, allow, version=allow_version)
+            root, leaves = digest.allowlist_merkle_root(stored_allow)
+        step(log, "hash", table="allowlist", run_id=run_id, rows=leaves, work=ran)
         if leaves != count:
             raise CheckFailed(f"allowlist {allow}: {leaves} leaves hashed, log says {count}")
     except BaseException:
@@ -619,31 +623,31 @@ def snapshot_dataset(
             registry.snapshot_name(model_version, dataset),
         )
         shutil.rmtree(target) if target.is_dir() else target.unlink()
-    started = time.monotonic()
-    kept, decided, sources = surviving_rows(spark, config, run, dataset)
-    order = [ds.asset_column, ds.key] if ds.asset_column else [ds.key]
-    ordered = kept.repartitionByRange(*order).sortWithinPartitions(*order)
-    version = lake.write_table(
-        ordered,
-        target,
-        mode="error",
-        # Copy-on-write, whatever the session's defaults: a trainer that reads the snapshot's
-        # Parquet files directly must never see a purged row behind a deletion vector.
-        # Its log is kept (no statistics hold ids in it), so the manifest's version of the
-        # snapshot stays readable for verification however old it is.
-        configuration={
-            "delta.enableDeletionVectors": "false",
-            "delta.enableExpiredLogCleanup": "false",
-        },
-        commit_metadata={
-            "consentgate.op": "gate.snapshot",
-            "consentgate.run_id": str(run["run_id"]),
-            "consentgate.dataset": dataset,
-        },
-    )
-    step(log, "snapshot", table=dataset, since=started, **_sizes(target))
-    started = time.monotonic()
-    described = describe_snapshot(spark, target, version)
+    with spark_work(spark, "snapshot") as ran:
+        kept, decided, sources = surviving_rows(spark, config, run, dataset)
+        order = [ds.asset_column, ds.key] if ds.asset_column else [ds.key]
+        ordered = kept.repartitionByRange(*order).sortWithinPartitions(*order)
+        version = lake.write_table(
+            ordered,
+            target,
+            mode="error",
+            # Copy-on-write, whatever the session's defaults: a trainer that reads the snapshot's
+            # Parquet files directly must never see a purged row behind a deletion vector.
+            # Its log is kept (no statistics hold ids in it), so the manifest's version of the
+            # snapshot stays readable for verification however old it is.
+            configuration={
+                "delta.enableDeletionVectors": "false",
+                "delta.enableExpiredLogCleanup": "false",
+            },
+            commit_metadata={
+                "consentgate.op": "gate.snapshot",
+                "consentgate.run_id": str(run["run_id"]),
+                "consentgate.dataset": dataset,
+            },
+        )
+    step(log, "snapshot", table=dataset, work=ran, **_sizes(target))
+    with spark_work(spark, "hash") as ran:
+        described = describe_snapshot(spark, target, version)
     hashed = described["files"]
     size = sum(int(f["size"]) for f in hashed)
     step(
@@ -653,7 +657,7 @@ def snapshot_dataset(
         rows=described["rows"],
         files=len(hashed),
         bytes=size,
-        since=started,
+        work=ran,
     )
     counts = {
         (bool(r["keep"]), str(r["reason"])): int(r["count"])
@@ -823,82 +827,83 @@ def publish_gate(
             f"run {run['run_id']}: snapshots for {sorted(snaps)}, expected {sorted(run['datasets'])}"
         )
     run_id = str(run["run_id"])
-    started = time.monotonic()
-    out_dir = manifest_dir(config.state_dir, run_id)
-    sheet = datasheet.write_datasheet(config, out_dir, run=run, snapshots=snaps)
-    target = out_dir / MANIFEST_FILE
-    with registry.registry_lock(config):
-        _require_claim(config, run)  # under the lock: a claim cleared meanwhile is seen
-        if registry.find_entry(config, model_version=str(run["model_version"])) is not None:
-            raise CheckFailed(
-                f"gate refused: model version {run['model_version']!r} was published meanwhile"
-            )
-        seq, previous = registry.next_link(config)
-        created = now_utc()
-        manifest = build_manifest(
-            config,
-            run=run,
-            snapshots=snaps,
-            sheet=sheet,
-            seq=seq,
-            previous=previous,
-            created_at=created,
-        )
-        sha = write_manifest(target, manifest)
-        entry = registry.RegistryEntry(
-            seq=seq,
-            run_id=run_id,
-            use_case=str(run["use_case"]),
-            model_version=str(run["model_version"]),
-            manifest_path=_rel(config, target),
-            manifest_sha256=sha,
-            previous_manifest_sha256=previous,
-            created_at=created,
-            snapshots=tuple(
-                registry.SnapshotRecord(
-                    name=str(s["name"]),
-                    dataset=name,
-                    path=str(s["path"]),
-                    version=int(s["version"]),
-                    use_case=str(s["use_case"]),
-                    key=str(s["key"]),
-                    asset_column=s["asset_column"],
-                    retention_days=s["retention_days"],
-                    derived_at_column=s["derived_at_column"],
+    with spark_work(spark, "publish") as ran:
+        out_dir = manifest_dir(config.state_dir, run_id)
+        sheet = datasheet.write_datasheet(config, out_dir, run=run, snapshots=snaps)
+        target = out_dir / MANIFEST_FILE
+        with registry.registry_lock(config):
+            _require_claim(config, run)  # under the lock: a claim cleared meanwhile is seen
+            if registry.find_entry(config, model_version=str(run["model_version"])) is not None:
+                raise CheckFailed(
+                    f"gate refused: model version {run['model_version']!r} was published meanwhile"
                 )
-                for name, s in sorted(snaps.items())
-            ),
-        )
-        try:
-            registry.append_entry(spark, config, entry)
-        except BaseException:
-            if registry.find_entry(config, model_version=entry.model_version) is None:
-                target.unlink(missing_ok=True)
-            raise
-    # Published: from now on the registry entry refuses every other gate for this version.
-    release_claim(config, model_version=entry.model_version, run_id=run_id)
-    audit.append_event(
-        spark,
-        config,
-        kind="gate",
-        run_id=run_id,
-        payload={
-            "outcome": "published",
-            "use_case": run["use_case"],
-            "model_version": run["model_version"],
-            "manifest_path": entry.manifest_path,
-            "manifest_sha256": sha,
-            "registry_seq": seq,
-            "allowlist_assets": run["allowlist"]["asset_count"],
-            "allowlist_root": run["allowlist"]["merkle_root"],
-            "snapshots": {
-                n: {"rows": s["rows"], "version": s["version"]} for n, s in sorted(snaps.items())
+            seq, previous = registry.next_link(config)
+            created = now_utc()
+            manifest = build_manifest(
+                config,
+                run=run,
+                snapshots=snaps,
+                sheet=sheet,
+                seq=seq,
+                previous=previous,
+                created_at=created,
+            )
+            sha = write_manifest(target, manifest)
+            entry = registry.RegistryEntry(
+                seq=seq,
+                run_id=run_id,
+                use_case=str(run["use_case"]),
+                model_version=str(run["model_version"]),
+                manifest_path=_rel(config, target),
+                manifest_sha256=sha,
+                previous_manifest_sha256=previous,
+                created_at=created,
+                snapshots=tuple(
+                    registry.SnapshotRecord(
+                        name=str(s["name"]),
+                        dataset=name,
+                        path=str(s["path"]),
+                        version=int(s["version"]),
+                        use_case=str(s["use_case"]),
+                        key=str(s["key"]),
+                        asset_column=s["asset_column"],
+                        retention_days=s["retention_days"],
+                        derived_at_column=s["derived_at_column"],
+                    )
+                    for name, s in sorted(snaps.items())
+                ),
+            )
+            try:
+                registry.append_entry(spark, config, entry)
+            except BaseException:
+                if registry.find_entry(config, model_version=entry.model_version) is None:
+                    target.unlink(missing_ok=True)
+                raise
+        # Published: from now on the registry entry refuses every other gate for this version.
+        release_claim(config, model_version=entry.model_version, run_id=run_id)
+        audit.append_event(
+            spark,
+            config,
+            kind="gate",
+            run_id=run_id,
+            payload={
+                "outcome": "published",
+                "use_case": run["use_case"],
+                "model_version": run["model_version"],
+                "manifest_path": entry.manifest_path,
+                "manifest_sha256": sha,
+                "registry_seq": seq,
+                "allowlist_assets": run["allowlist"]["asset_count"],
+                "allowlist_root": run["allowlist"]["merkle_root"],
+                "snapshots": {
+                    n: {"rows": s["rows"], "version": s["version"]}
+                    for n, s in sorted(snaps.items())
+                },
             },
-        },
-    )
-    shutil.rmtree(work_dir(config, run_id), ignore_errors=True)
+        )
+        shutil.rmtree(work_dir(config, run_id), ignore_errors=True)
     rows = sum(int(s["rows"]) for s in snaps.values())
-    step(log, "publish", run_id=run_id, tables=len(snaps), rows=rows, seq=seq, since=started)
+    step(log, "publish", run_id=run_id, tables=len(snaps), rows=rows, seq=seq, work=ran)
     return {
         "run_id": run_id,
         "use_case": run["use_case"],

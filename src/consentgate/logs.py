@@ -5,13 +5,20 @@ nothing between "started" and "done" (and, before Spark was quietened, only the 
 So every main step logs one line at INFO through the module's stdlib logger
 (``logging.getLogger(__name__)``) when it ends::
 
-    step=rewrite table=track_embeddings rows=212 files=3 bytes=48213 seconds=4.210
+    step=rewrite table=track_embeddings rows=212 files=3 bytes=48213 jobs=9 tasks=31 seconds=4.210
 
 ``key=value`` pairs, step first and seconds last, so the lines read as a story in an Airflow
 task log and can be grepped or parsed (the same fields ride on the record as
 ``record.consentgate`` for a structured handler). Only counts, table names and run ids are
 logged: an asset, user or row id never is (the purge's evidence must not leak into logs), which
 :func:`step`'s signature enforces by accepting numbers only besides ``table`` and ``run_id``.
+
+``jobs`` and ``tasks`` are the Spark jobs and tasks the step ran (an outer step's include its
+inner steps'), counted by :func:`consentgate.spark.spark_work` around the step and handed to
+:func:`step` as ``work``: seconds on a small lake barely move when a change adds a pass over a
+table, the job and task counts do. ``spark_partial=true`` marks counts that are lower bounds
+(Spark's status store had already forgotten part of the step). A step that runs no Spark job
+says ``jobs=0 tasks=0``; one that is not measured (the Spark-free ``verify``) has neither.
 
 Library code only gets loggers; it never adds handlers, so under Airflow the records propagate
 to the task log. The command line calls :func:`configure_cli_logging` once at start-up.
@@ -25,7 +32,8 @@ import json
 import logging
 import sys
 import time
-from typing import Final, TextIO
+from collections.abc import Mapping
+from typing import Final, Protocol, TextIO
 
 #: The package's parent logger: every module's ``logging.getLogger(__name__)`` is under it.
 ROOT_LOGGER: Final = "consentgate"
@@ -34,6 +42,17 @@ RECORD_FIELDS: Final = "consentgate"
 #: Line format of the command line's log records (on stderr, plain text, no colour).
 CLI_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s %(message)s"
 CLI_DATE_FORMAT: Final = "%Y-%m-%dT%H:%M:%SZ"
+
+
+class StepWork(Protocol):
+    """What a step measured around its work (:class:`consentgate.spark.SparkWork`): when it
+    started, and counts for the step line that come after the caller's own (``jobs``,
+    ``tasks``). A protocol, so this module needs no pyspark."""
+
+    @property
+    def started(self) -> float: ...
+
+    def counts(self) -> Mapping[str, int | float | bool | None]: ...
 
 
 def _value(value: int | float | str) -> str:
@@ -87,6 +106,7 @@ def step(
     table: str | None = None,
     run_id: str | None = None,
     since: float | None = None,
+    work: StepWork | None = None,
     level: int = logging.INFO,
     **counts: int | float | bool | None,
 ) -> None:
@@ -98,11 +118,17 @@ def step(
         table: The table the step worked on, if one.
         run_id: The run, where the line would otherwise not say which one it belongs to.
         since: ``time.monotonic()`` when the step began; the line then ends with ``seconds``.
+            Default: ``work.started``.
+        work: What the step ran on Spark (:func:`consentgate.spark.spark_work`): its ``jobs``
+            and ``tasks`` follow the caller's counts, just before ``seconds``.
         level: Log level (INFO; WARNING for a step that ended badly but is not an error).
         **counts: Counts only (rows, files, bytes, assets, ...): never an id or a value.
     """
     if not logger.isEnabledFor(level):
         return
+    if work is not None:
+        since = work.started if since is None else since
+        counts = {**counts, **work.counts()}
     seconds = None if since is None else time.monotonic() - since
     fields = step_fields(name, table=table, run_id=run_id, seconds=seconds, counts=counts)
     logger.log(level, "%s", format_fields(fields), extra={RECORD_FIELDS: fields})

@@ -78,7 +78,6 @@ import os
 import re
 import shutil
 import signal
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -102,6 +101,7 @@ from consentgate.errors import (
 from consentgate.lake import LogTable
 from consentgate.logs import step
 from consentgate.runtime import iso, new_run_id, now_utc, parse_instant
+from consentgate.spark import spark_work
 
 #: A decider maps a table's rows (its own columns) to the rows to remove: two columns, the
 #: row key (any name and type; compared as a string) then ``reason``. The default decision
@@ -729,35 +729,35 @@ def decide_run(
     Raises:
         Exception: the consent or lineage tables cannot be read (no table can be decided).
     """
-    started = time.monotonic()
-    all_targets = targets(config)
-    chosen = list(names) if names is not None else list(all_targets)
-    run = RunDecisions(as_of=as_of, consent=None, hashed_assets=False)
-    if not chosen:  # every table has its own decider: consent is not needed (nor read)
-        return run
-    try:
-        pinned: dict[str, _Pinned] = {}
-        for name in chosen:
-            try:
-                pinned[name] = _pin(spark, config, name, all_targets[name])
-            except Exception as exc:
-                run.failed[name] = table_failure(name, exc, doing="opening the table")
-        configured = sorted(
-            {p.dataset.use_case for p in pinned.values() if _configured(config, p.dataset)}
-        )
-        edges: DataFrame | None = None
-        if configured:
-            run.consent = _consent(spark, config, as_of, configured).persist()
-            run._owned.append(run.consent)
-            edges = lake.read_table(spark, config.table_path("lineage"))
-        if pinned:
-            _decide_all(config, run, pinned, edges=edges)
-    except BaseException:
-        run.release()
-        raise
+    with spark_work(spark, "decide") as ran:
+        all_targets = targets(config)
+        chosen = list(names) if names is not None else list(all_targets)
+        run = RunDecisions(as_of=as_of, consent=None, hashed_assets=False)
+        if not chosen:  # every table has its own decider: consent is not needed (nor read)
+            return run
+        try:
+            pinned: dict[str, _Pinned] = {}
+            for name in chosen:
+                try:
+                    pinned[name] = _pin(spark, config, name, all_targets[name])
+                except Exception as exc:
+                    run.failed[name] = table_failure(name, exc, doing="opening the table")
+            configured = sorted(
+                {p.dataset.use_case for p in pinned.values() if _configured(config, p.dataset)}
+            )
+            edges: DataFrame | None = None
+            if configured:
+                run.consent = _consent(spark, config, as_of, configured).persist()
+                run._owned.append(run.consent)
+                edges = lake.read_table(spark, config.table_path("lineage"))
+            if pinned:
+                _decide_all(config, run, pinned, edges=edges)
+        except BaseException:
+            run.release()
+            raise
     for failure in run.failed.values():
         log.warning("purge: %s", failure)
-    step(log, "decide", tables=len(run.tables), failed=len(run.failed), since=started)
+    step(log, "decide", tables=len(run.tables), failed=len(run.failed), work=ran)
     return run
 
 
@@ -1454,55 +1454,57 @@ def purge_dataset(
         TableFailure: the table's rows could not be read or decided (a corrupt data file).
     """
     instant = as_of or now_utc()
-    started = time.monotonic()
-    run_name = run_id or new_run_id("purge", at=instant)
-    all_targets = targets(config)
-    if name not in all_targets:
-        raise ConsentgateError(f"dataset {name!r}: not configured and not a registered snapshot")
-    dataset = all_targets[name]
-    own: RunDecisions | None = None
-    if decide is None:
-        if run is not None and name in run.failed:
-            raise run.failed[name]
-        if run is None or name not in run.tables:
-            run = load_run(spark, config, run_id, as_of=instant) if run_id else None
-        if run is None or name not in run.tables:
-            run = own = decide_run(spark, config, as_of=instant, names=[name])
-            if name in own.failed:
+    with spark_work(spark, "rewrite") as ran:
+        run_name = run_id or new_run_id("purge", at=instant)
+        all_targets = targets(config)
+        if name not in all_targets:
+            raise ConsentgateError(
+                f"dataset {name!r}: not configured and not a registered snapshot"
+            )
+        dataset = all_targets[name]
+        own: RunDecisions | None = None
+        if decide is None:
+            if run is not None and name in run.failed:
+                raise run.failed[name]
+            if run is None or name not in run.tables:
+                run = load_run(spark, config, run_id, as_of=instant) if run_id else None
+            if run is None or name not in run.tables:
+                run = own = decide_run(spark, config, as_of=instant, names=[name])
+                if name in own.failed:
+                    own.release()
+                    raise own.failed[name]
+        try:
+            decided = None if decide is not None or run is None else run.tables[name]
+            if dry_run:
+                return purge_table(
+                    spark,
+                    config,
+                    name,
+                    dataset,
+                    decide=decide,
+                    decided=decided,
+                    run=run,
+                    as_of=instant,
+                    run_id=run_name,
+                    dry_run=True,
+                )
+            with _table_lock(config, name):
+                recovered = reconcile(spark, config, name, target_path(config, name, dataset))
+                result = purge_table(
+                    spark,
+                    config,
+                    name,
+                    dataset,
+                    decide=decide,
+                    decided=decided,
+                    run=run,
+                    as_of=instant,
+                    run_id=run_name,
+                    max_retries=max_retries,
+                )
+        finally:
+            if own is not None:
                 own.release()
-                raise own.failed[name]
-    try:
-        decided = None if decide is not None or run is None else run.tables[name]
-        if dry_run:
-            return purge_table(
-                spark,
-                config,
-                name,
-                dataset,
-                decide=decide,
-                decided=decided,
-                run=run,
-                as_of=instant,
-                run_id=run_name,
-                dry_run=True,
-            )
-        with _table_lock(config, name):
-            recovered = reconcile(spark, config, name, target_path(config, name, dataset))
-            result = purge_table(
-                spark,
-                config,
-                name,
-                dataset,
-                decide=decide,
-                decided=decided,
-                run=run,
-                as_of=instant,
-                run_id=run_name,
-                max_retries=max_retries,
-            )
-    finally:
-        if own is not None:
-            own.release()
     result["recovered"] = len(recovered)
     step(
         log,
@@ -1512,7 +1514,7 @@ def purge_dataset(
         files=result["files_rewritten"],
         bytes=result["bytes_rewritten"],
         conflicts=result.get("conflicts"),
-        since=started,
+        work=ran,
     )
     return result
 
@@ -1577,58 +1579,58 @@ def run_purge(
             run audited); its ``result`` is the return value with ``failed{name: message}``.
     """
     instant = as_of or now_utc()
-    started = time.monotonic()
-    run_name = run_id or new_run_id(kind, at=instant)
-    custom = dict(deciders or {})
-    names = list(targets(config))
-    decisions = decide_run(
-        spark, config, as_of=instant, names=[n for n in names if n not in custom]
-    )
-    failed: dict[str, str] = {name: str(exc) for name, exc in decisions.failed.items()}
-    datasets: dict[str, Any] = {}
-    try:
-        for name in names:
-            if name in failed:
-                continue
-            try:
-                datasets[name] = purge_dataset(
-                    spark,
-                    config,
-                    name,
-                    as_of=instant,
-                    run_id=run_name,
-                    dry_run=dry_run,
-                    decide=custom.get(name),
-                    run=decisions,
-                )
-            except Exception as exc:
-                failure = table_failure(name, exc, doing="purge")
-                log.warning("purge: %s", failure)
-                failed[name] = str(failure)
-    finally:
-        decisions.release()
-    erased: dict[str, Any] = {}
-    if erase and not dry_run:
-        erased, not_erased = erase_tables(spark, config, run_id=run_name, names=list(datasets))
-        failed.update({name: str(exc) for name, exc in not_erased.items()})
-    failed = {name: failed[name] for name in names if name in failed}  # in the tables' order
-    summary = {
-        name: {
-            k: result[k]
-            for k in ("rows_deleted", "version_before", "version_after", "files_rewritten")
+    with spark_work(spark, kind) as ran:
+        run_name = run_id or new_run_id(kind, at=instant)
+        custom = dict(deciders or {})
+        names = list(targets(config))
+        decisions = decide_run(
+            spark, config, as_of=instant, names=[n for n in names if n not in custom]
+        )
+        failed: dict[str, str] = {name: str(exc) for name, exc in decisions.failed.items()}
+        datasets: dict[str, Any] = {}
+        try:
+            for name in names:
+                if name in failed:
+                    continue
+                try:
+                    datasets[name] = purge_dataset(
+                        spark,
+                        config,
+                        name,
+                        as_of=instant,
+                        run_id=run_name,
+                        dry_run=dry_run,
+                        decide=custom.get(name),
+                        run=decisions,
+                    )
+                except Exception as exc:
+                    failure = table_failure(name, exc, doing="purge")
+                    log.warning("purge: %s", failure)
+                    failed[name] = str(failure)
+        finally:
+            decisions.release()
+        erased: dict[str, Any] = {}
+        if erase and not dry_run:
+            erased, not_erased = erase_tables(spark, config, run_id=run_name, names=list(datasets))
+            failed.update({name: str(exc) for name, exc in not_erased.items()})
+        failed = {name: failed[name] for name in names if name in failed}  # in the tables' order
+        summary = {
+            name: {
+                k: result[k]
+                for k in ("rows_deleted", "version_before", "version_after", "files_rewritten")
+            }
+            | {"reasons": result["reasons"]}
+            for name, result in datasets.items()
         }
-        | {"reasons": result["reasons"]}
-        for name, result in datasets.items()
-    }
-    if not dry_run:
-        payload: dict[str, Any] = {
-            "as_of": iso(instant),
-            "datasets": summary,
-            "erasure": {n: r.get("result") for n, r in erased.get("datasets", {}).items()},
-        }
-        if failed:
-            payload["failed"] = {name: redact_uuids(why) for name, why in failed.items()}
-        audit.append_event(spark, config, kind=kind, run_id=run_name, payload=payload)
+        if not dry_run:
+            payload: dict[str, Any] = {
+                "as_of": iso(instant),
+                "datasets": summary,
+                "erasure": {n: r.get("result") for n, r in erased.get("datasets", {}).items()},
+            }
+            if failed:
+                payload["failed"] = {name: redact_uuids(why) for name, why in failed.items()}
+            audit.append_event(spark, config, kind=kind, run_id=run_name, payload=payload)
     result = {
         "run_id": run_name,
         "as_of": iso(instant),
@@ -1646,7 +1648,7 @@ def run_purge(
         failed=len(failed),
         rows=sum(int(r["rows_deleted"]) for r in datasets.values()),
         dry_run=dry_run,
-        since=started,
+        work=ran,
         level=logging.WARNING if failed else logging.INFO,
     )
     if failed:
@@ -1685,11 +1687,9 @@ def run_backfill(
     from consentgate.gate import impact as run_impact
 
     instant = as_of or now_utc()
-    started = time.monotonic()
-    impact = run_impact(spark, config, as_of=instant)
-    step(
-        log, "impact", runs=len(impact["runs"]), runs_checked=impact["runs_checked"], since=started
-    )
+    with spark_work(spark, "impact") as ran:
+        impact = run_impact(spark, config, as_of=instant)
+    step(log, "impact", runs=len(impact["runs"]), runs_checked=impact["runs_checked"], work=ran)
     try:
         result = run_purge(
             spark, config, as_of=instant, dry_run=dry_run, kind="backfill", deciders=deciders

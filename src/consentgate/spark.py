@@ -37,7 +37,11 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Mapping
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -319,3 +323,128 @@ def get_spark(
         if not key.startswith("spark.hadoop."):
             active.conf.set(key, value)
     return active
+
+
+# --------------------------------------------------------------------------------------------
+# What a step ran on Spark (issue #20: "count and show the work")
+
+#: Prefix of the job tag :func:`spark_work` puts on a step's jobs (then the step, a random id).
+STEP_TAG_PREFIX: Final = "consentgate-step"
+#: How long :func:`spark_work` waits for Spark's listener bus to deliver a step's last events.
+LISTENER_WAIT_MS: Final = 5_000
+
+
+@dataclass
+class SparkWork:
+    """What Spark ran during one step, for its step line (:func:`consentgate.logs.step`).
+
+    ``jobs`` and ``tasks`` are None until the step's block has ended. ``partial`` says that
+    Spark's status store had already forgotten part of the step (see :func:`spark_work`): the
+    counts are then lower bounds, and the step line says so with ``spark_partial=true``.
+    """
+
+    started: float
+    jobs: int | None = None
+    tasks: int | None = None
+    partial: bool = False
+
+    def counts(self) -> dict[str, int | bool | None]:
+        """The step line's fields: ``jobs``, ``tasks`` and, only when true, ``spark_partial``."""
+        return {"jobs": self.jobs, "tasks": self.tasks, "spark_partial": self.partial or None}
+
+
+@contextmanager
+def spark_work(spark: SparkSession, step: str) -> Iterator[SparkWork]:
+    """Count the Spark jobs and tasks the block runs; the yielded :class:`SparkWork` holds them
+    once the block has ended (and its ``started`` is the block's ``time.monotonic()`` start).
+
+    A regression in fixed cost (one more pass over a table, fifty tiny tasks per log read)
+    hardly moves a step's seconds on a small lake but shows at once as more jobs or tasks, so
+    every step line carries both.
+
+    How: the block's jobs carry a job tag of their own (``SparkContext.addJobTag``; removed
+    again when the block ends, whatever happens in it), and at the end Spark's status tracker
+    lists the jobs with that tag. Tags rather than a job group, because tags add up: a job
+    started in a nested block carries the inner *and* the outer tag, so an outer step's count
+    includes its inner steps' jobs exactly, with nothing to restore or add up by hand; and
+    setting a job group would replace the group of a caller (or of Spark's own code) that
+    cancels by group. The tag is the thread's: jobs a step starts on threads of its own are not
+    counted unless those threads inherit Spark's local properties (Spark SQL's and Delta's
+    internal pools do; ``pyspark.InheritableThread`` does).
+
+    ``tasks`` adds up each of those jobs' task attempts that ended (succeeded or failed), from
+    the job's own totals in Spark's status store: a stage skipped because its shuffle output
+    existed counts none; a stage shared by two jobs running at once counts in both.
+
+    Limits, and how they show: Spark's status store keeps only the newest
+    ``spark.ui.retainedJobs`` jobs (1000 by default; the test suite keeps 100), whether or not
+    the UI is enabled, forgetting the oldest finished ones first. A step that runs more than
+    about that many (with everything else the application ran meanwhile) loses its oldest
+    jobs, and their tasks, from the count. That is detected, not ignored: job ids are
+    sequential per SparkContext, so any id the scheduler handed out during the block that the
+    store no longer knows may have been one of the step's jobs; that sets ``partial``, and
+    ``jobs``/``tasks`` are then lower bounds. (``spark.ui.retainedStages`` does not matter:
+    stage entries are not read.) Calls go through py4j: the Scala status tracker's
+    ``getJobIdsForTag`` (public, but PySpark does not wrap it) and three Spark internals no
+    public API offers, ``dagScheduler.nextJobId``, ``listenerBus.waitUntilEmpty`` (the store
+    is fed asynchronously) and ``statusStore.job``. If one is missing, or the bus does not
+    drain within :data:`LISTENER_WAIT_MS`, the counts are marked partial (and if the tagged
+    jobs cannot be listed at all, the line has no counts, only ``spark_partial=true``):
+    counting never fails a step.
+
+    Never starts a JVM: it is given the live session. Only the step's name goes into the tag,
+    never an id.
+    """
+    context = spark.sparkContext
+    tag = f"{STEP_TAG_PREFIX}-{step}-{uuid.uuid4().hex[:12]}"
+    work = SparkWork(started=time.monotonic())
+    first = _next_job_id(context)
+    context.addJobTag(tag)
+    try:
+        yield work
+    finally:
+        context.removeJobTag(tag)
+    work.jobs, work.tasks, work.partial = _count_tagged(context, tag, first)
+
+
+def _next_job_id(context: SparkContext) -> int | None:
+    """The id the scheduler gives the next job (ids are sequential per SparkContext), if known."""
+    try:
+        return int(context._jsc.sc().dagScheduler().nextJobId())
+    except Exception:  # an internal: another Spark may not have it
+        return None
+
+
+def _count_tagged(
+    context: SparkContext, tag: str, first: int | None
+) -> tuple[int | None, int | None, bool]:
+    """``(jobs, tasks, partial)`` of the jobs tagged ``tag`` (see :func:`spark_work`); no
+    counts at all if the tagged jobs cannot be listed."""
+    partial = False
+    scala = context._jsc.sc()
+    try:  # the status store is fed asynchronously: let it see the block's last events
+        scala.listenerBus().waitUntilEmpty(LISTENER_WAIT_MS)
+    except Exception:
+        partial = True
+    try:
+        ids = {int(j) for j in scala.statusTracker().getJobIdsForTag(tag)}
+    except Exception:  # another Spark's internals: say nothing rather than fail the step
+        return None, None, True
+    end = _next_job_id(context)
+    if first is None or end is None:
+        partial = True
+    elif end - first > len(ids):  # some jobs of the block are not ours, or were forgotten
+        tracker = context.statusTracker()
+        partial = partial or any(
+            tracker.getJobInfo(j) is None for j in range(first, end) if j not in ids
+        )
+    tasks = 0
+    for job in ids:
+        try:
+            # The job's own totals, kept as long as the job is: its stages' entries may be
+            # forgotten sooner (a skipped stage first of all), so they are not read.
+            data = scala.statusStore().job(job)
+            tasks += int(data.numCompletedTasks()) + int(data.numFailedTasks())
+        except Exception:  # forgotten since the ids were read, or another Spark's internals
+            partial = True
+    return len(ids), tasks, partial
