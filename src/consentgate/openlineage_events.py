@@ -27,8 +27,9 @@ for a gate the assets excluded per reason, the manifest's SHA-256 and the regist
 purge the erasure receipt's result. A ``FAIL`` event carries the exception's class name only
 (a message may quote an id).
 
-Not done yet (issue #25): the Airflow parent-run facet (events nested under the DAG run in
-Marquez) and the purge scheduled on revocation events (#25 item 2).
+Not done yet (issue #25): the Airflow tasks (which call the flows directly, not through the
+CLI) send no events yet, nor the Airflow task's parent-run facet that would nest them under the
+DAG run in Marquez; the purge scheduled on revocation events (#25 item 2) is not here either.
 """
 
 from __future__ import annotations
