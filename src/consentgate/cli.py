@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from consentgate.errors import ConsentgateError
+from consentgate.openlineage_events import flow_run
 
 if TYPE_CHECKING:
     from consentgate.config import Config
@@ -427,7 +428,10 @@ def evaluate_command(
             raise ConsentgateError(
                 f"--out: {out} already exists; an evaluation is never overwritten"
             )
-        return run_evaluate(_spark(config), config, use_case=use_case, as_of=instant, out=out)
+        with flow_run("evaluate", config) as lineage:
+            return lineage.done(
+                run_evaluate(_spark(config), config, use_case=use_case, as_of=instant, out=out)
+            )
 
     _run(as_json, f"consent for {use_case}", job)
 
@@ -458,15 +462,17 @@ def gate_command(
         config = _config(conf_path)
         _use_case(config, use_case)
         _resolve_datasets(config, use_case, names)  # the gate's own dataset rules, JVM-free
-        result: dict[str, Any] = run_gate(
-            _spark(config),
-            config,
-            use_case=use_case,
-            model_version=model_version,
-            datasets=names,
-            as_of=instant,
-        )
-        return result
+        with flow_run("gate", config) as lineage:
+            return lineage.done(
+                run_gate(
+                    _spark(config),
+                    config,
+                    use_case=use_case,
+                    model_version=model_version,
+                    datasets=names,
+                    as_of=instant,
+                )
+            )
 
     _run(as_json, f"gate {model_version}", job)
 
@@ -651,10 +657,12 @@ def purge_command(
 
         instant = _as_of(as_of)
         config = _config(conf_path)
-        result: dict[str, Any] = run_purge(
-            _spark(config), config, as_of=instant, dry_run=dry_run, erase=not no_erase
-        )
-        return result
+        with flow_run("purge", config) as lineage:
+            return lineage.done(
+                run_purge(
+                    _spark(config), config, as_of=instant, dry_run=dry_run, erase=not no_erase
+                )
+            )
 
     _run(as_json, "purge", job)
 
@@ -672,10 +680,10 @@ def backfill_command(conf_path: Path, as_of: str | None, dry_run: bool, as_json:
 
         instant = _as_of(as_of)
         config = _config(conf_path)
-        result: dict[str, Any] = run_backfill(
-            _spark(config), config, as_of=instant, dry_run=dry_run
-        )
-        return result
+        with flow_run("backfill", config) as lineage:
+            return lineage.done(
+                run_backfill(_spark(config), config, as_of=instant, dry_run=dry_run)
+            )
 
     _run(as_json, "backfill", job)
 
