@@ -6,6 +6,7 @@ real Delta tables; only the scheduler is replaced by ``dag.test()``'s in-process
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,41 @@ def test_nightly_purge_removes_rows_from_datasets_and_snapshots(
     entries = audit.events(spark, config, kind="purge")
     assert entries and entries[-1]["run_id"] == summary["run_id"]
     assert audit.verify_chain(spark, config)["ok"] is True
+
+
+def test_gate_admits_exactly_what_the_reference_model_grants(
+    spark: SparkSession, local_runs: Runs, pristine_lake: Path
+) -> None:
+    """The DAG's allowlist, per-reason counts and snapshot rows, absolutely: against the
+    reference consent model and a hand-written lineage walk over the pristine lake the run
+    copied (``tests/demo_expectations.py``), not against the purge, which shares the gate's
+    row decisions. Generative training is where the demo's rules bite: only the 2026-03
+    terms, no EU, and its datasets reach assets through one or two lineage hops only."""
+    from tests.demo_expectations import check_gate_run, read, read_inputs, snapshot_tables
+
+    published = local_runs.gate.results["verify"]
+    datasets = ("gen_shards", "stems")
+    figures = check_gate_run(
+        spark,
+        lake_root=local_runs.conf.parent,
+        manifest_path=published["manifest_path"],
+        inputs=read_inputs(spark, pristine_lake),
+        sources_root=pristine_lake,
+        use_case=USE_CASE,
+        model_version=MODEL_VERSION,
+        datasets=datasets,
+        as_of=dt.datetime.fromisoformat(AS_OF.replace("Z", "+00:00")),
+    )
+    assert published["allowlist_assets"] == figures["allowlist"]
+    names = snapshot_tables(MODEL_VERSION, datasets)
+    assert published["snapshot_rows"] == {n: figures["kept"][n.rsplit("/", 1)[1]] for n in names}
+    # Every rule the check is meant to watch excludes someone on this lake, and every
+    # snapshot keeps some rows and loses others.
+    reasons = figures["reasons"]
+    assert {"policy_version_not_accepted", "jurisdiction_blocked", "revoked"} <= set(reasons)
+    for dataset in datasets:
+        total = read(spark, pristine_lake / "derived" / dataset).count()
+        assert 0 < figures["kept"][dataset] < total, dataset
 
 
 def test_refused_gate_fails_the_run_and_publishes_nothing(
