@@ -5,9 +5,10 @@ purged to compliance under the demo policy. Then the config changes the way an o
 would: recommendation no longer accepts the 2025-01 terms, and generative training newly
 blocks BR (on this seed, some but not all of the surviving stems, and every shard, come from
 BR assets). ``run_backfill`` must then remove exactly the rows that no longer comply (the
-pure-Python model in ``tests/consent_model.py`` and ``tests/test_erasure._expected_keys``
-decide independently), leave every other row bit for bit, write nothing at all on a dry run,
-and list in ``impact`` exactly the gate runs whose allowlists hold assets that lost consent.
+pure-Python model in ``tests/consent_model.py``, with the tables, rules and lineage walk written
+out by hand in ``tests/demo_expectations.py``, decides independently), leave every other row
+bit for bit, write nothing at all on a dry run, and list in ``impact`` exactly the gate runs
+whose allowlists hold assets that lost consent.
 The dry run and the real run share one lake copy and one independent computation (it is the
 costly part of the module).
 """
@@ -27,15 +28,39 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from consentgate import audit, lake, purge
-from consentgate.config import Config, load_config
-from tests import consent_model
+from consentgate.config import Config, JurisdictionRules, UseCaseConfig, load_config
 from tests.airflow_fixtures import copy_lake
-from tests.test_erasure import _expected_keys, _utc
+from tests.demo_expectations import (
+    DEMO_RULES,
+    DEMO_TABLES,
+    LakeInputs,
+    Table,
+    decisions,
+    expected_survivors,
+    read_inputs,
+    snapshot_tables,
+)
 
 pytestmark = pytest.mark.slow
 
 #: Models gated before the policy change, by use case.
 MODELS = {"generative_training": "gen-1", "recommendation": "rec-1", "moderation": "mod-1"}
+#: Every table the backfill must cover (written out by hand: the five datasets, and each
+#: model's snapshots of its use case's datasets).
+TABLES: dict[str, Table] = {
+    **DEMO_TABLES,
+    **snapshot_tables("gen-1", ("gen_shards", "stems")),
+    **snapshot_tables("rec-1", ("stem_embeddings", "track_embeddings")),
+    **snapshot_tables("mod-1", ("segment_spectrograms",)),
+}
+#: The use-case rules after :func:`_change_policy`, written out by hand.
+CHANGED_RULES: dict[str, UseCaseConfig] = {
+    **DEMO_RULES,
+    "recommendation": UseCaseConfig(accepted_policy_versions=("2026-03",)),
+    "generative_training": UseCaseConfig(
+        accepted_policy_versions=("2026-03",), jurisdictions=JurisdictionRules(deny=("EU", "BR"))
+    ),
+}
 
 
 def _change_policy(conf_path: Path) -> Config:
@@ -78,49 +103,14 @@ def lake_copy(compliant_lake: Path, tmp_path: Path) -> Iterator[Path]:
 
 
 def _granted(
-    spark: SparkSession, config: Config, use_case: str, as_of: dt.datetime
+    inputs: LakeInputs, use_case: str, rules: UseCaseConfig, as_of: dt.datetime
 ) -> dict[str, str]:
     """Independent decision per asset for ``use_case``: asset id -> reason (``granted`` too)."""
-    records = [
-        consent_model.Record(
-            **{
-                **r.asDict(),
-                "captured_at": _utc(r["captured_at"]),
-                "revoked_at": _utc(r["revoked_at"]),
-            }
-        )
-        for r in lake.read_table(spark, config.table_path("consent_records"))
-        .select(
-            "id",
-            "user_id",
-            "asset_id",
-            "use_case",
-            "consent_status",
-            "policy_version",
-            "jurisdiction",
-            "captured_at",
-            "revoked_at",
-        )
-        .collect()
-    ]
-    assets = [
-        consent_model.Asset(
-            r["asset_id"],
-            r["owner_user_id"],
-            r["jurisdiction"],
-            _utc(r["created_at"]),
-            _utc(r["deleted_at"]),
-        )
-        for r in lake.read_table(spark, config.table_path("assets")).collect()
-    ]
-    decisions = consent_model.effective_consent(
-        records, assets, use_cases={use_case: config.use_cases[use_case]}, as_of=as_of
-    )
-    return {d.asset_id: d.reason for d in decisions if d.use_case == use_case}
+    return {a: d.reason for a, d in decisions(inputs, use_case, rules, as_of).items()}
 
 
-def _tables(config: Config) -> dict[str, Path]:
-    return {n: purge.target_path(config, n, d) for n, d in purge.targets(config).items()}
+def _tables(root: Path) -> dict[str, Path]:
+    return {n: root / t.path for n, t in TABLES.items()}
 
 
 def _files(root: Path) -> dict[str, int]:
@@ -131,23 +121,23 @@ def _files(root: Path) -> dict[str, int]:
 
 
 def _expected(
-    spark: SparkSession, config: Config, as_of: dt.datetime
-) -> tuple[dict[str, DataFrame], dict[str, set[str | None]]]:
-    tables = _tables(config)
-    before = {n: lake.read_table(spark, p).localCheckpoint() for n, p in tables.items()}
-    keep = {n: _expected_keys(spark, config, n, before[n], as_of=as_of) for n in tables}
+    spark: SparkSession, root: Path, as_of: dt.datetime
+) -> tuple[dict[str, DataFrame], dict[str, set[str]]]:
+    before = {n: lake.read_table(spark, p).localCheckpoint() for n, p in _tables(root).items()}
+    keep = expected_survivors(spark, root, TABLES, before, rules=CHANGED_RULES, as_of=as_of)
     return before, keep
 
 
 def _expected_impact(
-    spark: SparkSession, old: Config, new: Config, as_of: dt.datetime
+    spark: SparkSession, root: Path, as_of: dt.datetime
 ) -> dict[str, dict[str, int]]:
     """Per model: the assets granted when gated (the allowlist) that are not granted now,
     counted by their reason under the new policy."""
+    inputs = read_inputs(spark, root)
     out: dict[str, dict[str, int]] = {}
     for use_case, model in MODELS.items():
-        then = _granted(spark, old, use_case, as_of)
-        now = _granted(spark, new, use_case, as_of)
+        then = _granted(inputs, use_case, DEMO_RULES[use_case], as_of)
+        now = _granted(inputs, use_case, CHANGED_RULES[use_case], as_of)
         lost: dict[str, int] = {}
         for asset, reason in then.items():
             if reason == "granted" and now.get(asset, "asset_unknown") != "granted":
@@ -164,25 +154,29 @@ def test_dry_run_reports_then_backfill_purges_exactly_what_no_longer_complies(
     from consentgate.demo import DEMO_NOW
 
     conf_path = lake_copy / "consentgate.yaml"
-    old = load_config(conf_path)
     config = _change_policy(conf_path)
-    before, keep = _expected(spark, config, DEMO_NOW)
-    expected_impact = _expected_impact(spark, old, config, DEMO_NOW)
+    assert set(purge.targets(config)) == set(TABLES)  # the backfill covers exactly these
+    before, keep = _expected(spark, lake_copy, DEMO_NOW)
+    expected_impact = _expected_impact(spark, lake_copy, DEMO_NOW)
     # Both changes matter on this lake (else the test would prove little).
     assert {"gen-1", "rec-1"} <= set(expected_impact), expected_impact
     assert "mod-1" not in expected_impact  # moderation's policy did not change
     assert "jurisdiction_blocked" in expected_impact["gen-1"]
     assert "policy_version_not_accepted" in expected_impact["rec-1"]
     assert 0 < len(keep["stems"]) < before["stems"].count()  # the block hits some stems only
+    # Snapshot rows reached through lineage are kept too (so a wrong lineage for snapshots,
+    # removing them all in the fixture's purge or in the backfill, shows).
+    for name in ("snapshot/gen-1/stems", "snapshot/rec-1/stem_embeddings"):
+        assert keep[name], name
 
     # A dry run first: it reports the change and writes nothing at all.
     on_disk = _files(lake_copy)
-    versions = {n: lake.table_version(p) for n, p in _tables(config).items()}
+    versions = {n: lake.table_version(p) for n, p in _tables(lake_copy).items()}
     entries = audit.verify_chain(spark, config)["entries"]
     dry = purge.run_backfill(spark, config, as_of=DEMO_NOW, dry_run=True)
     assert dry["dry_run"] is True
     assert _files(lake_copy) == on_disk  # no data file, log entry, work table or audit entry
-    assert {n: lake.table_version(p) for n, p in _tables(config).items()} == versions
+    assert {n: lake.table_version(p) for n, p in _tables(lake_copy).items()} == versions
     assert audit.verify_chain(spark, config)["entries"] == entries
     for name, frame in before.items():
         assert dry["datasets"][name]["rows_deleted"] == frame.count() - len(keep[name]), name
@@ -191,11 +185,11 @@ def test_dry_run_reports_then_backfill_purges_exactly_what_no_longer_complies(
     result = purge.run_backfill(spark, config, as_of=DEMO_NOW)
 
     reasons: dict[str, set[str]] = {}
-    for name, path in _tables(config).items():
-        dataset = purge.targets(config)[name]
+    assert set(dry["datasets"]) == set(result["datasets"]) == set(TABLES)
+    for name, path in _tables(lake_copy).items():
         wanted = spark.createDataFrame([(k,) for k in keep[name]], "_k string")
         survivors = before[name].join(
-            wanted, F.col(dataset.key).cast("string") == F.col("_k"), "left_semi"
+            wanted, F.col(TABLES[name].key).cast("string") == F.col("_k"), "left_semi"
         )
         assert_df_equality(
             lake.read_table(spark, path),
@@ -221,7 +215,7 @@ def test_dry_run_reports_then_backfill_purges_exactly_what_no_longer_complies(
     assert not purge.run_dir(config, result["run_id"]).exists()
 
     # Idempotent: the same backfill again commits nothing.
-    versions = {n: lake.table_version(p) for n, p in _tables(config).items()}
+    versions = {n: lake.table_version(p) for n, p in _tables(lake_copy).items()}
     again = purge.run_backfill(spark, config, as_of=DEMO_NOW)
     assert all(r["rows_deleted"] == 0 for r in again["datasets"].values())
-    assert {n: lake.table_version(p) for n, p in _tables(config).items()} == versions
+    assert {n: lake.table_version(p) for n, p in _tables(lake_copy).items()} == versions

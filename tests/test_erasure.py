@@ -11,15 +11,18 @@ from typing import Any
 
 import pytest
 from chispa import assert_df_equality
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from consentgate import audit, erasure, lake, purge
 from consentgate.config import Config, ErasureConfig, load_config
-from tests import consent_model
+from tests.demo_expectations import (
+    DEMO_RULES,
+    DEMO_TABLES,
+    expected_survivors,
+    snapshot_tables,
+)
 from tests.test_purge import AS_OF, build, decide, make_config
-
-UTC = dt.UTC
 
 
 def purge_emb(spark: SparkSession, config: Config) -> dict[str, Any]:
@@ -93,126 +96,23 @@ def test_verification_catches_a_surviving_copy(spark: SparkSession, tmp_path: Pa
 # End to end on a demo lake
 
 
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    return None if value is None else value.astimezone(UTC)
-
-
-def _expected_keys(
-    spark: SparkSession, config: Config, name: str, rows: DataFrame, *, as_of: dt.datetime
-) -> set[str | None]:
-    """Independent computation, in plain Python over the (tiny) collected tables: the keys of
-    ``name`` that must survive (DESIGN.md: every source asset granted, inside retention)."""
-    from consentgate.registry import lineage_dataset, snapshot_datasets
-
-    dataset = {**config.datasets, **snapshot_datasets(config)}[name]
-    records = [
-        consent_model.Record(
-            **{
-                **r.asDict(),
-                "captured_at": _utc(r["captured_at"]),
-                "revoked_at": _utc(r["revoked_at"]),
-            }
-        )
-        for r in lake.read_table(spark, config.table_path("consent_records"))
-        .select(
-            "id",
-            "user_id",
-            "asset_id",
-            "use_case",
-            "consent_status",
-            "policy_version",
-            "jurisdiction",
-            "captured_at",
-            "revoked_at",
-        )
-        .collect()
-    ]
-    assets = [
-        consent_model.Asset(
-            r["asset_id"],
-            r["owner_user_id"],
-            r["jurisdiction"],
-            _utc(r["created_at"]),
-            _utc(r["deleted_at"]),
-        )
-        for r in lake.read_table(spark, config.table_path("assets")).collect()
-    ]
-    edges: dict[tuple[str, str], list[tuple[str, str]]] = {}
-    for e in lake.read_table(spark, config.table_path("lineage")).collect():
-        if None in (e["child_dataset"], e["child_key"], e["parent_dataset"], e["parent_key"]):
-            continue
-        edges.setdefault((e["child_dataset"], e["child_key"]), []).append(
-            (e["parent_dataset"], e["parent_key"])
-        )
-
-    def sources(node: tuple[str, str], path: tuple[tuple[str, str], ...]) -> set[str] | None:
-        if node[0] == "assets":
-            return {node[1]}
-        if node in path or len(path) > 32 or node not in edges:
-            return None  # cycle, too deep or dangling: fail closed
-        out: set[str] = set()
-        for parent in set(edges[node]):
-            found = sources(parent, (*path, node))
-            if found is None:
-                return None
-            out |= found
-        return out
-
-    collected = rows.collect()
-    per_key: dict[str | None, set[str] | None] = {}
-    for row in collected:
-        key = None if row[dataset.key] is None else str(row[dataset.key])
-        if key is None:
-            per_key[key] = None
-        elif dataset.asset_column:
-            asset = row[dataset.asset_column]
-            per_key[key] = None if asset is None else {asset}
-        else:
-            per_key[key] = sources((lineage_dataset(name), key), ())
-    wanted = {a for s in per_key.values() if s for a in s}
-    decisions = consent_model.effective_consent(
-        records,
-        assets,
-        use_cases={dataset.use_case: config.use_cases[dataset.use_case]},
-        as_of=as_of,
-        extra_asset_ids=sorted(wanted),
-    )
-    granted = {d.asset_id for d in decisions if d.decision == "granted"}
-    cutoff = (
-        as_of - dt.timedelta(days=dataset.retention_days)
-        if dataset.retention_days is not None
-        else None
-    )
-    expired: dict[str | None, bool] = {}
-    for row in collected:
-        key = None if row[dataset.key] is None else str(row[dataset.key])
-        old = False
-        if cutoff is not None:
-            derived = row[dataset.derived_at_column or ""]
-            if isinstance(derived, dt.datetime):
-                old = derived.astimezone(UTC) < cutoff
-            elif isinstance(derived, dt.date):
-                old = dt.datetime.combine(derived, dt.time(), UTC) < cutoff
-            else:
-                old = True
-        expired[key] = expired.get(key, False) or old
-    return {
-        key
-        for key, found in per_key.items()
-        if key is not None and found and found <= granted and not expired[key]
-    }
-
-
 @pytest.mark.slow
 def test_demo_lake_revocations_flow_through_every_derivative(
     spark: SparkSession, pristine_lake: Path, tmp_path: Path
 ) -> None:
-    """On a copy of the run's 80-asset demo lake (``tests/airflow_fixtures.pristine_lake``)."""
+    """On a copy of the run's 80-asset demo lake (``tests/airflow_fixtures.pristine_lake``).
+
+    Which rows must survive is computed independently (``tests/demo_expectations.py``): the
+    tables, their keys and the snapshots' lineage written out by hand, consent by the
+    reference model, sources by a hand-written walk of the lineage edges; never with the
+    registry's or the purge's own mapping of tables, keys or lineage.
+    """
     from consentgate.demo import DEMO_NOW
     from consentgate.gate import run_gate
     from tests.airflow_fixtures import copy_lake
 
-    config = load_config(copy_lake(pristine_lake, tmp_path / "lake"))
+    root = tmp_path / "lake"
+    config = load_config(copy_lake(pristine_lake, root))
     config = config.model_copy(update={"erasure": ErasureConfig(window_hours=0)})
     as_of = DEMO_NOW
     gated = run_gate(spark, config, use_case="generative_training", model_version="m1", as_of=as_of)
@@ -221,16 +121,17 @@ def test_demo_lake_revocations_flow_through_every_derivative(
     # Revoke a set of granted assets for every use case (records appended by their owners).
     records_path = config.table_path("consent_records")
     assets_df = lake.read_table(spark, config.table_path("assets"))
-    # Six assets by id, plus three that trained m1, so the snapshot loses rows too.
+    # Six assets by id that did not train m1, plus one that did: m1's snapshots lose rows
+    # and keep others (so a wrong lineage for snapshot rows, removing them all, shows).
     from consentgate.gate import explain_model
 
     m1_assets = [a["asset_id"] for a in explain_model(spark, config, model_version="m1")["assets"]]
-    assert m1_assets
+    assert len(m1_assets) >= 2
     victims = (
-        assets_df.where(F.col("deleted_at").isNull())
+        assets_df.where(F.col("deleted_at").isNull() & ~F.col("asset_id").isin(m1_assets))
         .orderBy("asset_id")
         .limit(6)
-        .unionByName(assets_df.where(F.col("asset_id").isin(m1_assets[:3])))
+        .unionByName(assets_df.where(F.col("asset_id").isin(m1_assets[:1])))
         .distinct()
     )
     revoked_at = as_of - dt.timedelta(hours=1)
@@ -255,24 +156,23 @@ def test_demo_lake_revocations_flow_through_every_derivative(
     lake.write_table(revocations.select(*existing.columns), records_path, mode="append")
     victim_ids = {r.asset_id for r in victims.collect()}
 
-    names = list(purge.targets(config))
-    assert any(n.startswith("snapshot/m1/") for n in names)
-    before = {
-        n: lake.read_table(
-            spark, purge.target_path(config, n, purge.targets(config)[n])
-        ).localCheckpoint()
-        for n in names
-    }
-    expected = {n: _expected_keys(spark, config, n, before[n], as_of=as_of) for n in names}
+    # Every table the purge must cover: the five datasets and m1's two snapshots.
+    tables = {**DEMO_TABLES, **snapshot_tables("m1", ("gen_shards", "stems"))}
+    names = list(tables)
+    assert set(purge.targets(config)) == set(names)
+    before = {n: lake.read_table(spark, root / t.path).localCheckpoint() for n, t in tables.items()}
+    expected = expected_survivors(spark, root, tables, before, rules=DEMO_RULES, as_of=as_of)
+    for name in ("snapshot/m1/stems", "snapshot/m1/gen_shards"):
+        assert expected[name], name  # rows reached through lineage survive in the snapshot
 
     result = purge.run_purge(spark, config, as_of=as_of)
 
     assert result["erasure"]["ok"], result["erasure"]
-    for name in names:
-        dataset = purge.targets(config)[name]
-        path = purge.target_path(config, name, dataset)
+    assert set(result["datasets"]) == set(names)
+    for name, table in tables.items():
+        path = root / table.path
         after = lake.read_table(spark, path)
-        key = dataset.key
+        key = table.key
         # Survivors are exactly the independently computed keys, bit for bit equal to before.
         keep = spark.createDataFrame([(k,) for k in expected[name]], "_k string")
         want = before[name].join(keep, F.col(key).cast("string") == F.col("_k"), "left_semi")
@@ -299,16 +199,11 @@ def test_demo_lake_revocations_flow_through_every_derivative(
     assert audit.verify_chain(spark, config)["ok"]
 
     # Idempotent: a second purge commits nothing to any table.
-    versions = {
-        n: lake.table_version(purge.target_path(config, n, purge.targets(config)[n])) for n in names
-    }
+    versions = {n: lake.table_version(root / t.path) for n, t in tables.items()}
     again = purge.run_purge(spark, config, as_of=as_of)
-    for name in names:
+    for name, table in tables.items():
         assert again["datasets"][name]["rows_deleted"] == 0
-        assert (
-            lake.table_version(purge.target_path(config, name, purge.targets(config)[name]))
-            == versions[name]
-        )
+        assert lake.table_version(root / table.path) == versions[name]
 
     # The m1 manifest still verifies: the snapshot files its purge erased are reported as
     # erased (removed by a purge commit in the snapshot's own history), not as tampering.
