@@ -1130,7 +1130,10 @@ def test_missing_column_names_table_and_column(spark: SparkSession) -> None:
 
 def test_check_schema_accepts_extra_columns(spark: SparkSession) -> None:
     df = assets_df(spark, [asset()]).withColumn("extra", F.lit(1))
-    consent.check_schema(df, consent.ASSETS_SCHEMA, table="assets")
+    consent.check_schema(df, consent.ASSETS_SCHEMA, table="assets")  # accepted: no SchemaError
+    # The same frame is still checked: the extra column does not excuse a missing one.
+    with pytest.raises(SchemaError, match=r"^assets\.owner_user_id: column is missing"):
+        consent.check_schema(df.drop("owner_user_id"), consent.ASSETS_SCHEMA, table="assets")
 
 
 @contextlib.contextmanager
