@@ -34,6 +34,26 @@ ASSETS_DDL = (
 LINEAGE_DDL = "child_dataset string, child_key string, parent_dataset string, parent_key string"
 
 
+def small_lake_conf() -> dict[str, Any]:
+    """The small lake's config (relative paths): one embeddings table over the three assets."""
+    return {
+        "lake_root": ".",
+        "use_cases": {"recommendation": {"accepted_policy_versions": ["2026-03"]}},
+        "datasets": {
+            "track_embeddings": {
+                "path": "derived/track_embeddings",
+                "use_case": "recommendation",
+                "key": "embedding_id",
+                "asset_column": "asset_id",
+                "retention_days": 365,
+                "derived_at_column": "derived_at",
+            }
+        },
+        "erasure": {"window_hours": 0},
+        "spark": {"master": "local[2]"},
+    }
+
+
 def write_small_lake(spark: SparkSession, root: Path, **overrides: Any) -> Path:
     """Three assets: a1 granted, a2 revoked, a3 never asked; one embeddings dataset."""
     assets = [
@@ -76,22 +96,7 @@ def write_small_lake(spark: SparkSession, root: Path, **overrides: Any) -> Path:
         ),
         root / "derived" / "track_embeddings",
     )
-    conf = {
-        "lake_root": ".",
-        "use_cases": {"recommendation": {"accepted_policy_versions": ["2026-03"]}},
-        "datasets": {
-            "track_embeddings": {
-                "path": "derived/track_embeddings",
-                "use_case": "recommendation",
-                "key": "embedding_id",
-                "asset_column": "asset_id",
-                "retention_days": 365,
-                "derived_at_column": "derived_at",
-            }
-        },
-        "erasure": {"window_hours": 0},
-        "spark": {"master": "local[2]"},
-    }
+    conf = small_lake_conf()
     conf.update(overrides.get("conf", {}))
     path = root / "consentgate.yaml"
     path.write_text(yaml.safe_dump(conf, sort_keys=False))

@@ -39,7 +39,7 @@ from consentgate import openlineage_events as ole
 from consentgate.cli import main
 from consentgate.config import load_config
 from consentgate.lineage import ROW_REASONS
-from tests.lakes import copy_small_lake
+from tests.lakes import copy_small_lake, small_lake_conf
 
 SPEC = Path(__file__).parent / "data" / "openlineage" / "OpenLineage-2-0-2.json"
 ROOT = Path(__file__).parents[1]
@@ -261,22 +261,7 @@ def _bare_config(root: Path) -> Path:
     for table in ("consent_records", "assets", "lineage", "derived/track_embeddings"):
         (root / table).mkdir(parents=True, exist_ok=True)
     conf = root / "consentgate.yaml"
-    conf.write_text(
-        yaml.safe_dump(
-            {
-                "lake_root": ".",
-                "use_cases": {"recommendation": {"accepted_policy_versions": ["2026-03"]}},
-                "datasets": {
-                    "track_embeddings": {
-                        "path": "derived/track_embeddings",
-                        "use_case": "recommendation",
-                        "key": "embedding_id",
-                        "asset_column": "asset_id",
-                    }
-                },
-            }
-        )
-    )
+    conf.write_text(yaml.safe_dump(small_lake_conf()))
     return conf
 
 
