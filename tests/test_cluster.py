@@ -82,6 +82,11 @@ CLUSTER_SPARK_CONF = {
     "spark.sql.sources.parallelPartitionDiscovery.parallelism": "4",
     "spark.databricks.delta.snapshotPartitions": "2",
     "spark.sql.adaptive.enabled": "false",
+    # As in the local test session (tests/conftest.py): no Java generated and compiled per
+    # query. On a cluster every executor JVM compiles each stage's code again, cold; on a few
+    # hundred rows that costs more than it saves, and the results are the same.
+    "spark.sql.codegen.wholeStage": "false",
+    "spark.sql.codegen.factoryMode": "NO_CODEGEN",
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
 }
