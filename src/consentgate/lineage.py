@@ -366,28 +366,64 @@ def row_decisions(
         ValueError: retention without a ``derived_at_column``.
     """
     _require_column(rows, key, table=dataset)
-    if retention_days is None:
-        expired: Column = F.lit(False)
-    else:
-        if derived_at_column is None:
-            raise ValueError(f"{dataset}: retention_days needs derived_at_column")
-        cutoff = as_of_micros(as_of) - retention_days * 86_400_000_000
-        expired = _expired(rows, derived_at_column, table=dataset, cutoff_micros=cutoff)
-    per_key = (
-        rows.select(F.col(key).cast(StringType()).alias("key"), expired.alias("expired"))
-        .groupBy("key")
-        .agg(F.max("expired").alias("expired"))
+    expired = expiry(
+        rows,
+        retention_days=retention_days,
+        derived_at_column=derived_at_column,
+        as_of=as_of,
+        dataset=dataset,
     )
+    per_row = rows.select(F.col(key).cast(StringType()).alias("key"), expired.alias("expired"))
+    return key_decisions(per_row, sources.withColumn("use_case", F.lit(use_case)), consent)
 
+
+def expiry(
+    rows: DataFrame,
+    *,
+    retention_days: int | None,
+    derived_at_column: str | None,
+    as_of: datetime,
+    dataset: str = "dataset",
+) -> Column:
+    """Whether a row of ``rows`` is past its dataset's retention at ``as_of`` (a null
+    ``derived_at`` cannot prove it is inside: expired); false without retention.
+
+    Raises:
+        SchemaError: ``derived_at_column`` is missing or not a timestamp or date.
+        ValueError: retention without a ``derived_at_column``.
+    """
+    if retention_days is None:
+        return F.lit(False)
+    if derived_at_column is None:
+        raise ValueError(f"{dataset}: retention_days needs derived_at_column")
+    cutoff = as_of_micros(as_of) - retention_days * 86_400_000_000
+    return _expired(rows, derived_at_column, table=dataset, cutoff_micros=cutoff)
+
+
+def key_decisions(per_row: DataFrame, sources: DataFrame, consent: DataFrame) -> DataFrame:
+    """:func:`row_decisions` from its parts, for rows of one or of many datasets.
+
+    Args:
+        per_row: ``key`` (string; a null key included and never kept) and ``expired``
+            (:func:`expiry`), one row per row (or already one per key).
+        sources: :data:`SOURCE_COLUMNS` of the same keys, plus ``use_case``: the use case the
+            key's rows serve (purge decides many datasets, of several use cases, at once; the
+            keys are then unique across datasets).
+        consent: Effective consent: ``asset_id, use_case, decision, reason``.
+
+    Returns:
+        :data:`DECISION_COLUMNS`, one row per distinct key.
+    """
+    per_key = per_row.groupBy("key").agg(F.max("expired").alias("expired"))
     reason_rank = F.array_position(
         F.array(*[F.lit(r) for r in ROW_REASONS]).cast("array<string>"), F.col("asset_reason")
     )
     verdicts = (
         sources.join(
-            consent.filter(F.col("use_case") == F.lit(use_case)).select(
-                "asset_id", "decision", F.col("reason").alias("consent_reason")
+            consent.select(
+                "asset_id", "use_case", "decision", F.col("reason").alias("consent_reason")
             ),
-            on="asset_id",
+            on=["asset_id", "use_case"],
             how="left",
         )
         .select(
