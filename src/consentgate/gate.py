@@ -53,6 +53,7 @@ Also here: :func:`explain_model` ("which assets trained V, under which consent r
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -623,57 +624,63 @@ def snapshot_dataset(
             registry.snapshot_name(model_version, dataset),
         )
         shutil.rmtree(target) if target.is_dir() else target.unlink()
-    with spark_work(spark, "snapshot") as ran:
-        kept, decided, sources = surviving_rows(spark, config, run, dataset)
-        order = [ds.asset_column, ds.key] if ds.asset_column else [ds.key]
-        ordered = kept.repartitionByRange(*order).sortWithinPartitions(*order)
-        version = lake.write_table(
-            ordered,
-            target,
-            mode="error",
-            # Copy-on-write, whatever the session's defaults: a trainer that reads the snapshot's
-            # Parquet files directly must never see a purged row behind a deletion vector.
-            # Its log is kept (no statistics hold ids in it), so the manifest's version of the
-            # snapshot stays readable for verification however old it is.
-            configuration={
-                "delta.enableDeletionVectors": "false",
-                "delta.enableExpiredLogCleanup": "false",
-            },
-            commit_metadata={
-                "consentgate.op": "gate.snapshot",
-                "consentgate.run_id": str(run["run_id"]),
-                "consentgate.dataset": dataset,
-            },
+    with contextlib.ExitStack() as cleanup:
+        with spark_work(spark, "snapshot") as ran:
+            kept, decided, sources = surviving_rows(spark, config, run, dataset)
+            # Decided once: the write (``kept`` is built on ``decided``: Spark substitutes
+            # the cached plan), the exclusion counts and the asset count below all read the
+            # per-key decisions instead of joining the dataset, consent and lineage again.
+            decided = decided.persist()
+            cleanup.callback(decided.unpersist)
+            order = [ds.asset_column, ds.key] if ds.asset_column else [ds.key]
+            ordered = kept.repartitionByRange(*order).sortWithinPartitions(*order)
+            version = lake.write_table(
+                ordered,
+                target,
+                mode="error",
+                # Copy-on-write, whatever the session's defaults: a trainer that reads the snapshot's
+                # Parquet files directly must never see a purged row behind a deletion vector.
+                # Its log is kept (no statistics hold ids in it), so the manifest's version of the
+                # snapshot stays readable for verification however old it is.
+                configuration={
+                    "delta.enableDeletionVectors": "false",
+                    "delta.enableExpiredLogCleanup": "false",
+                },
+                commit_metadata={
+                    "consentgate.op": "gate.snapshot",
+                    "consentgate.run_id": str(run["run_id"]),
+                    "consentgate.dataset": dataset,
+                },
+            )
+        step(log, "snapshot", table=dataset, work=ran, **_sizes(target))
+        with spark_work(spark, "hash") as ran:
+            described = describe_snapshot(spark, target, version)
+        hashed = described["files"]
+        size = sum(int(f["size"]) for f in hashed)
+        step(
+            log,
+            "hash",
+            table=dataset,
+            rows=described["rows"],
+            files=len(hashed),
+            bytes=size,
+            work=ran,
         )
-    step(log, "snapshot", table=dataset, work=ran, **_sizes(target))
-    with spark_work(spark, "hash") as ran:
-        described = describe_snapshot(spark, target, version)
-    hashed = described["files"]
-    size = sum(int(f["size"]) for f in hashed)
-    step(
-        log,
-        "hash",
-        table=dataset,
-        rows=described["rows"],
-        files=len(hashed),
-        bytes=size,
-        work=ran,
-    )
-    counts = {
-        (bool(r["keep"]), str(r["reason"])): int(r["count"])
-        for r in decided.groupBy("keep", "reason").count().collect()
-    }
-    exclusions = {reason: n for (keep, reason), n in sorted(counts.items()) if not keep}
-    keys = lake.read_table(spark, target, version=version).select(
-        F.col(ds.key).cast("string").alias("key")
-    )
-    assets = (
-        sources.where(F.col("asset_id").isNotNull())
-        .join(keys, on="key", how="left_semi")
-        .select("asset_id")
-        .distinct()
-        .count()
-    )
+        counts = {
+            (bool(r["keep"]), str(r["reason"])): int(r["count"])
+            for r in decided.groupBy("keep", "reason").count().collect()
+        }
+        exclusions = {reason: n for (keep, reason), n in sorted(counts.items()) if not keep}
+        keys = lake.read_table(spark, target, version=version).select(
+            F.col(ds.key).cast("string").alias("key")
+        )
+        assets = (
+            sources.where(F.col("asset_id").isNotNull())
+            .join(keys, on="key", how="left_semi")
+            .select("asset_id")
+            .distinct()
+            .count()
+        )
     return {
         "dataset": dataset,
         "name": registry.snapshot_name(model_version, dataset),
