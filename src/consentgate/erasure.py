@@ -70,7 +70,7 @@ from consentgate.purge import (
 from consentgate.runtime import iso, new_run_id, now_utc
 from consentgate.spark import spark_work
 
-_LOG_DIR = "_delta_log"
+_LOG_DIR = maintenance.LOG_DIR
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,10 @@ def _erasable_attempts(path: Path, *, cutoff: dt.datetime) -> tuple[list[str], l
 def _vacuum(
     spark: SparkSession, path: Path, *, window_hours: int, run_id: str, reorg: bool
 ) -> dict[str, Any]:
-    """Steps 2-3 of the module docstring; returns what left the disk."""
+    """Steps 1-2 of the module docstring; returns what left the disk (as VACUUM reports it:
+    :func:`consentgate.maintenance.vacuum` lists the table once, so this does not again)."""
     meta = {"consentgate.operation": "consentgate.erasure", "consentgate.run": run_id}
     table = lake.open_table(path)
-    before = {rel: (path / rel).stat().st_size for rel in _physical_files(path)}
     reorged = 0
     if reorg and "deletionVectors" in (table.protocol().reader_features or ()):
         result = lake.run_sql(
@@ -125,11 +125,9 @@ def _vacuum(
         reorged = result.metric("numRemovedFiles") if result is not None else 0
     vacuumed = maintenance.vacuum(spark, path, retention_hours=window_hours)
     _remove_empty_directories(path)
-    after = set(_physical_files(path))
-    gone = [rel for rel in before if rel not in after and not rel.endswith(".crc")]
     return {
-        "files_removed": len(gone),
-        "bytes_removed": int(sum(before[rel] for rel in gone)),
+        "files_removed": len(vacuumed.tombstoned) + len(vacuumed.orphans),
+        "bytes_removed": int(vacuumed.bytes_removed),
         "files_reorganised": reorged,
         "tombstoned_removed": len(vacuumed.tombstoned),
         "orphans_removed": len(vacuumed.orphans),
