@@ -223,3 +223,36 @@ def test_rehashed_forgery_is_caught_by_the_link_alone(spark: SparkSession, tmp_p
     code, out, _err = run("audit", "verify", "--conf", str(conf), "--json")
     assert code == 1
     assert json.loads(out)["ok"] is False
+
+
+def test_append_events_writes_the_entries_one_by_one_would(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Several events in one commit: the same entries (seq, links, hashes) as one append each,
+    and a bad payload among them writes none."""
+    import datetime as dt
+
+    at = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+    events = [
+        audit.Event("erasure", "r", {"dataset": n, "keys": i}, at) for i, n in enumerate("ab")
+    ]
+    one_by_one, batched = _config(tmp_path / "one"), _config(tmp_path / "batch")
+    for config in (one_by_one, batched):
+        audit.append_event(spark, config, kind="gate", run_id="g", payload={"n": 1}, at=at)
+    singles = [
+        audit.append_event(
+            spark, one_by_one, kind=e.kind, run_id=e.run_id, payload=e.payload, at=at
+        )
+        for e in events
+    ]
+    version = lake.table_version(audit.audit_path(batched))
+    assert audit.append_events(spark, batched, events) == singles
+    assert lake.table_version(audit.audit_path(batched)) == version + 1
+    assert audit.events(spark, batched) == audit.events(spark, one_by_one)
+    assert audit.verify_chain(spark, batched)["ok"]
+
+    bad = audit.Event("erasure", "r", {"asset": "123e4567-e89b-12d3-a456-426614174000"})
+    with pytest.raises(ConsentgateError, match="raw asset/user id"):
+        audit.append_events(spark, batched, [events[0], bad])
+    assert lake.table_version(audit.audit_path(batched)) == version + 1
+    assert audit.append_events(spark, batched, []) == []

@@ -14,7 +14,7 @@ from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from consentgate import audit, erasure, lake, purge
+from consentgate import audit, erasure, errors, lake, purge
 from consentgate.config import Config, ErasureConfig, load_config
 from tests.demo_expectations import (
     DEMO_RULES,
@@ -262,3 +262,50 @@ def test_committed_purge_without_keys_is_no_proof(spark: SparkSession, tmp_path:
     assert "erasure did not verify for emb" in str(raised.value)
     assert raised.value.result["ok"] is False and raised.value.result["failed"] == {}
     assert raised.value.result["erasure"]["datasets"]["emb"]["result"] == "failed"
+
+
+def test_one_table_raising_keeps_the_others_receipts(
+    spark: SparkSession, pristine_small_lake: Path, tmp_path: Path
+) -> None:
+    """The receipts of a run are written in one audit append: a table whose erasure raises (a
+    file on disk that cannot be read) is named, every other table is still erased, and its
+    receipt is recorded, chained, before the error propagates."""
+    import yaml
+
+    from tests.lakes import copy_small_lake
+
+    root = tmp_path / "lake"
+    conf_path = copy_small_lake(pristine_small_lake, root)
+    data = yaml.safe_load(conf_path.read_text())
+    base = data["datasets"]["track_embeddings"]
+    shutil.copytree(root / base["path"], root / "derived" / "copy")
+    data["datasets"] = {"broken": base, "copy": {**base, "path": "derived/copy"}}
+    conf_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    config = load_config(conf_path)
+    purge.run_purge(spark, config, as_of=dt.datetime(2026, 6, 1, tzinfo=dt.UTC), erase=False)
+    copy = root / "derived" / "copy"
+    tombstoned = set(lake.active_files(lake.open_table(copy, version=0)).column("path").to_pylist())
+    tombstoned -= set(lake.active_files(lake.open_table(copy)).column("path").to_pylist())
+    assert tombstoned and all((copy / rel).exists() for rel in tombstoned)
+    (root / base["path"] / "_restored").mkdir()
+    (root / base["path"] / "_restored" / "part-0.parquet").write_bytes(b"not parquet")
+    entries = audit.verify_chain(spark, config)["entries"]
+
+    with pytest.raises(errors.TableError, match="dataset broken: cannot read the files on disk"):
+        erasure.erase_and_verify(spark, config, run_id="e")
+
+    assert not any((copy / rel).exists() for rel in tombstoned)
+    (logged,) = audit.events(spark, config, kind="erasure")
+    assert logged["run_id"] == "e" and logged["payload"]["dataset"] == "copy"
+    assert logged["payload"]["result"] == "verified" and logged["payload"]["keys_checked"] == 2
+    chain = audit.verify_chain(spark, config)
+    assert chain["ok"] and chain["entries"] == entries + 1
+
+    # The nightly path (each table on its own) names the failure and returns the others.
+    erased, failed = purge.erase_tables(spark, config, run_id="e2", names=["broken", "copy"])
+    assert set(failed) == {"broken"} and "cannot read the files on disk" in str(failed["broken"])
+    assert set(erased["datasets"]) == {"copy"} and erased["ok"] is False
+    assert erased["datasets"]["copy"]["result"] == "verified"
+    last = audit.events(spark, config, kind="erasure")[-1]
+    assert last["run_id"] == "e2" and last["payload"]["dataset"] == "copy"
+    assert audit.verify_chain(spark, config)["ok"]

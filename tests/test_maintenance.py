@@ -53,10 +53,11 @@ def test_old_bytes_go_as_orphans_young_tombstones_stay(spark: SparkSession, tmp_
     for file in [orphan, *(path / rel for rel in tombstoned)]:
         os.utime(file, (OLD, OLD))
     version = lake.table_version(path)
+    size = orphan.stat().st_size
 
     result = maintenance.vacuum(spark, path, retention_hours=WEEK)
 
-    assert result == maintenance.VacuumResult(orphans=(orphan.name,))
+    assert result == maintenance.VacuumResult(orphans=(orphan.name,), bytes_removed=size)
     assert not orphan.exists()
     assert all((path / rel).exists() for rel in tombstoned | active)
     assert lake.table_version(path) > version  # VACUUM ran (START/END)
@@ -67,8 +68,10 @@ def test_window_zero_removes_tombstoned_files_and_names_them(
 ) -> None:
     path = tmp_path / "t"
     tombstoned, active = _table(spark, path)
+    sizes = sum((path / rel).stat().st_size for rel in tombstoned)
     result = maintenance.vacuum(spark, path, retention_hours=0)
     assert set(result.tombstoned) == tombstoned and result.orphans == ()
+    assert result.bytes_removed == sizes > 0
     assert not any((path / rel).exists() for rel in tombstoned)
     assert all((path / rel).exists() for rel in active)
     version = lake.table_version(path)

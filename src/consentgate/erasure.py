@@ -31,7 +31,9 @@ through delta-spark:
    erasure window is the contract and such a log would otherwise keep the ids forever); then
    step 3 again. Tables consentgate creates keep no per-column statistics, so their logs (and
    the time travel that manifest verification relies on) are left alone.
-5. **Receipts**: one ``erasure`` audit entry per table.
+5. **Receipts**: one ``erasure`` audit entry per table, all tables' entries of a run written
+   in one append (:func:`consentgate.audit.append_events`) once every table is done; also when
+   a table raises or the run is interrupted, so a receipt is never lost.
 
 With ``window_hours: 0`` the purge and the erasure happen in one run; delta-spark's log cleanup
 works at minute granularity, so log files written in the current minute survive until the next
@@ -70,7 +72,7 @@ from consentgate.purge import (
 from consentgate.runtime import iso, new_run_id, now_utc
 from consentgate.spark import spark_work
 
-_LOG_DIR = "_delta_log"
+_LOG_DIR = maintenance.LOG_DIR
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +115,10 @@ def _erasable_attempts(path: Path, *, cutoff: dt.datetime) -> tuple[list[str], l
 def _vacuum(
     spark: SparkSession, path: Path, *, window_hours: int, run_id: str, reorg: bool
 ) -> dict[str, Any]:
-    """Steps 2-3 of the module docstring; returns what left the disk."""
+    """Steps 1-2 of the module docstring; returns what left the disk (as VACUUM reports it:
+    :func:`consentgate.maintenance.vacuum` lists the table once, so this does not again)."""
     meta = {"consentgate.operation": "consentgate.erasure", "consentgate.run": run_id}
     table = lake.open_table(path)
-    before = {rel: (path / rel).stat().st_size for rel in _physical_files(path)}
     reorged = 0
     if reorg and "deletionVectors" in (table.protocol().reader_features or ()):
         result = lake.run_sql(
@@ -125,11 +127,9 @@ def _vacuum(
         reorged = result.metric("numRemovedFiles") if result is not None else 0
     vacuumed = maintenance.vacuum(spark, path, retention_hours=window_hours)
     _remove_empty_directories(path)
-    after = set(_physical_files(path))
-    gone = [rel for rel in before if rel not in after and not rel.endswith(".crc")]
     return {
-        "files_removed": len(gone),
-        "bytes_removed": int(sum(before[rel] for rel in gone)),
+        "files_removed": len(vacuumed.tombstoned) + len(vacuumed.orphans),
+        "bytes_removed": int(vacuumed.bytes_removed),
         "files_reorganised": reorged,
         "tombstoned_removed": len(vacuumed.tombstoned),
         "orphans_removed": len(vacuumed.orphans),
@@ -287,54 +287,66 @@ def verify_erased(
 
     if not lake.is_table(keys_path):
         return no_evidence(f"the removed-key table {keys_path} is missing")
-    wanted = spark.createDataFrame([(a,) for a in sorted(set(attempts))], "attempt string")
+    # Which attempts have keys, and how many keys: one aggregation (one pass over the key
+    # table) rather than a distinct-collect and a count of its own each.
     try:
-        keys = lake.read_table(spark, keys_path).join(F.broadcast(wanted), "attempt")
-        with_keys = {str(r["attempt"]) for r in keys.select("attempt").distinct().collect()}
+        keys = lake.read_table(spark, keys_path).where(F.col("attempt").isin(sorted(set(attempts))))
+        evidence = keys.agg(
+            F.collect_set("attempt").alias("attempts"),
+            F.count_distinct("key_sha256").alias("keys"),
+        ).first()
     except Exception as exc:  # an unreadable key table is missing evidence, not a crash
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return no_evidence(f"the removed-key table {keys_path} cannot be read ({first})")
+    with_keys = {str(a) for a in evidence["attempts"]} if evidence is not None else set()
     missing = len(set(attempts) - with_keys)
     if missing:
         return no_evidence(f"the removed-key table {keys_path} holds no key for {missing} of them")
-    removed = keys.select("key_sha256").distinct().persist()
-    owned: list[DataFrame] = [removed]
+    keys_checked = int(evidence["keys"]) if evidence is not None else 0
+    if keys_checked == 0:
+        return no_evidence(f"the removed-key table {keys_path} holds no key for them")
+    # Every scan (the Parquet files' keys, the log's tokens, the directory names) in one
+    # union, joined once with the removed keys; the same pass counts the rows read from the
+    # Parquet files (``_row``) and collects the files where a removed key turned up.
     try:
-        keys_checked = removed.count()
-        if keys_checked == 0:
-            return no_evidence(f"the removed-key table {keys_path} holds no key for them")
         scans: list[DataFrame] = []
-        rows_scanned = 0
         if files and stored_in_files:
             read_schema = StructType([StructField(physical, field.dataType, True)])
-            try:
-                on_disk = (
-                    spark.read.schema(read_schema)
-                    .parquet(*[str(path / rel) for rel in files])
-                    .select(
-                        F.col("_metadata.file_path").alias("file"),
-                        key_digest(F.col(f"`{physical}`")).alias("key_sha256"),
-                    )
-                    .persist()
+            on_disk = (
+                spark.read.schema(read_schema)
+                .parquet(*[str(path / rel) for rel in files])
+                .select(
+                    F.col("_metadata.file_path").alias("file"),
+                    key_digest(F.col(f"`{physical}`")).alias("key_sha256"),
                 )
-                owned.append(on_disk)
-                rows_scanned = on_disk.count()
-            except Exception as exc:
-                raise TableError(
-                    f"dataset {name}: cannot read the files on disk ({foreign_cause(exc)}; "
-                    "details in the Spark log)"
-                ) from None
-            scans.append(on_disk)
+            )
+            scans.append(on_disk.withColumn("_row", F.lit(1)))
         in_log = _log_scan(spark, path)
         if in_log is not None:
-            scans.append(in_log)
+            scans.append(in_log.withColumn("_row", F.lit(0)))
         hits: list[str] = []
-        for scan in scans:
-            found = scan.join(F.broadcast(removed), "key_sha256").select("file").distinct()
-            hits.extend(str(r["file"]) for r in found.collect())
-    finally:
-        for frame in owned:
-            frame.unpersist()
+        rows_scanned = 0
+        if scans:
+            scan = scans[0]
+            for other in scans[1:]:
+                scan = scan.unionByName(other)
+            removed = keys.select("key_sha256").distinct().withColumn("_removed", F.lit(True))
+            found = (
+                scan.join(F.broadcast(removed), "key_sha256", "left")
+                .agg(
+                    F.sum("_row").alias("rows"),
+                    F.collect_set(F.when(F.col("_removed"), F.col("file"))).alias("files"),
+                )
+                .first()
+            )
+            if found is not None:
+                rows_scanned = int(found["rows"] or 0)
+                hits = [str(f) for f in found["files"]]
+    except Exception as exc:
+        raise TableError(
+            f"dataset {name}: cannot read the files on disk ({foreign_cause(exc)}; "
+            "details in the Spark log)"
+        ) from None
     root = path.resolve().as_posix().rstrip("/") + "/"
     relative = sorted({unquote(h.split(root, 1)[1]) if root in h else h for h in hits})
     return {
@@ -347,21 +359,16 @@ def verify_erased(
     }
 
 
-def erase_dataset(
-    spark: SparkSession,
-    config: Config,
-    name: str,
-    *,
-    run_id: str,
-    now: dt.datetime | None = None,
-) -> dict[str, Any]:
-    """Vacuum one table past the erasure window, verify on disk, and write the receipt.
+def _erase(
+    spark: SparkSession, config: Config, name: str, *, run_id: str, now: dt.datetime | None
+) -> tuple[dict[str, Any], audit.Event]:
+    """Steps 1-4 of the module docstring for one table: its receipt, and the audit event that
+    records it (written by the caller, :func:`erase_each`, with the other tables' events).
 
-    Returns:
-        The receipt: ``dataset, window_hours, files_removed, bytes_removed, tombstoned_removed,
-        orphans_removed, files_scanned, rows_scanned, keys_checked, attempts_erased,
-        attempts_pending, files_with_removed_keys[], problems[], result`` (``verified`` or
-        ``failed``: a removed key found, or no removed key to check committed purges against).
+    The receipt: ``dataset, window_hours, files_removed, bytes_removed, tombstoned_removed,
+    orphans_removed, files_scanned, rows_scanned, keys_checked, attempts_erased,
+    attempts_pending, files_with_removed_keys[], problems[], result`` (``verified`` or
+    ``failed``: a removed key found, or no removed key to check committed purges against).
     """
     with spark_work(spark, "erase") as ran:
         dataset = targets(config)[name]
@@ -395,7 +402,6 @@ def erase_dataset(
         audit_payload["files_with_removed_keys_sha256"] = hashlib.sha256(
             "\n".join(checked["files_with_removed_keys"]).encode()
         ).hexdigest()
-        audit.append_event(spark, config, kind="erasure", run_id=run_id, payload=audit_payload)
     step(
         log,
         "erase",
@@ -409,7 +415,45 @@ def erase_dataset(
         work=ran,
         level=logging.INFO if ok else logging.WARNING,
     )
-    return receipt
+    return receipt, audit.Event("erasure", run_id, audit_payload, now_utc())
+
+
+def erase_each(
+    spark: SparkSession,
+    config: Config,
+    names: Sequence[str],
+    *,
+    run_id: str,
+    now: dt.datetime | None = None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Exception]]:
+    """Erase and verify each of ``names`` on its own, and record every receipt in one audit
+    append (one Delta commit instead of one a table; one entry per table, as before).
+
+    A table whose erasure raises (an unreadable file) is returned with its error and never
+    stops the others. The receipts are written in a ``finally``: whatever ends the loop (an
+    interrupt, a killed task's ``SIGTERM``), the receipts of the tables erased until then are
+    recorded before it propagates, so no erasure goes unrecorded. (A process killed outright
+    loses them; those tables are then erased already, and the next run's receipt proves it.)
+
+    Returns:
+        The receipts by table, and the errors by table (in ``names`` order).
+    """
+    receipts: dict[str, dict[str, Any]] = {}
+    events: list[audit.Event] = []
+    failed: dict[str, Exception] = {}
+    try:
+        for name in names:
+            try:
+                receipts[name], event = _erase(spark, config, name, run_id=run_id, now=now)
+            except Exception as exc:
+                failed[name] = exc
+                continue
+            events.append(event)
+    finally:
+        with spark_work(spark, "erase_receipts") as ran:
+            audit.append_events(spark, config, events)
+        step(log, "erase_receipts", receipts=len(events), work=ran)
+    return receipts, failed
 
 
 def erase_and_verify(
@@ -421,18 +465,24 @@ def erase_and_verify(
     as_of: dt.datetime | None = None,
     now: dt.datetime | None = None,
 ) -> dict[str, Any]:
-    """Erase and verify every purge target (or ``datasets``).
+    """Erase and verify every purge target (or ``datasets``) with :func:`erase_each`.
 
     ``as_of`` is accepted for symmetry with the other steps but erasure runs on wall-clock
     time: the window is measured from when the removal was committed, as Delta's vacuum does.
 
     Returns:
         ``{"ok": bool, "datasets": {name: receipt}}``.
+
+    Raises:
+        Exception: the first table's error when a table's erasure raised, after every other
+            table was erased and every receipt recorded.
     """
     del as_of
     run = run_id or new_run_id("erasure")
     names = list(datasets) if datasets is not None else list(targets(config))
-    receipts = {name: erase_dataset(spark, config, name, run_id=run, now=now) for name in names}
+    receipts, failed = erase_each(spark, config, names, run_id=run, now=now)
+    if failed:
+        raise next(iter(failed.values()))
     return {
         "ok": all(r["result"] == "verified" for r in receipts.values()),
         "datasets": receipts,

@@ -34,16 +34,19 @@ from pyspark.sql import SparkSession
 
 from consentgate import lake
 
-_LOG_DIR = "_delta_log"
+#: The Delta log's directory under a table (also what :mod:`consentgate.erasure` skips and scans).
+LOG_DIR = "_delta_log"
 
 
 @dataclass(frozen=True)
 class VacuumResult:
     """What a VACUUM deleted: files the log had tombstoned, and files no commit references
-    (orphans: a killed writer's uncommitted output), relative to the table."""
+    (orphans: a killed writer's uncommitted output), relative to the table; and their bytes
+    (sizes taken before VACUUM ran), so a receipt needs no listing of its own."""
 
     tombstoned: tuple[str, ...] = ()
     orphans: tuple[str, ...] = ()
+    bytes_removed: int = 0
 
 
 def vacuum(spark: SparkSession, path: str | Path, *, retention_hours: float) -> VacuumResult:
@@ -58,7 +61,7 @@ def vacuum(spark: SparkSession, path: str | Path, *, retention_hours: float) -> 
     hours = float(retention_hours)
     cutoff = time.time() - hours * 3600.0
     inactive = inactive_files(root)
-    if not any(mtime < cutoff for mtime in inactive.values()):
+    if not any(mtime < cutoff for mtime, _size in inactive.values()):
         return VacuumResult()  # nothing VACUUM could delete: spare its listing and commits
     DeltaTable.forPath(spark, str(root)).vacuum(hours)
     gone = sorted(rel for rel in inactive if not (root / rel).exists())
@@ -68,16 +71,17 @@ def vacuum(spark: SparkSession, path: str | Path, *, retention_hours: float) -> 
     return VacuumResult(
         tombstoned=tuple(rel for rel in gone if rel in removed),
         orphans=tuple(rel for rel in gone if rel not in removed),
+        bytes_removed=sum(inactive[rel][1] for rel in gone),
     )
 
 
-def inactive_files(root: Path) -> dict[str, float]:
+def inactive_files(root: Path) -> dict[str, tuple[float, int]]:
     """Files VACUUM looks at that no active file of the table is, with their modification
-    times. VACUUM skips hidden names (``_``/``.``) except ``_change_data``."""
+    times and sizes. VACUUM skips hidden names (``_``/``.``) except ``_change_data``."""
     active = {
         unquote(p) for p in lake.active_files(lake.open_table(root)).column("path").to_pylist()
     }
-    out: dict[str, float] = {}
+    out: dict[str, tuple[float, int]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         rel_dir = here.relative_to(root)
@@ -87,7 +91,8 @@ def inactive_files(root: Path) -> dict[str, float]:
                 continue
             rel = (rel_dir / name).as_posix()
             if rel not in active:
-                out[rel] = (here / name).stat().st_mtime
+                stat = (here / name).stat()
+                out[rel] = (stat.st_mtime, stat.st_size)
     return out
 
 
@@ -95,7 +100,7 @@ def tombstoned_paths(root: Path) -> frozenset[str]:
     """Every path a ``remove`` action names in the log files still on disk: JSON commits (and
     JSON checkpoints), Parquet checkpoints and v2-checkpoint sidecars. Relative, unquoted."""
     found: set[str] = set()
-    log_dir = root / _LOG_DIR
+    log_dir = root / LOG_DIR
     if not log_dir.is_dir():
         return frozenset()
     for file in sorted(log_dir.rglob("*")):

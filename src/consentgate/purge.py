@@ -1634,9 +1634,9 @@ def purge_dataset(
 def erase_tables(
     spark: SparkSession, config: Config, *, run_id: str, names: Sequence[str]
 ) -> tuple[dict[str, Any], dict[str, Exception]]:
-    """Erase and verify each of ``names`` on its own (:func:`consentgate.erasure.erase_and_verify`
-    one table at a time), so that a table whose erasure raises (an unreadable file on disk)
-    never stops the others' erasure.
+    """Erase and verify each of ``names`` on its own (:func:`consentgate.erasure.erase_each`),
+    so that a table whose erasure raises (an unreadable file on disk) never stops the others'
+    erasure; their receipts are recorded in one audit append.
 
     Returns:
         ``{"ok", "datasets": {name: receipt}}`` (plus ``failed{name: message}`` when an
@@ -1644,18 +1644,12 @@ def erase_tables(
     """
     from consentgate import erasure
 
-    receipts: dict[str, Any] = {}
+    receipts, raised = erasure.erase_each(spark, config, names, run_id=run_id)
     failed: dict[str, Exception] = {}
-    verified = True
-    for name in names:
-        try:
-            one = erasure.erase_and_verify(spark, config, run_id=run_id, datasets=[name])
-        except Exception as exc:
-            failed[name] = table_failure(name, exc, doing="erasure")
-            log.warning("purge: %s", failed[name])
-            continue
-        verified = verified and bool(one.get("ok"))
-        receipts.update(one.get("datasets", {}))
+    for name, exc in raised.items():
+        failed[name] = table_failure(name, exc, doing="erasure")
+        log.warning("purge: %s", failed[name])
+    verified = all(r.get("result") == "verified" for r in receipts.values())
     out: dict[str, Any] = {"ok": verified and not failed, "datasets": receipts}
     if failed:
         out["failed"] = {name: str(exc) for name, exc in sorted(failed.items())}
