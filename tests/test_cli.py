@@ -582,9 +582,16 @@ def test_purge_logs_its_steps_on_stderr_without_jvm_noise(
     assert result["ok"] is True
     assert result["datasets"]["track_embeddings"]["rows_deleted"] == 2  # a2 revoked, a3 no record
     steps = [line.split(" step=", 1)[1] for line in done.stderr.splitlines() if " step=" in line]
-    assert [s.split()[0] for s in steps] == ["decide", "rewrite", "erase", "purge"], steps
+    assert [s.split()[0] for s in steps] == [
+        "decide",
+        "rewrite",
+        "erase",
+        "erase_receipts",  # the run's erasure receipts, in one audit append
+        "purge",
+    ], steps
     assert steps[1].startswith("rewrite table=track_embeddings rows=2 files="), steps
     assert steps[2].startswith("erase table=track_embeddings files="), steps
+    assert steps[3].startswith("erase_receipts receipts=1 "), steps
     assert all(" INFO consentgate." in line for line in done.stderr.splitlines() if "step=" in line)
     for noise in JVM_NOISE:
         assert noise not in done.stderr, done.stderr[-3000:]
