@@ -80,7 +80,8 @@ def _node(dataset: Column, key: Column) -> Column:
     return F.struct(dataset.alias("dataset"), key.alias("key")).cast(_NODE)
 
 
-def _require_column(df: DataFrame, column: str, *, table: str) -> DataType:
+def require_column(df: DataFrame, column: str, *, table: str) -> DataType:
+    """``column``'s type in ``df``; a :class:`SchemaError` naming ``table.column`` if it is missing."""
     for field in df.schema.fields:
         if field.name == column:
             return field.dataType
@@ -175,14 +176,14 @@ def source_assets(
         SchemaError: when ``rows`` lacks ``key``/``asset_column`` or ``lineage`` is mistyped.
         ValueError: when ``max_hops`` is not positive.
     """
-    _require_column(rows, key, table=dataset_name)
+    require_column(rows, key, table=dataset_name)
     keyed = rows.select(
         F.col(key).cast(StringType()).alias("key"),
         *([asset_column] if asset_column is not None else []),
     )
     keyed = keyed.filter(F.col("key").isNotNull())
     if asset_column is not None:
-        _require_column(rows, asset_column, table=dataset_name)
+        require_column(rows, asset_column, table=dataset_name)
         # Asset ids in canonical form (DESIGN rule 2), the form effective consent decides
         # under: a derivative that spells an id in upper case still finds its decision.
         pairs = keyed.select(
@@ -310,7 +311,7 @@ def lineage_problems(sources: DataFrame) -> DataFrame:
 
 
 def _expired(rows: DataFrame, column: str, *, table: str, cutoff_micros: int) -> Column:
-    dtype = _require_column(rows, column, table=table)
+    dtype = require_column(rows, column, table=table)
     if isinstance(dtype, TimestampType):
         micros = F.unix_micros(F.col(column))
     elif isinstance(dtype, DateType):
@@ -365,7 +366,7 @@ def row_decisions(
         SchemaError: a needed column is missing or ``derived_at`` is not a timestamp or date.
         ValueError: retention without a ``derived_at_column``.
     """
-    _require_column(rows, key, table=dataset)
+    require_column(rows, key, table=dataset)
     expired = expiry(
         rows,
         retention_days=retention_days,

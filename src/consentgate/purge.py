@@ -95,7 +95,6 @@ from consentgate.errors import (
     CheckFailed,
     ConflictError,
     ConsentgateError,
-    SchemaError,
     TableError,
     foreign_cause,
 )
@@ -634,8 +633,7 @@ def _decision_columns(i: int, name: str, one: _Pinned, *, as_of: dt.datetime) ->
     if dataset.asset_column is None:
         asset = F.lit(None).cast(StringType())
     else:
-        if dataset.asset_column not in one.rows.columns:
-            raise SchemaError(f"{traced_as}.{dataset.asset_column}: column is missing")
+        lineage.require_column(one.rows, dataset.asset_column, table=traced_as)
         asset = canonical_id(F.col(dataset.asset_column).cast(StringType()))
     table = F.lit(str(i))
     return one.rows.select(
@@ -732,10 +730,12 @@ def _decide_together(
     names = list(pinned)
     parts: list[DataFrame] = []
     columns: list[DataFrame] = []
+    traced = False  # some configured table is traced through lineage
     for i, name in enumerate(names):
         one = pinned[name]
         if _configured(config, one.dataset):
             columns.append(_decision_columns(i, name, one, as_of=as_of))
+            traced = traced or one.dataset.asset_column is None
         else:
             located = _all_removed(one.rows, one.dataset.key)
             parts.append(located.select(F.lit(i).alias("_table"), *LOCATED_COLUMNS))
@@ -763,16 +763,7 @@ def _decide_together(
         owned.append(per_key)
         decided = lineage.key_decisions(
             per_key.select(F.col("_tkey").alias("key"), "expired"),
-            _key_sources(
-                per_key,
-                edges,
-                owned,
-                traced=any(
-                    pinned[n].dataset.asset_column is None
-                    for n in names
-                    if _configured(config, pinned[n].dataset)
-                ),
-            ),
+            _key_sources(per_key, edges, owned, traced=traced),
             consent,
         )
         removed = decided.where(~F.col("keep")).select(F.col("key").alias("_tkey"), "reason")
