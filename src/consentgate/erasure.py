@@ -72,8 +72,6 @@ from consentgate.purge import (
 from consentgate.runtime import iso, new_run_id, now_utc
 from consentgate.spark import spark_work
 
-_LOG_DIR = maintenance.LOG_DIR
-
 log = logging.getLogger(__name__)
 
 
@@ -89,14 +87,14 @@ def _physical_files(root: Path) -> list[str]:
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = Path(dirpath).relative_to(root)
         if not rel_dir.parts:
-            dirnames[:] = [d for d in dirnames if d != _LOG_DIR]
+            dirnames[:] = [d for d in dirnames if d != maintenance.LOG_DIR]
         out.extend((rel_dir / filename).as_posix() for filename in filenames)
     return sorted(out)
 
 
 def _log_files(root: Path) -> list[Path]:
     """Every file under ``_delta_log`` (commits, checkpoints, ``.crc``, sidecars)."""
-    log = root / _LOG_DIR
+    log = root / maintenance.LOG_DIR
     return sorted(p for p in log.rglob("*") if p.is_file()) if log.is_dir() else []
 
 
@@ -159,7 +157,7 @@ def _remove_empty_directories(root: Path) -> None:
     for dirpath, _dirnames, _filenames in os.walk(root, topdown=False):
         here = Path(dirpath)
         rel = here.relative_to(root)
-        if not rel.parts or rel.parts[0] == _LOG_DIR:
+        if not rel.parts or rel.parts[0] == maintenance.LOG_DIR:
             continue
         if not any(here.iterdir()):
             here.rmdir()
@@ -379,7 +377,7 @@ def _erase(
         vacuumed = _vacuum(spark, path, window_hours=window, run_id=run_id, reorg=bool(old))
         checked = verify_erased(spark, config, name, path, key=dataset.key, attempts=old)
         log_cleaned = False
-        if any(f.startswith(_LOG_DIR + "/") for f in checked["files_with_removed_keys"]):
+        if any(f.startswith(maintenance.LOG_DIR + "/") for f in checked["files_with_removed_keys"]):
             # Removed keys are still in the log (statistics or partition values of a table we did
             # not create): clean the log, then prove again.
             _clean_log(spark, path, window_hours=window, run_id=run_id)
