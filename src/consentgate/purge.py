@@ -15,7 +15,10 @@ Per run, then per table (Airflow maps over the tables; see :func:`plan_purge` an
    file-level rewrite can do. Only per-file and per-reason counts reach the driver. In one
    process the located rows stay persisted on the executors; for tasks in other processes
    :func:`plan_purge` with a ``run_id`` materialises them as small Delta work tables under
-   ``state_dir/purge_runs/<run_id>/`` (digests only, never raw ids).
+   ``state_dir/purge_runs/<run_id>/`` (digests only, never raw ids), tables it could not
+   decide included (with why), and each task loads its table's decision with
+   :func:`load_decision`, which fails (naming the table and the run) rather than deciding
+   again when there is none. :func:`discard_run` removes them once the run is recorded.
 2. **Record keys**: the removed keys, hashed (SHA-256 of ``"k:" + key``; ``"n:"`` for a null
    key), are appended to a key table under ``state_dir/purge_keys/<dataset>`` tagged with the
    attempt id, *before* the commit, so that a crash after the commit can never lose them. The
@@ -177,6 +180,25 @@ class TableFailure(RuntimeError):
     unreadable file, a lost executor): retryable. The message names the table and, for a
     data file, only its file name; Spark's own text (which can quote paths holding partition
     values) stays in the Spark log."""
+
+
+class DecideFailed(ConsentgateError):
+    """The run's decide step could not decide this table; the message is the one it recorded
+    in the run's work tables (:func:`table_failure`'s: a missing table, a corrupt data file).
+
+    Raised by the table's purge task, which never decides on its own. Not retryable: a retry
+    loads the same record; the next run decides again.
+    """
+
+    exit_code = 1
+
+
+class DecisionMissing(ConsentgateError):
+    """A purge task found no decision of its run for its table (:func:`load_decision`): the
+    run's decide step did not finish, or the run's work tables were already removed. Not
+    retryable for the same reason: the remedy is to run the decide step again."""
+
+    exit_code = 1
 
 
 #: What the audit log refuses as a possible raw id (see :mod:`consentgate.audit`).
@@ -976,16 +998,17 @@ def materialise(spark: SparkSession, config: Config, run: RunDecisions, run_id: 
     other processes (Airflow's mapped tasks) read them instead of deciding again.
 
     Only digests are written: removed keys as ``key_digest`` and consent's asset ids as
-    SHA-256, so nothing under ``purge_runs/`` can outlive an erasure as a raw id. The plan
-    (``plan.json``) is written last: a directory without it is an incomplete plan, ignored.
+    SHA-256, so nothing under ``purge_runs/`` can outlive an erasure as a raw id. The tables
+    that could not be decided are recorded with their failure's message (which names the
+    table and never a row's value, see :func:`table_failure`), so that their tasks fail with
+    it. The plan (``plan.json``) is written last: a directory without it is an incomplete
+    plan, ignored.
     """
     root = run_dir(config, run_id)
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
     consent = run.consent
-    if consent is None and not run.tables:
-        raise ConsentgateError("materialise: the run decided no table")
     if consent is not None:  # None: every decided table's use case is unconfigured
         if not run.hashed_assets:
             consent = _hash_assets(consent)
@@ -1008,6 +1031,7 @@ def materialise(spark: SparkSession, config: Config, run: RunDecisions, run_id: 
         "as_of": iso(run.as_of),
         "consent": consent is not None,
         "tables": tables,
+        "failed": {name: str(exc) for name, exc in sorted(run.failed.items())},
     }
     tmp = root / "plan.json.tmp"
     tmp.write_text(json.dumps(state, sort_keys=True))
@@ -1042,10 +1066,20 @@ def _plan_from_state(state: Mapping[str, Any]) -> DatasetPlan:
 
 
 def load_run(
-    spark: SparkSession, config: Config, run_id: str, *, as_of: dt.datetime | None = None
+    spark: SparkSession,
+    config: Config,
+    run_id: str,
+    *,
+    as_of: dt.datetime | None = None,
+    names: Sequence[str] | None = None,
 ) -> RunDecisions | None:
     """A run's materialised decisions, or None if the run has no complete plan (or one made
-    for another ``as_of``, which must not be reused)."""
+    for another ``as_of``, which must not be reused).
+
+    Tables the run could not decide come back in ``failed`` as :class:`DecideFailed` with
+    the recorded message. ``names`` limits the work tables opened to those tables (a purge
+    task needs only its own).
+    """
     root = run_dir(config, run_id)
     plan_file = root / _PLAN_FILE
     if not plan_file.is_file():
@@ -1054,16 +1088,57 @@ def load_run(
     instant = parse_instant(state["as_of"])
     if as_of is not None and iso(as_of) != iso(instant):
         return None
+    wanted = None if names is None else set(names)
     run = RunDecisions(
         as_of=instant,
         consent=lake.read_table(spark, root / "consent") if state.get("consent", True) else None,
         hashed_assets=True,
     )
     for name, entry in state["tables"].items():
-        run.tables[name] = Decided(
-            plan=_plan_from_state(entry["plan"]),
-            located=lake.read_table(spark, root / entry["work_table"]),
-            covered=frozenset(entry["covered"]),
+        if wanted is None or name in wanted:
+            run.tables[name] = Decided(
+                plan=_plan_from_state(entry["plan"]),
+                located=lake.read_table(spark, root / entry["work_table"]),
+                covered=frozenset(entry["covered"]),
+            )
+    for name, message in state.get("failed", {}).items():
+        if wanted is None or name in wanted:
+            run.failed[name] = DecideFailed(str(message))
+    return run
+
+
+def load_decision(
+    spark: SparkSession, config: Config, run_id: str, name: str, *, as_of: dt.datetime
+) -> RunDecisions:
+    """Table ``name``'s decision in run ``run_id`` (materialised by :func:`plan_purge`), as the
+    run's purge task for that table, in another process, takes it: the run holding only that
+    table (and the run's consent, which decides rows others add meanwhile).
+
+    Strict, unlike :func:`purge_dataset` on its own: there is no fallback to deciding here,
+    so a run's tables are always purged from the one decision of the run, and a retried task
+    loads the same decision as its first attempt.
+
+    Raises:
+        DecideFailed: the run's decide step recorded that it could not decide this table
+            (the recorded message names the table and why).
+        DecisionMissing: the run has no complete decision at ``as_of`` (its decide step did
+            not finish, or its work tables were removed), or its decision does not cover the
+            table; the message names the table and the run.
+    """
+    run = load_run(spark, config, run_id, as_of=as_of, names=[name])
+    where = f"{run_dir(config, run_id)} (as_of {iso(as_of)})"
+    if run is None:
+        raise DecisionMissing(
+            f"dataset {name}: purge run {run_id} has no decision at {where}: its decide step "
+            "did not finish or its work tables were removed; a purge task never decides on "
+            "its own, run the decide step of the run again"
+        )
+    if name in run.failed:
+        raise run.failed[name]
+    if name not in run.tables:
+        raise DecisionMissing(
+            f"dataset {name}: purge run {run_id} did not decide this table ({where}); a "
+            "purge task never decides on its own, run the decide step of the run again"
         )
     return run
 
@@ -1071,6 +1146,23 @@ def load_run(
 def discard_run(config: Config, run_id: str) -> None:
     """Remove a run's work tables (call once every table of the run is purged)."""
     shutil.rmtree(run_dir(config, run_id), ignore_errors=True)
+
+
+def discard_other_runs(config: Config, run_id: str) -> int:
+    """Remove the work tables of every run but ``run_id`` (left by runs killed before they
+    discarded their own); returns how many runs' directories were removed.
+
+    Only safe where no other run can still be using its work tables: the nightly purge DAG's
+    decide step (the DAG has ``max_active_runs=1``; nothing else materialises decisions).
+    """
+    root = config.state_dir / "purge_runs"
+    keep = run_dir(config, run_id).name
+    removed = 0
+    for entry in sorted(root.iterdir()) if root.is_dir() else ():
+        if entry.name != keep:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def plan_purge(
@@ -1098,7 +1190,8 @@ def plan_purge(
         run_id: Materialise the decisions for this run.
 
     Tables that cannot be planned are in the plan's ``failed`` (name → message), not in its
-    ``datasets`` nor in the work tables (their ``purge_dataset`` fails on its own).
+    ``datasets``; the work tables record them too, so that their purge task fails with that
+    message (:func:`load_decision`).
     """
     instant = as_of or now_utc()
     custom = dict(deciders or {})
@@ -1128,7 +1221,7 @@ def plan_purge(
                 out[name] = plan
             else:
                 out[name] = run.tables[name].plan
-        if run_id is not None and (run.tables or run.consent is not None):
+        if run_id is not None:
             materialise(spark, config, run, run_id)
     finally:
         run.release()
@@ -1535,10 +1628,13 @@ def purge_dataset(
     """Purge one configured dataset or registered snapshot (the Airflow mapped task's body).
 
     Where the decisions come from, cheapest first: ``run`` (the caller decided the whole run
-    in this process), the run's work tables (:func:`plan_purge` with this ``run_id`` and
-    ``as_of`` materialised them, possibly in another process), else this table is decided
-    here on its own. Either way consent is evaluated at most once, and conflicts re-locate
-    rows instead of deciding again.
+    in this process, as :func:`run_purge` does, or loaded it with :func:`load_decision`, as
+    the nightly DAG's task does), the run's work tables (:func:`plan_purge` with this
+    ``run_id`` and ``as_of`` materialised them, possibly in another process; a table they
+    record as not decided raises that failure), else this table is decided here on its own
+    (a caller that must never decide here, such as the DAG's task, passes ``run``). Either
+    way consent is evaluated at most once, and conflicts re-locate rows instead of deciding
+    again.
 
     Args:
         spark: Session.
@@ -1549,12 +1645,13 @@ def purge_dataset(
         dry_run: Plan only; write nothing (not even recovery entries).
         max_retries: Re-plans allowed after conflicting concurrent commits.
         decide: Override the consent decider (tests and tools).
-        run: This run's decisions, from :func:`decide_run`.
+        run: This run's decisions, from :func:`decide_run` or :func:`load_decision`.
 
     Raises:
         ConsentgateError: unknown dataset name; the table cannot be opened (``TableError``).
         ConflictError: the table kept conflicting with concurrent writers.
         TableFailure: the table's rows could not be read or decided (a corrupt data file).
+        DecideFailed: the run's work tables record that this table could not be decided.
     """
     instant = as_of or now_utc()
     with spark_work(spark, "rewrite") as ran:
@@ -1571,6 +1668,8 @@ def purge_dataset(
                 raise run.failed[name]
             if run is None or name not in run.tables:
                 run = load_run(spark, config, run_id, as_of=instant) if run_id else None
+                if run is not None and name in run.failed:
+                    raise run.failed[name]
             if run is None or name not in run.tables:
                 run = own = decide_run(spark, config, as_of=instant, names=[name])
                 if name in own.failed:
