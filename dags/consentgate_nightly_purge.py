@@ -9,17 +9,24 @@ proves it in the audit log.
 | task | does |
 |---|---|
 | `validate` | finds the config (Variable `consentgate_conf` or env `CONSENTGATE_CONF`), checks it and every input table's schema from the Delta logs; fixes the run's instant and id |
-| `evaluate` | effective consent per asset for every use case a dataset has (decision tables under `_consentgate/evaluations/`) |
-| `plan` | the tables to visit: configured datasets plus registered snapshots (the plan's summary is kept as XCom `plan`) |
-| `purge_dataset` | one mapped instance per table, so a failing table is visible and retryable alone; emits an Asset event for each table it changed |
+| `decide` | decides consent **once for the run**: effective consent for every use case, lineage for every table, and per table the rows to remove, kept as the run's work tables (digests only, under `_consentgate/purge_runs/<run id>/`); returns the tables to visit, configured datasets then registered snapshots (the plan's summary is kept as XCom `plan`) |
+| `purge_dataset` | one mapped instance per table, so a failing table is visible and retryable alone; loads its table's decision from `decide` (never decides again: no decision fails the task, naming the table and the run); emits an Asset event for each table it changed |
 | `erase_and_verify` | physical erasure after the window (Delta VACUUM) and its verification, each table on its own, for every table whose purge succeeded |
-| `audit_summary` | records the run's totals in the hash-chained audit log (naming the tables that failed) and checks the chain; fails the run when a table failed |
+| `audit_summary` | records the run's totals in the hash-chained audit log (naming the tables that failed) and checks the chain, then removes the run's work tables; fails the run when a table failed |
 
 **Failures are per table**: `erase_and_verify` and `audit_summary` run whatever the mapped
 `purge_dataset` instances' outcome (trigger rule `all_done`): one bad table (missing, corrupt
 data file, a snapshot of a use case no longer configured is *not* one: its rows are all
 removed as `use_case_not_configured`) never stops the others from being purged, erased and
-audited, and the run still ends failed, naming it.
+audited, and the run still ends failed, naming it. A table `decide` could not decide is
+still a target: its own `purge_dataset` instance fails with `decide`'s message, without
+retries (a retry would load the same decision).
+
+**Work tables**: `audit_summary` removes the run's whatever the outcome (dry runs too). A
+run killed before it leaves them (digests only); the next run's `decide` removes every
+other run's, which is safe because the DAG has `max_active_runs=1`. To re-run a table of a
+finished run, clear the run from `decide`, not the `purge_dataset` instance alone (whose
+decision is gone: it fails saying so); a table already purged commits nothing more.
 
 **Schedule**: env `CONSENTGATE_PURGE_SCHEDULE` (default `0 2 * * *`, UTC), read when the file
 is parsed because a DAG file must not read the config then; `validate` warns when it differs
@@ -28,8 +35,8 @@ from the config's `airflow.purge_schedule`.
 **Params**: `as_of` (ISO-8601, default: run start), `dry_run` (report only), `erase`.
 
 **Execution**: `airflow.mode` in the config: `local` runs each step in the task's process on a
-local SparkSession; `spark-submit` submits `jobs/<step>.py` through the `spark_default`
-connection (`airflow.spark_conn_id`).
+local SparkSession; `spark-submit` submits `jobs/<step>.py` (`decide_purge`, `purge_dataset`,
+`erase`, `audit_summary`) through the `spark_default` connection (`airflow.spark_conn_id`).
 
 Downstream DAGs can schedule on the asset alias `consentgate_purged_datasets` or on a table's
 asset `consentgate/dataset/<name>`.
@@ -84,19 +91,11 @@ def consentgate_nightly_purge() -> None:
             extra={"erase": bool(p.get("erase", True))},
         )
 
-    @task(multiple_outputs=False)
-    def evaluate(run: dict[str, Any]) -> dict[str, Any]:
-        from consentgate import airflow_tasks
-
-        return airflow_tasks.run_step(
-            run, "evaluate", use_cases=run["use_cases"], as_of=run["as_of"]
-        )
-
     @task
-    def plan(run: dict[str, Any], evaluation: dict[str, Any]) -> list[str]:
+    def decide(run: dict[str, Any]) -> list[str]:
         from consentgate import airflow_tasks
 
-        return airflow_tasks.purge_plan(run)
+        return airflow_tasks.purge_decide(run)
 
     @task(
         multiple_outputs=False,
@@ -148,7 +147,7 @@ def consentgate_nightly_purge() -> None:
         return airflow_tasks.record_purge(run, list(purged or ()), erasure, targets)
 
     run = validate()
-    targets = plan(run, evaluate(run))
+    targets = decide(run)
     purged = purge_dataset.partial(run=run).expand(target=targets)
     erasure = erase_and_verify(run, purged)
     audit_summary(run, purged, erasure, targets)

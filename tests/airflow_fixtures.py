@@ -112,16 +112,31 @@ def write_conf(conf_path: Path, name: str, **overrides: Any) -> Path:
 
 @dataclass
 class Runs:
-    """A gate run and then a nightly purge on one lake."""
+    """A gate run and then a nightly purge on one lake.
+
+    ``purge_decisions`` lists, per call of :func:`consentgate.purge.decide_run` during the
+    purge run (the tasks run in this process), the tables it decided (None: every target).
+    """
 
     conf: Path
     gate: Any
     purge: Any
+    purge_decisions: list[list[str] | None]
 
 
 def gate_then_purge(conf: Path) -> Runs:
-    """Gate ``m1`` for generative training, then the nightly purge (which covers the snapshot)."""
+    """Gate ``m1`` for generative training, then the nightly purge (which covers the snapshot),
+    counting the purge run's consent decisions through the real ``decide_run``."""
+    from consentgate import purge as purge_module
     from consentgate.story import run_dag
+
+    decisions: list[list[str] | None] = []
+    real_decide_run = purge_module.decide_run
+
+    def counting_decide_run(*args: Any, **kwargs: Any) -> Any:
+        names = kwargs.get("names")
+        decisions.append(None if names is None else [str(n) for n in names])
+        return real_decide_run(*args, **kwargs)
 
     with conf_env(conf):
         gate = run_dag(
@@ -129,8 +144,10 @@ def gate_then_purge(conf: Path) -> Runs:
             run_conf={"use_case": USE_CASE, "model_version": MODEL_VERSION, "as_of": AS_OF},
             dags_dir=DAGS,
         )
-        purge = run_dag("consentgate_nightly_purge", run_conf={"as_of": AS_OF}, dags_dir=DAGS)
-    return Runs(conf=conf, gate=gate, purge=purge)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(purge_module, "decide_run", counting_decide_run)
+            purge = run_dag("consentgate_nightly_purge", run_conf={"as_of": AS_OF}, dags_dir=DAGS)
+    return Runs(conf=conf, gate=gate, purge=purge, purge_decisions=decisions)
 
 
 @pytest.fixture(scope="session")

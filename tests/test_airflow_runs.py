@@ -81,7 +81,7 @@ def test_nightly_purge_removes_rows_from_datasets_and_snapshots(
     snapshot_names = {f"snapshot/{MODEL_VERSION}/gen_shards", f"snapshot/{MODEL_VERSION}/stems"}
     # one mapped task per configured dataset and per registered snapshot
     assert set(results) == set(config.datasets) | snapshot_names
-    assert purge.results["plan"] == [*config.datasets, *sorted(snapshot_names)]
+    assert purge.results["decide"] == [*config.datasets, *sorted(snapshot_names)]
     for name in config.datasets:
         result = results[name]
         assert result["rows_deleted"] > 0, name  # the demo lake plants withdrawals everywhere
@@ -106,6 +106,37 @@ def test_nightly_purge_removes_rows_from_datasets_and_snapshots(
     entries = audit.events(spark, config, kind="purge")
     assert entries and entries[-1]["run_id"] == summary["run_id"]
     assert audit.verify_chain(spark, config)["ok"] is True
+
+
+def test_nightly_purge_decides_consent_once_and_leaves_no_work_tables(
+    local_runs: Runs,
+) -> None:
+    """Issue #21 item 2: the run's ``decide`` task decides every table in one call of the real
+    ``decide_run`` (counted by the session fixture), each mapped ``purge_dataset`` task only
+    loads its table's decision, and ``audit_summary`` removes the run's work tables."""
+    from consentgate import purge as purge_module
+    from consentgate.config import load_config
+
+    purge = local_runs.purge
+    assert purge.ok, purge.task_states
+    targets = purge.results["decide"]
+    assert len(purge.results["purge_dataset"]) == len(targets) > 1
+    # one decision for the run, covering every table (a task deciding again would add one)
+    assert local_runs.purge_decisions == [targets]
+    plan = purge.results["decide.plan"]
+    assert plan["run_id"] == purge.results["audit_summary"]["run_id"]
+    assert sorted(plan["tables"]) == sorted(targets)
+    results = {r["name"]: r for r in purge.results["purge_dataset"]}
+    for name, table in plan["tables"].items():
+        assert "error" not in table, name
+        # nothing moved between the decision and the purge: the task purged what was decided
+        assert table["rows_deleted"] == results[name]["rows_deleted"], name
+        assert table["reasons"] == results[name]["reasons"], name
+        assert table["version"] == results[name]["version_before"], name
+    config = load_config(local_runs.conf)
+    assert not purge_module.run_dir(config, plan["run_id"]).exists()
+    runs_root = config.state_dir / "purge_runs"
+    assert not runs_root.exists() or list(runs_root.iterdir()) == []
 
 
 def test_gate_admits_exactly_what_the_reference_model_grants(

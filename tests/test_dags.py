@@ -74,14 +74,21 @@ def test_nightly_purge_shape(bag: Any) -> None:
     assert dag.timetable.summary == "0 2 * * *"
     assert set(dag.params.keys()) == {"as_of", "dry_run", "erase"}
     assert dag.max_active_runs == 1
-    assert upstream(dag, "evaluate") == {"validate"}
-    assert upstream(dag, "plan") == {"validate", "evaluate"}
-    assert upstream(dag, "purge_dataset") == {"validate", "plan"}
+    # issue #21: consent is decided once, by `decide`; no evaluate task (nothing read it)
+    assert set(dag.task_ids) == {
+        "validate",
+        "decide",
+        "purge_dataset",
+        "erase_and_verify",
+        "audit_summary",
+    }
+    assert upstream(dag, "decide") == {"validate"}
+    assert upstream(dag, "purge_dataset") == {"validate", "decide"}
     assert upstream(dag, "erase_and_verify") == {"validate", "purge_dataset"}
-    # the plan's targets tell audit_summary which tables have no result (their task failed)
+    # decide's targets tell audit_summary which tables have no result (their task failed)
     assert upstream(dag, "audit_summary") == {
         "validate",
-        "plan",
+        "decide",
         "purge_dataset",
         "erase_and_verify",
     }
@@ -100,7 +107,7 @@ def test_nightly_purge_one_failed_table_stops_no_other(bag: Any) -> None:
 
     assert rule("erase_and_verify") == "all_done"
     assert rule("audit_summary") == "all_done"
-    for task_id in ("validate", "evaluate", "plan", "purge_dataset"):
+    for task_id in ("validate", "decide", "purge_dataset"):
         assert rule(task_id) == "all_success", task_id
     # audit_summary is the only leaf, so its own failure is what fails the run
     assert [t.task_id for t in dag.tasks if not t.downstream_task_ids] == ["audit_summary"]
@@ -223,7 +230,6 @@ def test_whole_flows_are_steps_taking_their_dags_params(bag: Any) -> None:
         return {p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
     assert {"gate", "purge", "backfill"} <= set(airflow_tasks.STEPS)
-    assert not {"gate", "purge", "backfill"} & airflow_tasks.DRIVER_STEPS  # they need Spark
     assert (REPO / "jobs" / "gate.py").is_file() and (REPO / "jobs" / "purge.py").is_file()
     gate = bag.get_dag("consentgate_pretraining_gate")
     assert keywords("gate") == set(gate.params.keys())
@@ -294,7 +300,7 @@ def test_package_zip_is_deterministic_and_complete(
 def test_job_main_reports_bad_input_as_json_exit_2(tmp_path: Path, capsys: Any) -> None:
     result = tmp_path / "result.json"
     code = airflow_tasks.job_main(
-        "evaluate", ["--conf", str(tmp_path / "missing.yaml"), "--result", str(result)]
+        "decide_purge", ["--conf", str(tmp_path / "missing.yaml"), "--result", str(result)]
     )
     assert code == 2
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -325,18 +331,41 @@ def test_purge_schedule_default_and_override(monkeypatch: pytest.MonkeyPatch) ->
     assert airflow_tasks.purge_schedule() == "15 1 * * *"
 
 
-def test_record_purge_fails_the_run_naming_the_failed_table() -> None:
+def test_record_purge_fails_the_run_naming_the_failed_table(tmp_path: Path) -> None:
     """audit_summary is the run's only leaf: it must fail when a table failed (dry run here,
-    so no audit entry is written and no lake is needed)."""
+    so no audit entry is written and no lake is read). Whatever the outcome, it removes the
+    run's work tables (decide's materialised decisions) and no other run's."""
     from airflow.exceptions import AirflowFailException
 
-    run = {"run_id": "purge-x", "as_of": "2026-06-01T00:00:00Z", "dry_run": True}
+    from consentgate import purge
+    from consentgate.config import load_config
+    from tests.test_gate import _spark_free_config
+
+    conf = _spark_free_config(tmp_path / "lake")
+    for table in ("consent_records", "assets", "lineage", "derived/track_embeddings"):
+        (conf.parent / table).mkdir(parents=True)
+    config = load_config(conf)
+
+    def work_tables(run_id: str) -> Path:
+        root = purge.run_dir(config, run_id)
+        (root / "t0000").mkdir(parents=True, exist_ok=True)
+        (root / "plan.json").write_text("{}")
+        return root
+
+    run = {"run_id": "purge-x", "as_of": "2026-06-01T00:00:00Z", "dry_run": True, "conf": conf}
+    other = work_tables("purge-other")
     purged = [{"name": "a", "rows_deleted": 0, "reasons": {}}]
+    mine = work_tables("purge-x")
     with pytest.raises(AirflowFailException, match=r"1 of 2 tables failed: snapshot/m1/b"):
         airflow_tasks.record_purge(run, purged, {"skipped": True}, ["a", "snapshot/m1/b"])
+    assert not mine.exists() and other.exists()
+    mine = work_tables("purge-x")
     assert airflow_tasks.record_purge(run, purged, {"skipped": True}, ["a"])["ok"] is True
-    with pytest.raises(AirflowFailException, match="plan task failed"):
+    assert not mine.exists()
+    mine = work_tables("purge-x")
+    with pytest.raises(AirflowFailException, match="decide task failed"):
         airflow_tasks.record_purge(run, [], {"skipped": True}, None)
+    assert not mine.exists() and other.exists()
 
 
 def test_pretraining_gate_runs_one_at_a_time(bag: Any) -> None:

@@ -483,6 +483,59 @@ def test_one_bad_table_is_named_and_every_other_one_is_purged_and_erased(
     assert audit.verify_chain(spark, config)["ok"]
 
 
+def test_dag_purge_tasks_load_the_runs_decision_and_never_decide_again(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #21 item 2, the nightly DAG's steps without Airflow: ``decide_purge`` decides
+    every table once and materialises the decisions (removing a killed run's leftovers); each
+    ``purge_dataset`` only loads its table's: a table decide could not decide fails with
+    decide's message, a retry loads the same decision, and with no decision the task fails
+    naming the table and the run instead of deciding on its own."""
+    import shutil
+
+    from consentgate import airflow_tasks
+    from consentgate.config import load_config
+    from consentgate.runtime import iso
+
+    config = load_config(_lake_with_moderation(spark, tmp_path / "lake"))
+    shutil.rmtree(config.dataset_path("mod_embeddings"))  # gone after the config was checked
+    killed = purge.run_dir(config, "purge-killed")  # a run killed before its audit_summary
+    (killed / "t0000").mkdir(parents=True)
+    as_of = iso(AS_OF)
+
+    decided = airflow_tasks.step_decide_purge(spark, config, as_of=as_of, run_id="purge-dag")
+
+    assert decided["targets"] == ["track_embeddings", "mod_embeddings"]  # the failed one too
+    tables = decided["plan"]["tables"]
+    assert tables["mod_embeddings"]["error"].startswith("dataset mod_embeddings: ")
+    assert tables["track_embeddings"]["rows_deleted"] == 2
+    assert not killed.exists() and (purge.run_dir(config, "purge-dag") / "plan.json").is_file()
+
+    def no_second_decision(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"a purge task decided again: {kwargs.get('names')}")
+
+    monkeypatch.setattr(purge, "decide_run", no_second_decision)
+
+    def task(name: str) -> dict[str, Any]:
+        return airflow_tasks.step_purge_dataset(
+            spark, config, name=name, as_of=as_of, run_id="purge-dag"
+        )
+
+    good = config.dataset_path("track_embeddings")
+    first = task("track_embeddings")
+    assert first["rows_deleted"] == 2 and _keys(spark, good) == {"e1"}
+    retried = task("track_embeddings")  # the same decision: nothing more to remove
+    assert retried["rows_deleted"] == 0 and retried["commits"] == []
+    with pytest.raises(purge.DecideFailed) as failed:
+        task("mod_embeddings")
+    assert str(failed.value) == tables["mod_embeddings"]["error"]
+    purge.discard_run(config, "purge-dag")
+    with pytest.raises(
+        purge.DecisionMissing, match=r"^dataset track_embeddings: purge run purge-dag has no"
+    ):
+        task("track_embeddings")
+
+
 def test_table_failure_names_the_table_and_file_never_the_path() -> None:
     from consentgate.errors import TableError
 

@@ -5,8 +5,8 @@ few seconds, so no heavy imports and no I/O at top level) and the same job code 
 process on a laptop and on a real Spark cluster. Everything a task does lives here, split in
 two halves:
 
-* **Steps** (:data:`STEPS`) are the units of work, one per DAG task kind: ``evaluate``,
-  ``plan_purge``, ``purge_dataset``, ``erase``, ``audit_summary``, ``gate_prepare``,
+* **Steps** (:data:`STEPS`) are the units of work, one per DAG task kind:
+  ``decide_purge``, ``purge_dataset``, ``erase``, ``audit_summary``, ``gate_prepare``,
   ``gate_snapshot``, ``gate_publish``, ``gate_verify``, ``backfill``; and two whole flows,
   ``gate`` and ``purge`` (below), which no DAG task runs. A step takes a Spark
   session, the validated :class:`~consentgate.config.Config` and JSON arguments, and returns a
@@ -275,60 +275,65 @@ def validate(
 # Steps: run in the task's process (local mode) or in a spark-submit driver
 
 
-def step_evaluate(spark: SparkSession, config: Config, *, use_cases: list[str], as_of: str) -> JSON:
-    """Effective consent for each use case (the ``evaluate`` job), summarised per use case.
+def step_decide_purge(spark: SparkSession, config: Config, *, as_of: str, run_id: str) -> JSON:
+    """The nightly purge's ``decide`` task: decide consent once for the whole run.
 
-    One job for all use cases, not one per use case: the source tables are read once and, in
-    spark-submit mode, the cluster pays one application start instead of several.
-    """
-    from consentgate.evaluate import run_evaluate
+    :func:`consentgate.purge.plan_purge` evaluates consent for every use case and walks
+    lineage once for every configured dataset and registered snapshot, and materialises each
+    table's decision (the rows to remove located in its files, as digests) under
+    :func:`consentgate.purge.run_dir` for the run's mapped ``purge_dataset`` tasks, which only
+    load it (:func:`step_purge_dataset`). The work tables are removed by ``audit_summary``
+    (:func:`record_purge`); those of a run killed before it are removed here, by the next
+    run: every run's directory but this one under ``purge_runs/``, which is safe because the
+    DAG has ``max_active_runs=1`` and nothing else materialises decisions.
 
-    instant = _instant(as_of)
-    return {
-        use_case: jsonable(run_evaluate(spark, config, use_case=use_case, as_of=instant))
-        for use_case in use_cases
-    }
-
-
-def step_plan_purge(spark: SparkSession | None, config: Config, *, as_of: str) -> JSON:
-    """Which tables the purge visits: every configured dataset and registered snapshot.
-
-    Deliberately cheap (config, registry and Delta logs only): each mapped ``purge_dataset``
-    task plans its own table at the table's latest version anyway, because the table may
-    change between this task and that one, so scanning every table here would double the
-    purge's cost for a preview. Rows and versions come from the Delta logs.
-
-    A table whose log cannot be read is still a target (with ``error`` in the plan): its own
-    mapped task fails and names it, while every other table is purged.
+    A table that could not be decided (missing, corrupt data file) is still a target, with
+    ``error`` in the plan: its own mapped task fails with that message, while every other
+    table is purged.
 
     Returns:
-        ``targets`` (the names the mapped task expands over, configured datasets first) and
-        ``plan`` (per table: path, use case, configured or not, Delta version, rows, files).
+        ``targets`` (the names the mapped task expands over, configured datasets first, then
+        snapshots by name) and ``plan`` (``as_of``, ``run_id``, ``rows_deleted`` and per
+        table: path, use case, configured or not, and either the decided Delta version, rows,
+        files, rows and files to remove and reasons, or ``error``). Counts and names only.
     """
-    from consentgate import lake
-    from consentgate.purge import table_failure, target_path, targets
+    from consentgate.purge import discard_other_runs, plan_purge, target_path, targets
 
-    plan: JSON = {"as_of": as_of, "tables": {}}
-    for name, dataset in targets(config).items():
-        path = target_path(config, name, dataset)
-        entry: JSON = {
-            "path": str(path),
-            "use_case": dataset.use_case,
-            "use_case_configured": dataset.use_case in config.use_cases,
-        }
-        try:
-            inventory = lake.table_inventory(path)
-        except Exception as exc:
-            entry["error"] = str(table_failure(name, exc, doing="reading the table's log"))
-            log.warning("purge plan: %s", entry["error"])
-        else:
+    stale = discard_other_runs(config, run_id)
+    if stale:
+        log.info("purge decide: removed the work tables of %d earlier run(s)", stale)
+    decided = plan_purge(spark, config, as_of=_instant(as_of), run_id=run_id)
+    known = targets(config)
+    tables: JSON = {}
+    for name in [*decided.datasets, *decided.failed]:
+        dataset = known.get(name)
+        entry: JSON = {}
+        if dataset is not None:
             entry.update(
-                version=inventory.get("version"),
-                rows=inventory.get("rows"),
-                files=inventory.get("files"),
+                path=str(target_path(config, name, dataset)),
+                use_case=dataset.use_case,
+                use_case_configured=dataset.use_case in config.use_cases,
             )
-        plan["tables"][name] = entry
-    return {"targets": _plan_targets(plan["tables"], config), "plan": jsonable(plan)}
+        if name in decided.failed:
+            entry["error"] = decided.failed[name]
+        else:
+            table = decided.datasets[name]
+            entry.update(
+                version=table.version,
+                rows=table.rows_before,
+                files=table.files_total,
+                rows_deleted=table.rows_removed,
+                files_affected=len(table.files),
+                reasons=dict(sorted(table.reasons.items())),
+            )
+        tables[name] = entry
+    plan: JSON = {
+        "as_of": as_of,
+        "run_id": run_id,
+        "rows_deleted": sum(t.rows_removed for t in decided.datasets.values()),
+        "tables": tables,
+    }
+    return {"targets": _plan_targets(tables, config), "plan": jsonable(plan)}
 
 
 def _plan_targets(tables: Mapping[str, Any], config: Config) -> list[str]:
@@ -346,12 +351,31 @@ def step_purge_dataset(
     run_id: str,
     dry_run: bool = False,
 ) -> JSON:
-    """Purge one dataset or snapshot (the mapped task's body); adds ``name`` and ``path``."""
-    from consentgate.purge import purge_dataset, target_path, targets
+    """Purge one dataset or snapshot (the mapped task's body); adds ``name`` and ``path``.
 
-    result = jsonable(
-        purge_dataset(spark, config, name, as_of=_instant(as_of), run_id=run_id, dry_run=dry_run)
-    )
+    The table's decision is the run's, loaded from the work tables the ``decide`` task
+    materialised (:func:`consentgate.purge.load_decision`): consent is never decided here,
+    and a retried task loads the same decision (a concurrent writer's rows are re-located
+    with it, see :mod:`consentgate.purge`).
+
+    Raises:
+        DecisionMissing: the run has no decision for the table (its ``decide`` task did not
+            finish, or the work tables were removed); names the table and the run.
+        DecideFailed: ``decide`` could not decide the table; its recorded message.
+    """
+    from consentgate.purge import load_decision, purge_dataset, target_path, targets
+
+    instant = _instant(as_of)
+    assert instant is not None  # the run's instant, fixed by validate
+    run = load_decision(spark, config, run_id, name, as_of=instant)
+    try:
+        result = jsonable(
+            purge_dataset(
+                spark, config, name, as_of=instant, run_id=run_id, dry_run=dry_run, run=run
+            )
+        )
+    finally:
+        run.release()
     path = target_path(config, name, targets(config)[name])
     return {"name": name, "path": str(path), **result}
 
@@ -587,8 +611,7 @@ def step_purge(
 
 #: Every step a task can run, by the name ``jobs/<name>.py`` is submitted under.
 STEPS: Final[dict[str, Step]] = {
-    "evaluate": step_evaluate,
-    "plan_purge": step_plan_purge,
+    "decide_purge": step_decide_purge,
     "purge_dataset": step_purge_dataset,
     "erase": step_erase,
     "audit_summary": step_audit_summary,
@@ -604,17 +627,11 @@ STEPS: Final[dict[str, Step]] = {
 }
 
 
-#: Steps that read only configs and Delta logs (no Spark): they run in the task's process in
-#: every mode, since a spark-submit would cost an application start to read a few small files.
-DRIVER_STEPS: Final = frozenset({"plan_purge"})
-
-
 def run_step_here(step: str, config: Config, args: Mapping[str, Any]) -> JSON:
-    """Run a step in this process on the session the config asks for (none for driver steps)."""
+    """Run a step in this process on the session the config asks for."""
     if step not in STEPS:
         raise ConsentgateError(f"step: unknown step {step!r} (known: {', '.join(STEPS)})")
-    spark = None if step in DRIVER_STEPS else _spark(config)
-    result = STEPS[step](spark, config, **dict(args))
+    result = STEPS[step](_spark(config), config, **dict(args))
     return jsonable(result)  # type: ignore[no-any-return]
 
 
@@ -941,7 +958,7 @@ def run_step(run: Mapping[str, Any], step: str, /, **args: Any) -> JSON:
 
     try:
         config = load_config(run["conf"])
-        if config.airflow.mode == "spark-submit" and step not in DRIVER_STEPS:
+        if config.airflow.mode == "spark-submit":
             return submit_step(step, config, args, get_current_context())
         return run_step_here(step, config, args)
     except ConsentgateError as exc:
@@ -981,14 +998,15 @@ def _push_xcom(key: str, value: Any) -> None:
     get_current_context()["ti"].xcom_push(key=key, value=value)
 
 
-def purge_plan(run: Mapping[str, Any]) -> list[str]:
-    """The purge's ``plan`` task: the tables to visit, as the list the mapped task expands.
+def purge_decide(run: Mapping[str, Any]) -> list[str]:
+    """The purge's ``decide`` task (:func:`step_decide_purge`): the run's decisions, once, for
+    every table, and the tables to visit as the list the mapped task expands.
 
     The plan's summary is pushed as XCom ``plan`` (Airflow cannot map over a dict's key).
     """
-    plan = run_step(run, "plan_purge", as_of=run["as_of"])
-    _push_xcom("plan", plan.get("plan"))
-    return [str(name) for name in plan["targets"]]
+    decided = run_step(run, "decide_purge", as_of=run["as_of"], run_id=run["run_id"])
+    _push_xcom("plan", decided.get("plan"))
+    return [str(name) for name in decided["targets"]]
 
 
 def gate_prepare(run: Mapping[str, Any]) -> list[str]:
@@ -1215,18 +1233,44 @@ def record_purge(
     table failed or the erasure did not verify, naming the failed tables, without retries: a
     retry would append the entry again.
 
+    Whatever the outcome (dry runs and failed runs too), it then removes the run's work
+    tables (the decisions ``decide`` materialised, :func:`consentgate.purge.discard_run`):
+    every ``purge_dataset`` task of the run has finished. A task cleared and re-run after
+    that finds no decision and fails saying so: clear the run from ``decide`` instead (a
+    table already purged commits nothing more). The work tables of a run killed before this
+    task are removed by the next run's ``decide`` (:func:`step_decide_purge`); until then they
+    hold digests only, never a raw id.
+
     Args:
         run: The run context (None when ``validate`` failed: nothing ran).
         purged: The results of the ``purge_dataset`` instances that succeeded.
         erasure: The ``erase_and_verify`` result (None when that task failed).
-        targets: The ``plan`` task's tables (None when it failed: nothing was purged).
+        targets: The ``decide`` task's tables (None when it failed: nothing was purged).
     """
     from consentgate.errors import CheckFailed
+    from consentgate.purge import discard_run
 
     if run is None:
         raise _fail_fast(CheckFailed("validate failed: nothing was purged"))
+    try:
+        return _record_purge(run, purged, erasure, targets)
+    finally:
+        try:
+            discard_run(load_config(run["conf"]), str(run["run_id"]))
+        except ConsentgateError as exc:  # the config went away: the next decide removes them
+            log.warning("purge run %s: work tables not removed: %s", run["run_id"], exc)
+
+
+def _record_purge(
+    run: Mapping[str, Any],
+    purged: Sequence[Mapping[str, Any]] | None,
+    erasure: Mapping[str, Any] | None,
+    targets: Sequence[str] | None,
+) -> JSON:
+    from consentgate.errors import CheckFailed
+
     if targets is None:
-        raise _fail_fast(CheckFailed("the plan task failed: no table was purged"))
+        raise _fail_fast(CheckFailed("the decide task failed: no table was purged"))
     summary = purge_summary(run, list(purged or ()), erasure, targets)
     if not run.get("dry_run"):
         summary["audit"] = run_step(
