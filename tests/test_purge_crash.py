@@ -3,9 +3,10 @@ its own SparkSession) after recording its keys but before its MERGE commits, and
 commit but before the audit entry. A rerun must leave the table exactly as an uninterrupted
 run, erase what a killed writer left on disk, and the audit log must say what happened.
 
-The same two crash points with the production plan (the run's decision materialised by
-``plan_purge``, as the DAG does, and the retried task purging from it) are killed in process by
-purge's test hook (:class:`Killed`): seconds instead of a JVM per crash.
+The same two crash points with the production plan (the nightly DAG's steps: the run's
+decision materialised once by ``decide_purge``, and the table's ``purge_dataset`` task, retried,
+loading it) are killed in process by purge's test hook (:class:`Killed`): seconds instead of a
+JVM per crash.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -26,6 +28,7 @@ from pyspark.sql import SparkSession
 
 from consentgate import audit, erasure, lake, purge
 from consentgate.config import Config, load_config
+from consentgate.runtime import iso
 from tests.test_purge import AS_OF, build, decide, expected_after
 from tests.test_purge_concurrency import EMB, append_rows, embedding_ids, small_lake_config
 
@@ -183,15 +186,27 @@ def kill(name: str) -> None:
     raise Killed(name)
 
 
+def dag_task(spark: SparkSession, config: Config) -> dict[str, Any]:
+    """The nightly DAG's mapped ``purge_dataset`` task for the table: it loads the run's
+    decision, never deciding on its own."""
+    from consentgate import airflow_tasks
+
+    return airflow_tasks.step_purge_dataset(
+        spark, config, name=EMB, as_of=iso(AS_OF), run_id="purge-nightly"
+    )
+
+
 def killed_task(
     spark: SparkSession, config: Config, monkeypatch: pytest.MonkeyPatch, point: str
 ) -> None:
-    """The DAG's way: the run is decided and materialised once (``plan_purge``), then the
-    table's task purges from that plan and is killed at ``point``."""
-    purge.plan_purge(spark, config, as_of=AS_OF, run_id="purge-nightly")
+    """The DAG's way: the run is decided and materialised once (the ``decide`` task's step),
+    then the table's task purges from that decision and is killed at ``point``."""
+    from consentgate import airflow_tasks
+
+    airflow_tasks.step_decide_purge(spark, config, as_of=iso(AS_OF), run_id="purge-nightly")
     monkeypatch.setitem(purge._TEST_HOOKS, point, kill)
     with pytest.raises(Killed):
-        purge.purge_dataset(spark, config, EMB, as_of=AS_OF, run_id="purge-nightly")
+        dag_task(spark, config)
     monkeypatch.delitem(purge._TEST_HOOKS, point)
 
 
@@ -209,7 +224,7 @@ def test_production_plan_killed_before_commit_then_the_retried_task_converges(
     assert embedding_ids(spark, path) == ["e1", "e2", "e3"]
     append_rows(spark, path, [("e4", "a2"), ("e5", "a1")])
 
-    result = purge.purge_dataset(spark, config, EMB, as_of=AS_OF, run_id="purge-nightly")
+    result = dag_task(spark, config)
 
     assert embedding_ids(spark, path) == ["e1", "e5"]
     assert result["rows_deleted"] == 3 and result["commits"] == [2]
@@ -235,7 +250,7 @@ def test_production_plan_killed_after_commit_then_the_retried_task_commits_nothi
     assert audit.events(spark, config, kind="purge") == []
     assert embedding_ids(spark, path) == ["e1"]
 
-    result = purge.purge_dataset(spark, config, EMB, as_of=AS_OF, run_id="purge-nightly")
+    result = dag_task(spark, config)
 
     assert result["rows_deleted"] == 0 and result["commits"] == [] and result["recovered"] == 1
     assert lake.table_version(path) == 1
