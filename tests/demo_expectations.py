@@ -7,8 +7,8 @@ documentation (``consentgate/demo.py``); consent is decided by the pure-Python r
 (``tests/consent_model.py``); a row's source assets are found by walking the lineage table's
 edges in plain Python. Spark only reads the tables' raw rows (plain ``format("delta")``).
 
-Only for small lakes (the 80-asset ``pristine_lake``, the gate tests' 120-asset lake): the
-inputs are collected to the driver. Results are compared in Spark (counts and anti-joins both
+Only for small lakes (the 80-asset ``pristine_lake`` that the Airflow, gate, backfill and erasure
+tests copy): the inputs are collected to the driver. Results are compared in Spark (counts and anti-joins both
 ways); a failure names a few differing rows.
 """
 

@@ -1,8 +1,8 @@
 """End to end on a small demo lake: two gate runs around a revocation, then every check.
 
-One lake is built per module (Spark is shared by several engineers on two cores): gate ``m1``
-at the demo's "now", revoke one asset that ``m1`` used, gate ``m2`` two days later. Tamper tests
-work on copies of that lake, so they never disturb each other or the happy path.
+One lake per module, a copy of the run's shared 80-asset demo lake (built once per test run):
+gate ``m1`` at the demo's "now", revoke one asset that ``m1`` used, gate ``m2`` two days later.
+Tamper tests work on copies of that lake, so they never disturb each other or the happy path.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 
 from consentgate import gate, lake, registry
 from consentgate.config import Config, load_config
-from consentgate.demo import DEMO_NOW, POLICY_AFTER, init_demo
+from consentgate.demo import DEMO_NOW, POLICY_AFTER
 from consentgate.errors import (
     AsOfRefused,
     CheckFailed,
@@ -35,6 +35,7 @@ from consentgate.errors import (
 )
 from consentgate.manifest import load_manifest, verify_manifest
 from consentgate.proofs import prove, verify_proof
+from tests.airflow_fixtures import copy_lake
 from tests.demo_expectations import DEMO_TABLES, check_gate_run, read, read_inputs
 from tests.lakes import copy_small_lake, write_small_lake
 
@@ -81,10 +82,13 @@ def _revoke(spark: SparkSession, config: Config, asset_id: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def gated(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gated]:
+def gated(
+    spark: SparkSession, pristine_lake: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gated]:
+    """A copy of the run's 80-asset demo lake (``tests/airflow_fixtures.pristine_lake``, built
+    once per test run), gated twice around a revocation."""
     root = tmp_path_factory.mktemp("gate") / "lake"
-    summary = init_demo(spark, root, assets=120, seed=11)
-    config = load_config(summary.conf_path)
+    config = load_config(copy_lake(pristine_lake, root))
     first = gate.run_gate(
         spark, config, use_case=USE_CASE, model_version="m1", datasets=DATASETS, as_of=DEMO_NOW
     )
