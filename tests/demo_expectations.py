@@ -8,8 +8,8 @@ documentation (``consentgate/demo.py``); consent is decided by the pure-Python r
 edges in plain Python. Spark only reads the tables' raw rows (plain ``format("delta")``).
 
 Only for small lakes (the 80-asset ``pristine_lake`` that the Airflow, gate, backfill and erasure
-tests copy): the inputs are collected to the driver. Results are compared in Spark (counts and anti-joins both
-ways); a failure names a few differing rows.
+tests copy): the inputs are collected to the driver. Results are compared in Spark (counts and
+anti-joins both ways); a failure names a few differing rows.
 """
 
 from __future__ import annotations
