@@ -308,6 +308,24 @@ def test_spark_root_equals_python_root(
         assert (root, count) == (python_root(entries), n), f"n={n}"
 
 
+def test_known_leaves_changes_the_work_never_the_root(spark: SparkSession) -> None:
+    """With ``known_leaves`` a tree of at most one chunk is reduced on the driver from one
+    sorted take; a count that is wrong (too small, too large, absent) never changes the root:
+    more leaves than one chunk fall back to the chunked path."""
+    entries = [(f"key-{(i * 7919) % 1009:05d}", f"v{i}".encode()) for i in range(9)]
+    entries += [("key-00007", b"dup-a"), ("key-00007", b"dup-b")]  # ties ordered by leaf hash
+    df = leaf_frame(spark, entries)
+    expected = (python_root(entries), len(entries))
+    for chunk_log2, known in ((4, 11), (4, 0), (4, 16), (2, 11), (2, 3), (4, None)):
+        root = merkle.spark_merkle_root(
+            df, key_col="k", leaf_hash_col="h", chunk_log2=chunk_log2, known_leaves=known
+        )
+        assert root == expected, (chunk_log2, known)
+    assert merkle.spark_merkle_root(
+        leaf_frame(spark, []), key_col="k", leaf_hash_col="h", known_leaves=0
+    ) == (merkle.EMPTY_ROOT.hex(), 0)
+
+
 def test_spark_root_with_duplicate_keys_is_deterministic(spark: SparkSession) -> None:
     entries = [(f"k{i % 3}", f"v{i}".encode()) for i in range(13)]
     df = leaf_frame(spark, entries)

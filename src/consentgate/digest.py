@@ -199,19 +199,31 @@ def leaf_hash_column(schema: StructType) -> Column:
     return F.unhex(F.sha2(F.concat(F.lit(b"\x00"), row_encoding_column(schema)), 256))
 
 
-def content_merkle_root(df: DataFrame, *, chunk_log2: int = 16) -> tuple[str, int]:
+def content_merkle_root(
+    df: DataFrame, *, chunk_log2: int = 16, known_rows: int | None = None
+) -> tuple[str, int]:
     """Content Merkle root of a snapshot: leaf per row, leaves ordered by leaf hash.
 
     Ordering by leaf hash (not a dataset key) makes the root independent of how the snapshot's
     files happen to be split and ordered, works for any key type and for duplicate rows, and lets
     the Spark-free verifier reproduce it without knowing the key.
 
+    Args:
+        df: The rows.
+        chunk_log2: See :func:`consentgate.merkle.spark_merkle_root`.
+        known_rows: The row count when the Delta log gives it (only the work split depends on
+            it: :func:`consentgate.merkle.spark_merkle_root`'s ``known_leaves``).
+
     Returns:
-        ``(root_hex, row_count)``.
+        ``(root_hex, row_count)``, the count as hashed.
     """
     leaves = df.select(leaf_hash_column(df.schema).alias("leaf_hash"))
     return merkle.spark_merkle_root(
-        leaves, key_col="leaf_hash", leaf_hash_col="leaf_hash", chunk_log2=chunk_log2
+        leaves,
+        key_col="leaf_hash",
+        leaf_hash_col="leaf_hash",
+        chunk_log2=chunk_log2,
+        known_leaves=known_rows,
     )
 
 
@@ -277,13 +289,17 @@ def allowlist_leaf_column(df: DataFrame) -> Column:
     return F.unhex(F.concat(allowlist_key_column(df), F.sha2(entry, 256)))
 
 
-def allowlist_merkle_root(df: DataFrame, *, chunk_log2: int = 16) -> tuple[str, int]:
+def allowlist_merkle_root(
+    df: DataFrame, *, chunk_log2: int = 16, known_assets: int | None = None
+) -> tuple[str, int]:
     """Allowlist Merkle root (scheme ``verifier.ALLOWLIST_SCHEME``): one leaf per granted asset.
 
     Leaves are :func:`allowlist_leaf_column`, ordered by :func:`allowlist_key_column`.
+    ``known_assets`` (the row count the Delta log gives) only chooses the work split, as
+    :func:`consentgate.merkle.spark_merkle_root`'s ``known_leaves``.
 
     Returns:
-        ``(root_hex, asset_count)``.
+        ``(root_hex, asset_count)``, the count as hashed.
     """
     from pyspark.sql import functions as F
 
@@ -292,7 +308,9 @@ def allowlist_merkle_root(df: DataFrame, *, chunk_log2: int = 16) -> tuple[str, 
         allowlist_key_column(frame).alias("key"),
         F.unhex(F.sha2(F.concat(F.lit(b"\x00"), allowlist_leaf_column(frame)), 256)).alias("h"),
     )
-    return merkle.spark_merkle_root(leaves, key_col="key", leaf_hash_col="h", chunk_log2=chunk_log2)
+    return merkle.spark_merkle_root(
+        leaves, key_col="key", leaf_hash_col="h", chunk_log2=chunk_log2, known_leaves=known_assets
+    )
 
 
 def allowlist_proof(df: DataFrame, asset_id: str, *, chunk_log2: int = 16) -> dict[str, Any]:

@@ -491,7 +491,7 @@ def prepare_gate(
                 reasons[reason] = reasons.get(reason, 0) + n
         with spark_work(spark, "hash") as ran:
             stored_allow = lake.read_table(spark, allow, version=allow_version)
-            root, leaves = digest.allowlist_merkle_root(stored_allow)
+            root, leaves = digest.allowlist_merkle_root(stored_allow, known_assets=count)
         step(log, "hash", table="allowlist", run_id=run_id, rows=leaves, work=ran)
         if leaves != count:
             raise CheckFailed(f"allowlist {allow}: {leaves} leaves hashed, log says {count}")

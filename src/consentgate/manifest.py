@@ -226,7 +226,8 @@ def describe_snapshot(spark: SparkSession, path: Path, version: int) -> dict[str
     rels = sorted(files.column("path").to_pylist()) if files.num_rows else []
     digests = hash_files(spark, [(rel, path / rel) for rel in rels])
     frame = lake.read_table(spark, path, version=version)
-    root, rows = digest.content_merkle_root(frame)
+    logged = int(sum(files.column("rows").to_pylist())) if files.num_rows else 0
+    root, rows = digest.content_merkle_root(frame, known_rows=logged)
     file_entries = []
     for rel in rels:
         exists, size, sha = digests[rel]
