@@ -348,7 +348,7 @@ def test_record_purge_fails_the_run_naming_the_failed_table(tmp_path: Path) -> N
 
     def work_tables(run_id: str) -> Path:
         root = purge.run_dir(config, run_id)
-        (root / "t0000").mkdir(parents=True, exist_ok=True)
+        (root / "located").mkdir(parents=True, exist_ok=True)
         (root / "plan.json").write_text("{}")
         return root
 

@@ -299,7 +299,7 @@ def test_materialised_plan_is_what_a_task_in_another_process_purges_with(
     root = purge.run_dir(config, "purge-airflow")
     assert (root / "plan.json").is_file()
     # Work tables hold digests only: no raw asset id or key is at rest under purge_runs/.
-    for table in ("consent", "t0000"):
+    for table in ("consent", "located"):
         for row in lake.read_table(spark, root / table).collect():
             digest = row["asset_id"] if table == "consent" else row["key_sha256"]
             assert len(digest) == 64 and set(digest) <= set("0123456789abcdef")
@@ -326,6 +326,78 @@ def test_materialised_plan_is_what_a_task_in_another_process_purges_with(
     # Another as_of is another run: its plan is not reused.
     assert purge.load_run(spark, config, "purge-airflow", as_of=AS_OF + dt.timedelta(1)) is None
     purge.discard_run(config, "purge-airflow")
+    assert not root.exists()
+
+
+def test_every_table_loads_its_own_decision_from_the_runs_one_work_table(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """A run's located rows are materialised as one work table (one write, one commit naming
+    the run only); each table's loaded decision is exactly what ``decide_run`` decided for it
+    in process (same located rows, plan and decided files), and loading one table never
+    returns another table's rows (a snapshot shares its dataset's keys, not its files)."""
+    from consentgate.config import load_config
+    from consentgate.gate import run_gate
+
+    config = load_config(_lake_with_moderation(spark, tmp_path / "lake"))
+    for use_case, model in (("recommendation", "m1"), ("moderation", "m2")):
+        run_gate(spark, config, use_case=use_case, model_version=model, as_of=AS_OF)
+    _late_revocation_of_a1(spark, config)  # e1 now goes, from the dataset and its snapshot
+
+    run = purge.decide_run(spark, config, as_of=AS_OF)
+    try:
+        decided = {
+            name: (d.plan, d.covered, sorted(tuple(r) for r in d.located.collect()))
+            for name, d in run.tables.items()
+        }
+        purge.materialise(spark, config, run, "purge-shared")
+    finally:
+        run.release()
+
+    assert sorted(decided) == [
+        "mod_embeddings",
+        "snapshot/m1/track_embeddings",
+        "snapshot/m2/mod_embeddings",
+        "track_embeddings",
+    ]
+    assert not decided["snapshot/m2/mod_embeddings"][2]  # a table with nothing to remove
+    assert len([name for name, (_, _, rows) in decided.items() if rows]) == 3
+    root = purge.run_dir(config, "purge-shared")
+    assert sorted(p.name for p in root.iterdir()) == ["consent", "located", "plan.json"]
+    (commit,) = lake.history(root / "located")  # every table's rows in one write
+    assert commit["consentgate.run"] == "purge-shared" and "consentgate.dataset" not in commit
+    state = json.loads((root / "plan.json").read_text())
+    ids = {name: entry["table_id"] for name, entry in state["tables"].items()}
+    assert sorted(ids) == sorted(decided) and len(set(ids.values())) == len(ids)
+    stored = lake.read_table(spark, root / "located").collect()
+    assert {r["table_id"] for r in stored} == {
+        ids[n] for n, (_, _, rows) in decided.items() if rows
+    }
+    assert len(stored) == sum(len(rows) for _, _, rows in decided.values())
+
+    for name, (plan, covered, rows) in decided.items():
+        loaded = purge.load_decision(spark, config, "purge-shared", name, as_of=AS_OF)
+        assert set(loaded.tables) == {name} and not loaded.failed
+        one = loaded.tables[name]
+        assert sorted(tuple(r) for r in one.located.collect()) == rows, name
+        assert one.plan == plan and one.covered == covered, name
+        assert sorted(one.located.columns) == sorted(purge.LOCATED_COLUMNS)
+    # The snapshot of track_embeddings removes e1 too (same key digest), from its own files.
+    key = {r[0] for r in decided["track_embeddings"][2]} & {
+        r[0] for r in decided["snapshot/m1/track_embeddings"][2]
+    }
+    assert len(key) == 1
+    whole = purge.load_run(spark, config, "purge-shared", as_of=AS_OF)
+    assert whole is not None and sorted(whole.tables) == sorted(decided)
+    # A plan in another format (one work table per table, before) is never guessed at.
+    del state["format"]
+    (root / "plan.json").write_text(json.dumps(state))
+    with pytest.raises(
+        purge.DecisionMissing,
+        match=r"^dataset mod_embeddings: purge run purge-shared: .* another format",
+    ):
+        purge.load_decision(spark, config, "purge-shared", "mod_embeddings", as_of=AS_OF)
+    purge.discard_run(config, "purge-shared")
     assert not root.exists()
 
 
@@ -500,7 +572,7 @@ def test_dag_purge_tasks_load_the_runs_decision_and_never_decide_again(
     config = load_config(_lake_with_moderation(spark, tmp_path / "lake"))
     shutil.rmtree(config.dataset_path("mod_embeddings"))  # gone after the config was checked
     killed = purge.run_dir(config, "purge-killed")  # a run killed before its audit_summary
-    (killed / "t0000").mkdir(parents=True)
+    (killed / "located").mkdir(parents=True)
     as_of = iso(AS_OF)
 
     decided = airflow_tasks.step_decide_purge(spark, config, as_of=as_of, run_id="purge-dag")

@@ -1188,10 +1188,14 @@ def load_decision(
         DecideFailed: the run's decide step recorded that it could not decide this table
             (the recorded message names the table and why).
         DecisionMissing: the run has no complete decision at ``as_of`` (its decide step did
-            not finish, or its work tables were removed), or its decision does not cover the
-            table; the message names the table and the run.
+            not finish, or its work tables were removed, or were written in another format),
+            or its decision does not cover the table; the message names the table and the
+            run.
     """
-    run = load_run(spark, config, run_id, as_of=as_of, names=[name])
+    try:
+        run = load_run(spark, config, run_id, as_of=as_of, names=[name])
+    except DecisionMissing as exc:
+        raise DecisionMissing(f"dataset {name}: {exc}") from None
     where = f"{run_dir(config, run_id)} (as_of {iso(as_of)})"
     if run is None:
         raise DecisionMissing(
