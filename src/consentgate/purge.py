@@ -1021,9 +1021,10 @@ def materialise(spark: SparkSession, config: Config, run: RunDecisions, run_id: 
     ``consent`` holds the run's effective consent; ``located`` holds every decided table's
     rows to remove (:data:`LOCATED_COLUMNS`) with :data:`WORK_ID`, the table's id in the run
     (``plan.json`` maps names to ids): one write for the whole run however many tables it
-    decides (a write per table cost a commit and two Spark jobs each). Its files are few (one per
-    :data:`_WORK_ROWS_PER_FILE` removed rows), sorted by id, with Delta statistics on the id
-    alone (an integer, never a raw id), so a task reading its table's rows skips the others'.
+    decides (a write per table cost a commit and two Spark jobs each). Its files are few
+    (one per :data:`_WORK_ROWS_PER_FILE` removed rows), sorted by id, with Delta statistics
+    on the id alone (an integer, never a raw id), so a task reading its table's rows skips
+    the others'.
     Its commit metadata names the run only; table names are in ``plan.json``.
 
     Only digests are written: removed keys as ``key_digest`` and consent's asset ids as
