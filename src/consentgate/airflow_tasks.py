@@ -364,9 +364,9 @@ def step_purge_dataset(
         DecideFailed: ``decide`` could not decide the table; its recorded message.
     """
     from consentgate.purge import load_decision, purge_dataset, target_path, targets
+    from consentgate.runtime import parse_instant
 
-    instant = _instant(as_of)
-    assert instant is not None  # the run's instant, fixed by validate
+    instant = parse_instant(as_of, name="as_of")  # the run's instant, fixed by validate
     run = load_decision(spark, config, run_id, name, as_of=instant)
     try:
         result = jsonable(

@@ -459,8 +459,8 @@ def spark_merkle_root(
             sorted leaf hashes (at most ``32 * 2**chunk_log2`` bytes, what one executor task
             holds anyway) are taken in one job (a top-``C + 1`` sort, no sampling, no counting
             job, no Python worker) and reduced here; if more leaves turn up than one chunk
-            holds, the chunked path runs as without it. Measured on a one-row snapshot: about 1
-            s and 5 jobs for the chunked path against 0.1 s and 1 job.
+            holds, the chunked path runs as without it. Measured on the three-asset test
+            lake's gate: its hash steps ran 5 -> 3 jobs (allowlist) and 6 -> 4 (snapshot).
 
     Returns:
         ``(root_hex, leaf_count)``; the empty tree gives ``(sha256("").hex(), 0)``.
