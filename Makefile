@@ -66,11 +66,16 @@ test-cluster: java $(JARS_STAMP) $(STAMP)
 demo: java $(JARS_STAMP) $(STAMP)
 	$(VENV)/bin/consentgate demo
 
+# The DAGs' Spark tasks run in the pool consentgate_spark (one slot: one local JVM at a time,
+# see consentgate.airflow_tasks.spark_pool); it is created before the scheduler starts.
+AIRFLOW_ENV = PATH=$(CURDIR)/$(VENV)/bin:$$PATH CONSENTGATE_CONF=$(CURDIR)/lake/consentgate.yaml \
+	AIRFLOW_HOME=$(CURDIR)/.airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__API__HOST=127.0.0.1
 airflow: java $(JARS_STAMP) $(STAMP)
 	@test -f lake/consentgate.yaml || $(VENV)/bin/consentgate init-demo --lake lake
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH CONSENTGATE_CONF=$(CURDIR)/lake/consentgate.yaml \
-	AIRFLOW_HOME=$(CURDIR)/.airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
-	  AIRFLOW__API__HOST=127.0.0.1 $(VENV)/bin/airflow standalone
+	$(AIRFLOW_ENV) $(VENV)/bin/airflow db migrate
+	$(AIRFLOW_ENV) $(VENV)/bin/airflow pools set consentgate_spark 1 "consentgate: one Spark JVM at a time"
+	$(AIRFLOW_ENV) $(VENV)/bin/airflow standalone
 
 bench: java $(JARS_STAMP) $(STAMP)
 	$(PY) bench/run.py $(BENCH_ARGS)

@@ -38,6 +38,12 @@ from the config's `airflow.purge_schedule`.
 local SparkSession; `spark-submit` submits `jobs/<step>.py` (`decide_purge`, `purge_dataset`,
 `erase`, `audit_summary`) through the `spark_default` connection (`airflow.spark_conn_id`).
 
+**One JVM at a time**: the tasks that start Spark (`decide`, `purge_dataset`, `erase_and_verify`, `audit_summary`) run in the Airflow
+pool `consentgate_spark` (env `CONSENTGATE_SPARK_POOL`, read when the file is parsed),
+which must exist: `airflow pools set consentgate_spark 1 "consentgate: one Spark JVM at a
+time"` (`make airflow` does it). With one slot a LocalExecutor never starts several local
+JVMs at once; widen it where drivers run on a cluster.
+
 Downstream DAGs can schedule on the asset alias `consentgate_purged_datasets` or on a table's
 asset `consentgate/dataset/<name>`.
 """
@@ -49,9 +55,11 @@ from typing import Any
 
 from airflow.sdk import AssetAlias, Param, TriggerRule, dag, task
 
-from consentgate.airflow_tasks import PURGED_ALIAS, default_args, purge_schedule
+from consentgate.airflow_tasks import PURGED_ALIAS, default_args, purge_schedule, spark_pool
 
 DEFAULT_ARGS = default_args(retries=2, retry_delay=dt.timedelta(minutes=5))
+#: Every task that starts Spark runs in this pool (one slot: one JVM at a time).
+SPARK_POOL = spark_pool()
 
 
 @dag(
@@ -91,7 +99,7 @@ def consentgate_nightly_purge() -> None:
             extra={"erase": bool(p.get("erase", True))},
         )
 
-    @task
+    @task(pool=SPARK_POOL)
     def decide(run: dict[str, Any]) -> list[str]:
         from consentgate import airflow_tasks
 
@@ -101,6 +109,7 @@ def consentgate_nightly_purge() -> None:
         multiple_outputs=False,
         outlets=[AssetAlias(PURGED_ALIAS)],
         map_index_template="{{ task.op_kwargs['target'] }}",
+        pool=SPARK_POOL,
     )
     def purge_dataset(run: dict[str, Any], target: str) -> dict[str, Any]:
         from consentgate import airflow_tasks
@@ -118,7 +127,7 @@ def consentgate_nightly_purge() -> None:
 
     # all_done: runs when some purge_dataset instances failed (they push no XCom, so `purged`
     # holds only the tables whose purge succeeded: those are the ones erased).
-    @task(multiple_outputs=False, trigger_rule=TriggerRule.ALL_DONE)
+    @task(multiple_outputs=False, trigger_rule=TriggerRule.ALL_DONE, pool=SPARK_POOL)
     def erase_and_verify(
         run: dict[str, Any] | None, purged: list[dict[str, Any]] | None
     ) -> dict[str, Any]:
@@ -135,7 +144,7 @@ def consentgate_nightly_purge() -> None:
     # all_done, then fails the run itself when a table failed (it is the run's last task, so
     # its success would otherwise mark the run successful); that failure is not retried (a
     # retry would append the audit entry twice).
-    @task(multiple_outputs=False, trigger_rule=TriggerRule.ALL_DONE)
+    @task(multiple_outputs=False, trigger_rule=TriggerRule.ALL_DONE, pool=SPARK_POOL)
     def audit_summary(
         run: dict[str, Any] | None,
         purged: list[dict[str, Any]] | None,

@@ -15,6 +15,12 @@ models are affected, and writes nothing. Trigger again with `dry_run: false` to 
 | `report` | the affected runs and the rows removed (or to be removed) per dataset and reason; emits an Asset event per dataset changed |
 
 **Params**: `dry_run` (default true), `as_of` (default: run start).
+
+**One JVM at a time**: the tasks that start Spark (`backfill`) run in the Airflow
+pool `consentgate_spark` (env `CONSENTGATE_SPARK_POOL`, read when the file is parsed),
+which must exist: `airflow pools set consentgate_spark 1 "consentgate: one Spark JVM at a
+time"` (`make airflow` does it). With one slot a LocalExecutor never starts several local
+JVMs at once; widen it where drivers run on a cluster.
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ from typing import Any
 
 from airflow.sdk import AssetAlias, Param, dag, task
 
-from consentgate.airflow_tasks import PURGED_ALIAS, default_args
+from consentgate.airflow_tasks import PURGED_ALIAS, default_args, spark_pool
 
 DEFAULT_ARGS = default_args(retries=1, retry_delay=dt.timedelta(minutes=5))
+#: Every task that starts Spark runs in this pool (one slot: one JVM at a time).
+SPARK_POOL = spark_pool()
 
 
 @dag(
@@ -61,7 +69,7 @@ def consentgate_policy_backfill() -> None:
             "backfill", as_of=p.get("as_of"), dry_run=bool(p.get("dry_run", True))
         )
 
-    @task(multiple_outputs=False)
+    @task(multiple_outputs=False, pool=SPARK_POOL)
     def backfill(run: dict[str, Any]) -> dict[str, Any]:
         from consentgate import airflow_tasks
 

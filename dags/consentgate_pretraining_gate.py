@@ -30,6 +30,12 @@ naming the holder, and its `rollback` removes nothing under the holder's snapsho
 (on publication) or `rollback` releases the claim; a claim left by a run that was killed outright
 is cleared by hand, as the refusal explains.
 
+**One JVM at a time**: the tasks that start Spark (`evaluate`, `snapshot`, `manifest`, `verify`) run in the Airflow
+pool `consentgate_spark` (env `CONSENTGATE_SPARK_POOL`, read when the file is parsed),
+which must exist: `airflow pools set consentgate_spark 1 "consentgate: one Spark JVM at a
+time"` (`make airflow` does it). With one slot a LocalExecutor never starts several local
+JVMs at once; widen it where drivers run on a cluster.
+
 A training DAG can schedule on the asset alias `consentgate_training_snapshots` (or on
 `consentgate/snapshot/<model_version>`); the event's `extra` carries the manifest path and
 digest, the run id and the snapshot paths.
@@ -42,9 +48,11 @@ from typing import Any
 
 from airflow.sdk import AssetAlias, Param, TriggerRule, dag, task
 
-from consentgate.airflow_tasks import SNAPSHOT_ALIAS, default_args
+from consentgate.airflow_tasks import SNAPSHOT_ALIAS, default_args, spark_pool
 
 DEFAULT_ARGS = default_args(retries=2, retry_delay=dt.timedelta(minutes=2))
+#: Every task that starts Spark runs in this pool (one slot: one JVM at a time).
+SPARK_POOL = spark_pool()
 
 
 @dag(
@@ -100,19 +108,23 @@ def consentgate_pretraining_gate() -> None:
             },
         )
 
-    @task
+    @task(pool=SPARK_POOL)
     def evaluate(run: dict[str, Any]) -> list[str]:
         from consentgate import airflow_tasks
 
         return airflow_tasks.gate_prepare(run)
 
-    @task(multiple_outputs=False, map_index_template="{{ task.op_kwargs['dataset'] }}")
+    @task(
+        multiple_outputs=False,
+        map_index_template="{{ task.op_kwargs['dataset'] }}",
+        pool=SPARK_POOL,
+    )
     def snapshot(run: dict[str, Any], gate: dict[str, Any], dataset: str) -> dict[str, Any]:
         from consentgate import airflow_tasks
 
         return airflow_tasks.run_step(run, "gate_snapshot", run=gate, dataset=dataset)
 
-    @task(multiple_outputs=False)
+    @task(multiple_outputs=False, pool=SPARK_POOL)
     def manifest(
         run: dict[str, Any], gate: dict[str, Any], snapshots: list[dict[str, Any]]
     ) -> dict[str, Any]:
@@ -120,7 +132,7 @@ def consentgate_pretraining_gate() -> None:
 
         return airflow_tasks.run_step(run, "gate_publish", run=gate, snapshots=list(snapshots))
 
-    @task(multiple_outputs=False, outlets=[AssetAlias(SNAPSHOT_ALIAS)])
+    @task(multiple_outputs=False, outlets=[AssetAlias(SNAPSHOT_ALIAS)], pool=SPARK_POOL)
     def verify(run: dict[str, Any], published: dict[str, Any]) -> dict[str, Any]:
         from consentgate import airflow_tasks
 

@@ -32,6 +32,7 @@ def load_bag(monkeypatch: pytest.MonkeyPatch, **env: str) -> Any:
 
     monkeypatch.delenv(airflow_tasks.RETRIES_ENV, raising=False)
     monkeypatch.delenv(airflow_tasks.SCHEDULE_ENV, raising=False)
+    monkeypatch.delenv(airflow_tasks.POOL_ENV, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return DagBag(dag_folder=str(DAGS), include_examples=False)
@@ -136,6 +137,31 @@ def test_purge_schedule_comes_from_the_environment(
 ) -> None:
     bag = load_bag(monkeypatch, **{airflow_tasks.SCHEDULE_ENV: "30 3 * * 1-5"})
     assert bag.get_dag("consentgate_nightly_purge").timetable.summary == "30 3 * * 1-5"
+
+
+#: The tasks of each DAG that start a JVM (a local SparkSession, or a spark-submit driver).
+SPARK_TASKS = {
+    "consentgate_nightly_purge": {"decide", "purge_dataset", "erase_and_verify", "audit_summary"},
+    "consentgate_pretraining_gate": {"evaluate", "snapshot", "manifest", "verify"},
+    "consentgate_policy_backfill": {"backfill"},
+}
+
+
+def test_spark_tasks_run_in_the_one_slot_pool_whose_name_the_environment_sets(
+    bag: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert set(SPARK_TASKS) == DAG_IDS
+    for dag_id, spark_tasks in SPARK_TASKS.items():
+        pools = {t.task_id: t.pool for t in bag.get_dag(dag_id).tasks}
+        assert {t for t, pool in pools.items() if pool == "consentgate_spark"} == spark_tasks
+        assert {pools[t] for t in set(pools) - spark_tasks} == {"default_pool"}, dag_id
+    renamed = load_bag(monkeypatch, **{airflow_tasks.POOL_ENV: "lake_jobs"})
+    for dag_id, spark_tasks in SPARK_TASKS.items():
+        tasks = renamed.get_dag(dag_id).tasks
+        assert {t.pool for t in tasks if t.task_id in spark_tasks} == {"lake_jobs"}, dag_id
+    # `make airflow` creates the pool the DAGs name, with one slot
+    makefile = (REPO / "Makefile").read_text()
+    assert 'pools set consentgate_spark 1 "' in makefile
 
 
 def test_pretraining_gate_shape_and_params(bag: Any) -> None:

@@ -110,6 +110,10 @@ RESULT_DIR_ENV: Final = "CONSENTGATE_RESULT_DIR"
 
 #: Environment variable overriding every task's retry count (``dag.test()`` runs set 0).
 RETRIES_ENV: Final = "CONSENTGATE_TASK_RETRIES"
+#: Environment variable naming the Airflow pool every task that starts Spark runs in.
+POOL_ENV: Final = "CONSENTGATE_SPARK_POOL"
+#: The pool's name when :data:`POOL_ENV` is not set; ``make airflow`` creates it with one slot.
+DEFAULT_POOL: Final = "consentgate_spark"
 
 #: Asset alias under which the nightly purge and the backfill announce each dataset they changed.
 PURGED_ALIAS: Final = "consentgate_purged_datasets"
@@ -130,6 +134,23 @@ def purge_schedule() -> str:
     Called when the DAG file is parsed, so it reads the environment only (no file I/O).
     """
     return os.environ.get(SCHEDULE_ENV, "").strip() or DEFAULT_PURGE_SCHEDULE
+
+
+def spark_pool() -> str:
+    """The Airflow pool of every task that starts Spark: env ``CONSENTGATE_SPARK_POOL`` or
+    ``consentgate_spark``.
+
+    Each such task starts a JVM (a local SparkSession in ``local`` mode, a client-mode driver
+    under ``spark-submit``), and a LocalExecutor would otherwise run the purge's mapped tasks
+    and any other consentgate DAG's Spark tasks side by side: seven JVMs on two cores took a
+    nearly empty nightly purge to 7 minutes (2026-12-06). The pool must exist; one slot runs
+    one JVM at a time (``airflow pools set consentgate_spark 1 "..."``, which ``make airflow``
+    does). On a cluster, where drivers run elsewhere (``deploy-mode cluster``) or workers are
+    large, widen it (``airflow pools set consentgate_spark 4 ...``) or name another one.
+    Tasks that start no JVM (``validate``, the gate's ``rollback``, the backfill's
+    ``report``) stay in ``default_pool``. Called when a DAG file is parsed: environment only.
+    """
+    return os.environ.get(POOL_ENV, "").strip() or DEFAULT_POOL
 
 
 def default_args(*, retries: int, retry_delay: dt.timedelta) -> dict[str, Any]:
