@@ -1,4 +1,4 @@
-"""The jobs on a real Spark standalone cluster, in three spark-submit applications.
+"""The jobs on a real Spark standalone cluster, in two spark-submit applications.
 
 Our proof that the job entry points run on a distributed engine, not only in local mode: a
 master and two workers are started on 127.0.0.1 from the pyspark distribution, the Airflow
@@ -7,35 +7,36 @@ every application goes through ``SparkSubmitOperator`` (:func:`~consentgate.airf
 submit_step`) as ``jobs/<step>.py``, with the package shipped as a zip in ``--py-files`` and
 Delta's jars in ``--jars``. Its results must equal local mode's on the same pristine lake.
 
-Three applications, because each costs a driver's and two executors' start-up and a few
-minutes on a 2-core machine; the module used to submit about 15, one per DAG step, and took
-25-47 minutes. Measured on 2 cores at load average about 4: 9:40 for the module, of which the
-applications 1:35 (gate), 2:32 (purge) and 2:08 (backfill) on the master and the local-mode
-DAG runs about 2:30:
+Two applications on one copy of the pristine lake, because each costs a driver's and two
+executors' start-up and a minute or two on a 2-core machine:
 
 1. ``jobs/gate.py``, the whole gate (allowlist, both snapshots, manifest, registry, audit,
    re-verification), submitted with ``submit_step`` as an Airflow task would;
-2. ``jobs/purge.py``, the whole nightly purge on the same lake (every dataset and the two
-   snapshots, erasure and its verification, audit), likewise;
-3. ``jobs/backfill.py``, submitted by the ``consentgate_policy_backfill`` DAG in
-   ``airflow.mode: spark-submit`` (``dry_run`` false) on a second copy of the pristine lake: the
-   path DAG task -> ``run_step`` -> ``SparkSubmitOperator`` -> job -> result file -> XCom.
+2. ``jobs/backfill.py``, submitted by the ``consentgate_policy_backfill`` DAG in
+   ``airflow.mode: spark-submit`` (``dry_run`` false) on the lake (1) just gated: the path DAG
+   task -> ``run_step`` -> ``SparkSubmitOperator`` -> job -> result file -> XCom. A backfill
+   is the impact report and then the whole purge (:func:`~consentgate.purge.run_backfill`
+   calls :func:`~consentgate.purge.run_purge`): every dataset and both snapshots, erasure and
+   its verification, audit.
 
-(1) and (2) are compared with the gate and nightly purge *DAGs* in local mode on the same lake
-at the same instant (the session fixture :func:`local_runs`, which ``test_airflow_runs`` reads
-too, so in the whole suite it costs nothing here): allowlist, exclusions, snapshot rows and
-content roots, per-table rows and reasons, erasure receipts, the tables that changed. (3) is
-compared with that local purge's results for the configured datasets: a backfill is the purge
-under the current policy, and on a lake no gate has run on there are no snapshots to purge.
+Both are compared with the gate and nightly purge *DAGs* in local mode on the same lake at the
+same instant (the session fixture :func:`local_runs`, which ``test_airflow_runs`` reads too,
+so in the whole suite it costs nothing here): allowlist, exclusions, snapshot rows and content
+roots, per-table rows and reasons, erasure receipts, the tables that changed; and the
+backfill's impact must have read the registry entry (1) published.
 
-Departure from the earlier module, on purpose: the per-step job scripts the gate and purge
-DAGs submit in spark-submit mode (``gate_prepare``, ``gate_snapshot``, ``purge_dataset``,
-``erase``, ...) no longer each run on the cluster. They share everything with the three that
-do (``submit_step``, the zip, the jars, ``job_main``, the result file) but their arguments;
-those arrive as JSON either way (XComs in local mode, ``--args-file`` here), and the DAGs'
-split of the work (one task per step and per table) is what the comparison with the local DAGs
-holds the whole flows to. The DAGs' task shapes are covered in local mode by
-``test_airflow_runs``.
+Departures from earlier modules, on purpose. The module used to submit about 15 applications,
+one per DAG step (25-47 minutes), then three: the gate, the nightly purge (``jobs/purge.py``)
+and the backfill on a second, ungated lake (5:19 of the suite's 37:24, measured 2026-12-07 at
+load average about 2). The purge application ran the same ``run_purge`` the backfill runs,
+through the same ``submit_step``, zip, jars and ``job_main``, with other arguments; the
+backfill on the gated lake now covers what both did (snapshots included) and the impact
+report besides. The per-step job scripts the gate and purge DAGs submit in spark-submit mode
+(``gate_prepare``, ``gate_snapshot``, ``purge_dataset``, ``erase``, ...) share everything with
+these two but their arguments; those arrive as JSON either way (XComs in local mode,
+``--args-file`` here), and the DAGs' split of the work (one task per step and per table) is
+what the comparison with the local DAGs holds the whole flows to. The DAGs' task shapes are
+covered in local mode by ``test_airflow_runs``.
 
 Small on purpose (the machine is shared): one core and 1 GB per worker, 512 MB executors and
 driver, bounded waits, and the cluster is always shut down.
@@ -92,7 +93,7 @@ CLUSTER_SPARK_CONF = {
 }
 
 #: The applications this module submits, by the name ``submit_step`` gives them.
-APPLICATIONS = ["consentgate-backfill", "consentgate-gate", "consentgate-purge"]
+APPLICATIONS = ["consentgate-backfill", "consentgate-gate"]
 
 
 @pytest.fixture(scope="module")
@@ -135,11 +136,11 @@ def cluster_lake(pristine: Path, target: Path) -> Path:
 
 @dataclass
 class Flows:
-    """The whole gate and then the whole nightly purge, each one application, on one lake."""
+    """The whole gate (one application), then the backfill DAG's run on the gated lake."""
 
     conf: Path
     gate: dict[str, Any]
-    purge: dict[str, Any]
+    backfill: Any
 
 
 @pytest.fixture(scope="module")
@@ -149,48 +150,26 @@ def cluster_flows(
     pristine_lake: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Flows:
-    """Applications 1 and 2: ``submit_step`` as a task calls it, with an empty context (it
-    uses the context only for the task id; ``SparkSubmitOperator`` in client mode reads it
-    only when OpenLineage injection is configured, which it is not here)."""
+    """Application 1: ``submit_step`` as a task calls it, with an empty context (it uses the
+    context only for the task id; ``SparkSubmitOperator`` in client mode reads it only when
+    OpenLineage injection is configured, which it is not here). Application 2: the backfill
+    DAG in spark-submit mode (its only Spark task) on the same lake."""
     from consentgate.airflow_tasks import submit_step
     from consentgate.config import load_config
+    from consentgate.story import run_dag
 
     conf = cluster_lake(pristine_lake, tmp_path_factory.mktemp("cluster-flows") / "lake")
     config = load_config(conf)
     gate_args = {"use_case": USE_CASE, "model_version": MODEL_VERSION, "as_of": AS_OF}
-    purge_args = {"as_of": AS_OF, "dry_run": False, "erase": True}
     with spark_connection(cluster.master_url):
         gate = submit_step("gate", config, {**gate_args, "datasets": None}, {})
-        purge = submit_step("purge", config, purge_args, {})
-    return Flows(conf=conf, gate=gate, purge=purge)
-
-
-@dataclass
-class Backfill:
-    """The policy backfill DAG's run on a lake of its own."""
-
-    conf: Path
-    run: Any
-
-
-@pytest.fixture(scope="module")
-def cluster_backfill(
-    cluster: SparkCluster,
-    airflow_home: Path,
-    pristine_lake: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Backfill:
-    """Application 3: the backfill DAG in spark-submit mode (its only Spark task)."""
-    from consentgate.story import run_dag
-
-    conf = cluster_lake(pristine_lake, tmp_path_factory.mktemp("cluster-backfill") / "lake")
-    with spark_connection(cluster.master_url), conf_env(conf):
-        run = run_dag(
-            "consentgate_policy_backfill",
-            run_conf={"as_of": AS_OF, "dry_run": False},
-            dags_dir=DAGS,
-        )
-    return Backfill(conf=conf, run=run)
+        with conf_env(conf):
+            backfill = run_dag(
+                "consentgate_policy_backfill",
+                run_conf={"as_of": AS_OF, "dry_run": False},
+                dags_dir=DAGS,
+            )
+    return Flows(conf=conf, gate=gate, backfill=backfill)
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,62 +221,59 @@ def changed(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def test_whole_gate_and_purge_on_the_cluster_match_the_local_dags(
+def test_whole_gate_on_the_cluster_matches_the_local_dag(
     spark: SparkSession, cluster_flows: Flows, local_runs: Runs
 ) -> None:
     from consentgate import audit
     from consentgate.config import load_config
     from consentgate.manifest import verify_manifest
 
-    assert local_runs.gate.ok and local_runs.purge.ok, local_runs.purge.task_states
-    gate, purge = cluster_flows.gate, cluster_flows.purge
+    assert local_runs.gate.ok, local_runs.gate.task_states
+    gate = cluster_flows.gate
     assert gate_facts(gate) == gate_facts(local_runs.gate.results["verify"])
     assert verify_manifest(Path(gate["manifest_path"]))["ok"] is True  # outside the cluster too
-    # every dataset and both snapshots, with the same rows and reasons as one task per table
-    assert purge["ok"] is True and purge["failed"] == {} and purge["dry_run"] is False
-    assert table_facts(purge["datasets"]) == local_tables(local_runs)
-    assert any(r["rows_deleted"] for r in purge["datasets"].values())  # a real purge
-    assert purge["erasure"]["ok"] is True
-    assert receipts(purge["erasure"]) == receipts(local_runs.purge.results["erase_and_verify"])
-    assert changed(purge["datasets"]) == sorted(e["name"] for e in local_runs.purge.asset_events)
-    # the cluster's driver appended the gate's and the purge's audit entries, chained
+    # the cluster's driver appended the gate's audit entry
     config = load_config(cluster_flows.conf)
     assert audit.events(spark, config, kind="gate")[-1]["run_id"] == gate["run_id"]
-    assert audit.events(spark, config, kind="purge")[-1]["run_id"] == purge["run_id"]
-    assert audit.verify_chain(spark, config)["ok"] is True
 
 
 def test_backfill_dag_submits_its_job_and_matches_the_local_purge(
-    spark: SparkSession, cluster_backfill: Backfill, local_runs: Runs
+    spark: SparkSession, cluster_flows: Flows, local_runs: Runs
 ) -> None:
     from consentgate import audit
     from consentgate.config import load_config
 
-    backfill = cluster_backfill.run
+    assert local_runs.purge.ok, local_runs.purge.task_states
+    backfill = cluster_flows.backfill
     assert backfill.ok, backfill.task_states
     assert set(backfill.task_states) == {"validate", "backfill", "report"}
     report = backfill.results["report"]
     assert report["dry_run"] is False
     result = report["result"]  # the job's result file, become the backfill task's XCom
-    assert result["ok"] is True and result["impact"]["runs"] == []  # no gate ran on this lake
+    assert result["ok"] is True and result["failed"] == {} and result["dry_run"] is False
+    # the impact read the registry the cluster's gate wrote: one run, and at the gate's own
+    # instant none of its allowlisted assets has lost consent
+    assert result["impact"]["runs_checked"] == 1 and result["impact"]["runs"] == []
+    assert report["affected_runs"] == 0
+    # every dataset and both snapshots, with the same rows and reasons as one task per table
+    assert table_facts(result["datasets"]) == local_tables(local_runs)
+    assert any(r["rows_deleted"] for r in result["datasets"].values())  # a real purge
     assert result["erasure"]["ok"] is True
-    # a fresh lake has no snapshots: the configured datasets, purged as the nightly purge did
-    datasets = set(load_config(local_runs.conf).datasets)
-    local = {n: f for n, f in local_tables(local_runs).items() if n in datasets}
-    assert table_facts(result["datasets"]) == local
     local_receipts = receipts(local_runs.purge.results["erase_and_verify"])
-    assert receipts(result["erasure"]) == {n: r for n, r in local_receipts.items() if n in datasets}
-    # the report task announced each changed dataset, as the local purge did
+    assert receipts(result["erasure"]) == local_receipts
+    # the report task announced each changed table, as the local purge did
     announced = sorted(e["name"] for e in backfill.asset_events)
     assert announced == changed(result["datasets"])
-    assert announced == changed(local)
-    config = load_config(cluster_backfill.conf)
+    assert announced == sorted(e["name"] for e in local_runs.purge.asset_events)
+    # the cluster's drivers appended the gate's and the backfill's audit entries, chained
+    config = load_config(cluster_flows.conf)
+    assert audit.events(spark, config, kind="gate")[-1]["run_id"] == cluster_flows.gate["run_id"]
     assert audit.events(spark, config, kind="backfill")[-1]["run_id"] == result["run_id"]
     assert audit.verify_chain(spark, config)["ok"] is True
 
 
 def test_each_job_was_one_cluster_application_on_both_workers(
-    cluster: SparkCluster, cluster_flows: Flows, cluster_backfill: Backfill
+    cluster: SparkCluster, cluster_flows: Flows
 ) -> None:
     state = cluster.state()
     assert int(state["aliveworkers"]) == 2
