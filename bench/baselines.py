@@ -9,8 +9,10 @@ Delta plumbing is identical and only the strategy differs):
   which re-evaluates every asset's consent (denials, deletions, retention, policy lapses, bad
   records) every night; both baselines pay for this plan in their timings.
 * :func:`naive_rewrite`: read each dataset, anti-join the removals, overwrite the whole table.
-* :func:`deltars_merge`: delta-rs's own ``merge(...).when_matched_delete()`` with the removal
-  keys as source (single process, its own Parquet writer and commit).
+* :func:`spark_merge`: delta-spark's own ``MERGE ... WHEN MATCHED THEN DELETE`` per dataset with
+  the removal keys as source, written the way the Delta documentation shows it
+  (``DeltaTable.forPath(...).alias("t").merge(...).whenMatchedDelete().execute()``), on the
+  same session; a dataset with no key to remove is skipped.
 * :func:`bare_gate`: the training snapshot without governance: latest record per asset,
   granted + accepted policy + allowed jurisdiction + not deleted, joined through lineage, rows
   written; no fail-closed handling of malformed records, no allowlist, no hashing, no manifest.
@@ -26,8 +28,6 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import pyarrow.parquet as pq
-from deltalake import DeltaTable
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -87,25 +87,23 @@ def naive_rewrite(spark: SparkSession, config: Config, keys: Mapping[str, Path])
         )
 
 
-def deltars_merge(config: Config, keys: Mapping[str, Path]) -> None:
-    """delta-rs ``MERGE ... WHEN MATCHED THEN DELETE`` per dataset, keys as the source.
+def spark_merge(spark: SparkSession, config: Config, keys: Mapping[str, Path]) -> None:
+    """delta-spark ``MERGE ... WHEN MATCHED THEN DELETE`` per dataset, keys as the source.
 
     A dataset with nothing to remove is skipped (a MERGE with an empty source would still scan
-    and commit).
+    and commit): what anyone writing this by hand checks first.
     """
+    from delta.tables import DeltaTable
+
     for name, ds in config.datasets.items():
-        source = pq.read_table(str(keys[name]))
-        if source.num_rows == 0:
+        source = spark.read.parquet(str(keys[name]))
+        if source.isEmpty():
             continue
         (
-            DeltaTable(str(config.dataset_path(name)))
-            .merge(
-                source,
-                predicate=f"t.{ds.key} = s.{ds.key}",
-                source_alias="s",
-                target_alias="t",
-            )
-            .when_matched_delete()
+            DeltaTable.forPath(spark, str(config.dataset_path(name)))
+            .alias("t")
+            .merge(source.alias("s"), f"t.{ds.key} = s.{ds.key}")
+            .whenMatchedDelete()
             .execute()
         )
 

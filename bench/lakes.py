@@ -80,8 +80,8 @@ def _write_marker(path: Path, facts: Mapping[str, Any]) -> None:
 def clone_lake(src: Path, dst: Path) -> Path:
     """Copy a lake for one trial: data files hard-linked, logs and state copied.
 
-    Parquet data files are immutable (every writer here, ours and delta-rs, writes new files
-    and never rewrites one in place), so sharing their inodes is safe; Delta logs, checkpoints,
+    Parquet data files are immutable (every writer here, ours and the baselines', writes new
+    files and never rewrites one in place), so sharing their inodes is safe; Delta logs, checkpoints,
     the config and consentgate's state are small and may be appended to, so they are copied.
     """
     if dst.exists():
@@ -445,7 +445,7 @@ def io_diff(
     """Files and bytes each dataset lost (rewritten or dropped) and gained since ``before``.
 
     Independent of what a strategy reports about itself: it compares the active file sets of
-    the Delta log before and after, so consentgate, the naive rewrite and delta-rs are measured
+    the Delta log before and after, so consentgate, the naive rewrite and the MERGE are measured
     the same way.
     """
     out: dict[str, Any] = {}

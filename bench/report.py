@@ -100,6 +100,7 @@ def render(doc: Mapping[str, Any], *, results_path: Path | None = None) -> str:
                 "Python / PySpark / deltalake / pyarrow",
                 f"{m.get('python')} / {m.get('pyspark')} / {m.get('deltalake')} / {m.get('pyarrow')}",
             ],
+            ["delta-spark", m.get("delta_spark", NA)],
             ["Java", m.get("java")],
             ["sha256sum", m.get("sha256sum")],
             [
@@ -181,9 +182,11 @@ def _purge(results: list[dict[str, Any]]) -> list[str]:
         "(and their bytes) that hold at least one row that must go. Files and bytes rewritten "
         "are read off the Delta log (active files removed by the commit), the same way for "
         "every contender. `rows ok` means it deleted exactly the rows an independent lineage "
-        "closure says it must. The baselines are given a cheaper, incremental plan (revocations "
-        "since last night + lineage walk; its time is included and shown apart); consentgate "
-        "re-evaluates every asset's consent each night.",
+        "closure says it must. The baselines (a naive full rewrite, and a hand-written "
+        "delta-spark `MERGE ... WHEN MATCHED THEN DELETE` per dataset with the removal keys "
+        "as source) are given a cheaper, incremental plan (revocations since last night + "
+        "lineage walk; its time is included and shown apart); consentgate re-evaluates every "
+        "asset's consent each night.",
         "",
     ]
     rows = []
@@ -316,7 +319,7 @@ def _scaling(results: list[dict[str, Any]], lakes: Mapping[str, Any]) -> list[st
             if "consentgate" in r["seconds"] and r["seconds"]["consentgate"]["median"] is not None:
                 key = f"purge {r['layout']} (revoked {r['revoked_fraction']:g}), consentgate"
                 jobs.setdefault(key, {})[scale] = r["seconds"]["consentgate"]["median"]
-            for c in ("naive_rewrite", "deltars_merge"):
+            for c in ("naive_rewrite", "spark_merge"):
                 if c in r["seconds"] and r["seconds"][c]["median"] is not None:
                     key = f"purge {r['layout']} (revoked {r['revoked_fraction']:g}), {c}"
                     jobs.setdefault(key, {})[scale] = r["seconds"][c]["median"]

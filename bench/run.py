@@ -137,6 +137,7 @@ def machine_facts(spark: Any) -> dict[str, Any]:
         "python": platform.python_version(),
         "pyspark": version("pyspark"),
         "deltalake": version("deltalake"),
+        "delta_spark": version("delta-spark"),
         "pyarrow": version("pyarrow"),
         "java": _cmd(["java", "-version"]),
         "sha256sum": _cmd(["sha256sum", "--version"]),

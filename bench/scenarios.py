@@ -142,7 +142,8 @@ def purge(
 
     Contenders: consentgate's purge (``run_purge``, erase off: the physical erasure runs after
     the window and is not part of the nightly rewrite), and with ``baselines_too`` the naive
-    full rewrite and delta-rs MERGE, both given the incremental plan (timed, reported apart).
+    full rewrite and a hand-written delta-spark MERGE, both given the incremental plan (timed,
+    reported apart).
     """
     missing = _purge_ready()
     result: dict[str, Any] = {
@@ -201,7 +202,9 @@ def purge(
         contenders["naive_rewrite"] = with_plan(
             lambda config, keys: baselines.naive_rewrite(ctx.spark, config, keys)
         )
-        contenders["deltars_merge"] = with_plan(baselines.deltars_merge)
+        contenders["spark_merge"] = with_plan(
+            lambda config, keys: baselines.spark_merge(ctx.spark, config, keys)
+        )
 
     times: dict[str, list[float | None]] = {c: [] for c in contenders}
     extra: dict[str, list[float | None]] = {c: [] for c in contenders}
@@ -250,7 +253,7 @@ def purge(
     result["io"] = {c: _io_totals(d, min_files, min_bytes) for c, d in io.items()}
     result["io_per_dataset"] = io
     ratios: dict[str, Any] = {}
-    for other in ("naive_rewrite", "deltars_merge"):
+    for other in ("naive_rewrite", "spark_merge"):
         if "consentgate" in times and other in times:
             ratios[f"consentgate/{other}"] = stats(
                 [_ratio(a, b) for a, b in zip(times["consentgate"], times[other], strict=True)]
