@@ -29,10 +29,13 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python bench/run.py` puts bench/, not the repo, on the path
     sys.path.insert(0, str(REPO))
 
-from bench import report, scenarios  # noqa: E402
+from bench import report, scenarios, targets  # noqa: E402
 from bench.lakes import LAYOUTS, base_lake  # noqa: E402
 
-SCHEMA = "consentgate-bench/1"
+#: Version 2: ``spark_merge`` (delta-spark MERGE) replaces ``deltars_merge``; targets carry
+#: ``phases`` (seconds, Spark jobs, tasks), results carry consentgate's step lines under
+#: ``steps``; ``derived_targets`` (the sweep's). ``--render`` still reads version 1 files.
+SCHEMA = "consentgate-bench/2"
 SCENARIOS = ("hashing", "gate", "purge")
 
 
@@ -242,6 +245,7 @@ def run(args: argparse.Namespace, spark: Any = None) -> dict[str, Any]:
             for line in phase_lines(result):
                 log(line)
             doc["results"].append(result)
+            doc["derived_targets"] = targets.sweep_targets(doc["results"])
             doc["machine"]["load_average_end"] = list(os.getloadavg())
             _write(args.out, doc)
             report.write(args.docs, doc, results_path=args.out)
@@ -305,7 +309,7 @@ def _lake_facts(base: Path, seconds: float) -> dict[str, Any]:
 
     config = conf_of(base)
     tables = {
-        name: lake.table_inventory(config.table_path(name))  # type: ignore[arg-type]
+        name: lake.table_inventory(config.table_path(name))
         for name in ("assets", "consent_records", "lineage")
     }
     tables.update({n: lake.table_inventory(config.dataset_path(n)) for n in config.datasets})
@@ -321,7 +325,7 @@ def _lake_facts(base: Path, seconds: float) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None, spark: Any = None) -> dict[str, Any] | None:
     args = parse_args(argv)
     if args.render is not None:
-        doc = json.loads(args.render.read_text())
+        doc: dict[str, Any] = json.loads(args.render.read_text())
         report.write(args.docs, doc, results_path=args.render)
         return doc
     return run(args, spark)

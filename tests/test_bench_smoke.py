@@ -5,7 +5,8 @@ allowlist is about one asset with no stems, so the gate would snapshot nothing),
 session's Spark, and checks
 that the results are complete and mean something: every scenario present with numbers and
 ratios, every purge contender deleting exactly the rows it must, consentgate's purge at the
-copy-on-write minimum, every digest equal to ``sha256sum``'s, and the Markdown rendered.
+copy-on-write minimum, every digest equal to ``sha256sum``'s, every target with its measured value and phase breakdown, and the
+Markdown rendered.
 """
 
 from __future__ import annotations
@@ -87,6 +88,18 @@ def test_purge_measures_contenders_against_the_minimum(
     assert naive["bytes_rewritten"] == r["minimum"]["bytes_total"]
     assert set(r["time_ratios"]) == {"consentgate/naive_rewrite", "consentgate/spark_merge"}
     assert all(_measured(s) and s["median"] > 0 for s in r["time_ratios"].values())
+    # Issue 20's purge targets: judged on the paired ratios, with where the time went.
+    for other, limit in (("spark_merge", 1.5), ("naive_rewrite", 0.5)):
+        t = r["targets"][f"consentgate/{other}"]
+        assert t["value"] == r["time_ratios"][f"consentgate/{other}"]["median"]
+        assert t["met"] is (t["value"] <= limit)
+        phases = {ph["phase"]: ph for ph in t["phases"]}
+        assert phases["consentgate"]["seconds"] == r["seconds"]["consentgate"]["median"]
+        assert phases[other]["jobs"] >= 1  # the plan and the rewrite run on Spark
+        # consentgate's own step lines of that repeat, each with seconds, jobs and tasks.
+        steps = [ph for ph in t["phases"] if ph["phase"].startswith("consentgate step ")]
+        assert steps and all(_number(ph["seconds"]) and ph["jobs"] >= 0 for ph in steps)
+        assert "consentgate step purge" in {ph["phase"] for ph in steps}
 
 
 def test_gate_and_hashing_have_numbers_and_ratios(results: dict[str, Any]) -> None:
@@ -104,9 +117,21 @@ def test_gate_and_hashing_have_numbers_and_ratios(results: dict[str, Any]) -> No
 
 def test_markdown_has_every_section(results: dict[str, Any]) -> None:
     md = results["_markdown"]
-    for heading in ("## Machine", "## Targets", "## 1-2. Purge", "## 3. Gate", "## 4. Manifest"):
+    for heading in (
+        "## Machine",
+        "## Targets",
+        "## 1-2. Purge",
+        "## 3. Gate",
+        "## 4. Manifest",
+        "### Where the time went, per target",
+    ):
         assert heading in md
     assert "## Not measured" not in md
+    # Every target of every result is a row of the targets table, with its measured value.
+    for r in results["results"]:
+        for figure, t in r["targets"].items():
+            row = f"| {figure} | {t['target']} | {t['value']:.2f} |"
+            assert row in md, row
 
 
 def test_every_timed_phase_counts_its_spark_jobs_and_tasks(results: dict[str, Any]) -> None:
@@ -140,4 +165,77 @@ def test_phase_lines_put_jobs_and_tasks_beside_the_seconds() -> None:
     assert run.phase_lines(result) == [
         "gate at 200: consentgate 2.500s jobs=41 tasks=97",
         "gate at 200: bare_spark failed",
+    ]
+
+
+def _purge_result(fraction: float, seconds: dict[str, float]) -> dict[str, Any]:
+    def s(x: float) -> dict[str, Any]:
+        return {"median": x, "min": x, "max": x, "samples": [x], "failed": 0}
+
+    return {
+        "scenario": "purge_clustered",
+        "status": "ok",
+        "scale": 20000,
+        "layout": "clustered",
+        "revoked_fraction": fraction,
+        "seconds": {c: s(v) for c, v in seconds.items()},
+        "spark": {"jobs": {c: s(10.0) for c in seconds}, "tasks": {c: s(40.0) for c in seconds}},
+        "steps": {"consentgate": [{"step": "decide", "seconds": 1.0, "jobs": 4, "tasks": 9}]},
+    }
+
+
+def test_sweep_target_compares_the_smaller_fraction_with_the_main_one() -> None:
+    """At 0.01% revoked no slower than at 0.1% plus 20%: judged from the two results."""
+    from bench.report import targets_section
+    from bench.targets import sweep_targets
+
+    main = _purge_result(0.001, {"consentgate": 10.0, "naive_rewrite": 30.0, "spark_merge": 8.0})
+    fast = _purge_result(0.0001, {"consentgate": 11.9})
+    slow = {**_purge_result(0.0001, {"consentgate": 12.5}), "scale": 100000}
+    bigger = _purge_result(0.01, {"consentgate": 20.0})  # more work: no target
+    main_big = {**main, "scale": 100000}
+    got = sweep_targets([main, fast, bigger, main_big, slow])
+    by_scale = {t["scale"]: t for t in got}
+    assert set(by_scale) == {20000, 100000}
+    assert by_scale[20000]["value"] == pytest.approx(1.19) and by_scale[20000]["met"] is True
+    assert by_scale[100000]["value"] == pytest.approx(1.25) and by_scale[100000]["met"] is False
+    phases = [ph["phase"] for ph in by_scale[100000]["phases"]]
+    assert phases[:2] == ["consentgate at revoked 0.0001", "consentgate at revoked 0.001"]
+    assert "r=0.0001: consentgate step decide" in phases
+    # The report shows the miss with its breakdown.
+    md = "\n".join(targets_section([main, fast, bigger, main_big, slow]))
+    assert "| consentgate at 0.0001 / at 0.001 revoked | <= 1.2 | 1.25 | **no** |" in md
+    assert (
+        "consentgate at 0.0001 / at 0.001 revoked**: target <= 1.2, measured 1.25, **missed**" in md
+    )
+
+
+def test_step_lines_are_parsed_from_a_commands_stderr() -> None:
+    from bench.targets import parse_step_lines
+
+    stderr = "\n".join(
+        [
+            "WARNING: some JVM chatter step=nope",
+            "2026-11-02T00:00:00Z INFO consentgate.purge step=decide tables=7 failed=0 jobs=57 "
+            "tasks=6408 seconds=77.012",
+            '2026-11-02T00:00:01Z INFO consentgate.erasure step=erase table="a b" files=0 '
+            "verified=true jobs=3 tasks=12 seconds=4.500",
+        ]
+    )
+    assert parse_step_lines(stderr) == [
+        {
+            "logger": "consentgate.purge",
+            "step": "decide",
+            "jobs": 57,
+            "tasks": 6408,
+            "seconds": 77.012,
+        },
+        {
+            "logger": "consentgate.erasure",
+            "step": "erase",
+            "table": "a b",
+            "jobs": 3,
+            "tasks": 12,
+            "seconds": 4.5,
+        },
     ]
