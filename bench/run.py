@@ -1,6 +1,7 @@
 """The benchmark runner: ``make bench`` (real scales) and ``make bench-smoke`` (seconds).
 
     python bench/run.py [--scales 100000,1000000] [--repeats 3] [--scenarios purge,gate,hashing]
+                        [--noop-scale 2000]
     python bench/run.py --smoke
     python bench/run.py --render bench/results/2026-11-26.json   # re-render the Markdown only
 
@@ -8,7 +9,9 @@ It builds (or reuses, from ``bench/lakes/``) a demo lake per scale, runs every s
 :mod:`bench.scenarios` ``--repeats`` times and writes ``bench/results/<date>.json`` and
 ``docs/benchmarks.md``. The JSON is rewritten after every scenario, so a run that is stopped
 half-way still leaves what it measured. All scales run in one process and one Spark session,
-so the scaling figures compare like with like.
+so the scaling figures compare like with like; the one exception is ``noop_night``, which runs
+``consentgate purge`` in a fresh process (its start-up is what a user waits for) once, on the
+``--noop-scale`` demo lake (2,000 assets: the lake of issue 20's target), whatever the scales.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ if str(REPO) not in sys.path:  # `python bench/run.py` puts bench/, not the repo
 from bench import report, scenarios, targets  # noqa: E402
 from bench.lakes import LAYOUTS, base_lake  # noqa: E402
 
-#: Version 2: ``spark_merge`` (delta-spark MERGE) replaces ``deltars_merge``; targets carry
-#: ``phases`` (seconds, Spark jobs, tasks), results carry consentgate's step lines under
-#: ``steps``; ``derived_targets`` (the sweep's). ``--render`` still reads version 1 files.
+#: Version 2: ``spark_merge`` (delta-spark MERGE) replaces ``deltars_merge``; the
+#: ``noop_night`` scenario; targets carry ``phases`` (seconds, Spark jobs, tasks), results carry
+#: consentgate's step lines under ``steps``; ``derived_targets`` (the sweep's). ``--render``
+#: still reads version 1 files.
 SCHEMA = "consentgate-bench/2"
-SCENARIOS = ("hashing", "gate", "purge")
+SCENARIOS = ("hashing", "gate", "purge", "noop_night")
 
 
 def _floats(text: str) -> list[float]:
@@ -66,6 +70,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="extra revoked fractions, consentgate only, clustered layout",
     )
     p.add_argument("--file-mb", type=float, default=1.0, help="target data file size of layouts")
+    p.add_argument(
+        "--noop-scale",
+        type=int,
+        default=2000,
+        help="assets of the demo lake of noop_night (the CLI purge with nothing to remove)",
+    )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--lakes", type=Path, default=REPO / "bench" / "lakes")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default results/<date>)")
@@ -78,6 +88,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         lakes = REPO / "bench" / "lakes" / "smoke"
         p.set_defaults(
             scales=[200],
+            noop_scale=200,
             repeats=[1],
             file_mb=0.01,
             fraction=0.02,
@@ -206,6 +217,7 @@ def run(args: argparse.Namespace, spark: Any = None) -> dict[str, Any]:
             "layouts": layouts,
             "revoked_fraction": args.fraction,
             "sweep_fractions": args.sweep,
+            "noop_scale": args.noop_scale,
             "file_mb": args.file_mb,
             "seed": args.seed,
         },
@@ -217,13 +229,13 @@ def run(args: argparse.Namespace, spark: Any = None) -> dict[str, Any]:
     # Job-major order: each scenario at every scale before the next scenario, so that a run
     # stopped early has the most important figures at both scales. Lakes are built lazily.
     for name, kwargs in _jobs(wanted, layouts, args):
-        for i, scale in enumerate(args.scales):
+        for scale in [args.noop_scale] if name == "noop_night" else args.scales:
             if scale not in bases:
                 log(f"scale {scale}: base lake")
                 t0 = time.perf_counter()
                 bases[scale] = base_lake(spark, args.lakes, assets=scale, seed=args.seed)
                 doc["lakes"][str(scale)] = _lake_facts(bases[scale], time.perf_counter() - t0)
-            repeats = args.repeats[i] if len(args.repeats) > 1 else args.repeats[0]
+            repeats = _repeats(args, scale)
             ctx = scenarios.Context(
                 spark=spark, lakes=args.lakes, repeats=repeats, file_mb=args.file_mb, log=log
             )
@@ -279,12 +291,23 @@ def phase_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _repeats(args: argparse.Namespace, scale: int) -> int:
+    """``--repeats`` for ``scale``: the one value, or the scale's; a scale that is not in
+    ``--scales`` (``--noop-scale``) gets the first."""
+    if len(args.repeats) > 1 and scale in args.scales:
+        return int(args.repeats[args.scales.index(scale)])
+    return int(args.repeats[0])
+
+
 def _jobs(
     wanted: set[str], layouts: Sequence[str], args: argparse.Namespace
 ) -> list[tuple[str, dict[str, Any]]]:
     """The scenario calls for one scale: (function in :mod:`bench.scenarios`, its arguments),
     most important first, so that a run stopped early has measured what matters most."""
     jobs: list[tuple[str, dict[str, Any]]] = []
+    if "noop_night" in wanted:
+        # A few fresh processes on a small lake: cheap, and issue 20's first target.
+        jobs.append(("noop_night", {}))
     if "purge" in wanted:
         for layout in layouts:
             jobs.append(

@@ -21,10 +21,13 @@ How every scenario measures, and why:
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -47,8 +50,10 @@ from bench.lakes import (
 from bench.targets import (
     at_most,
     contender_phases,
+    parse_step_lines,
     ratio,
     step_entry,
+    step_phase,
     target,
 )
 from consentgate import lake
@@ -588,3 +593,183 @@ def hashing(ctx: Context, base: Path, *, scale: int) -> dict[str, Any]:
         )
     }
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# Scenario 0: a night with nothing to remove, through the command line
+
+#: Issue 20's target for the night with nothing to remove (CLI wall seconds, demo lake).
+NOOP_TARGET_SECONDS = 10.0
+
+
+def cli_command() -> list[str]:
+    """How a user runs ``consentgate``: the installed script beside this interpreter, or,
+    without one, the same entry point through the interpreter."""
+    script = Path(sys.executable).with_name("consentgate")
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from consentgate.cli import main; sys.exit(main())"]
+
+
+def _cli_env() -> dict[str, str]:
+    """The environment of the command: this one, with the consentgate being benchmarked
+    first on the path (a worktree's, not whichever the script's install points at)."""
+    import consentgate
+
+    src = str(Path(consentgate.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def noop_night(ctx: Context, base: Path, *, scale: int) -> dict[str, Any]:
+    """``consentgate purge`` on a demo lake that was purged (and erased) once already, with
+    nothing changed since: the night with nothing to remove, as a user runs it.
+
+    The command runs in a fresh process (its interpreter, imports and JVM start are part of
+    what a user waits for), at :data:`AS_OF` like the previous night, with erasure on (the
+    default). The previous night is run here, in this session and untimed, on a clone of the
+    base lake for every benchmark run: its purge attempts must be younger than the erasure
+    window (168 h), as they are after a real previous night, or the "empty" night would erase
+    them. Each repeat runs the command on a clone of that once-purged lake. The command's own
+    JSON must say it removed 0 rows and the Delta logs must show no data file rewritten; the
+    phase breakdown is the command's step lines (seconds, Spark jobs, tasks) plus the start-up
+    (wall time outside the outer ``purge`` step).
+    """
+    from consentgate.demo import CONF_FILE
+    from consentgate.runtime import iso
+
+    result: dict[str, Any] = {"scenario": "noop_night", "scale": scale}
+    missing = _purge_ready()
+    if missing is not None:
+        result["not_measured"] = {"consentgate": missing}
+        result["targets"] = {
+            "CLI wall seconds": target(
+                f"<= {NOOP_TARGET_SECONDS:g}", None, at_most(NOOP_TARGET_SECONDS), []
+            )
+        }
+        return result
+    from consentgate.purge import run_purge
+
+    ctx.log(f"noop_night {scale}: the previous night (untimed)")
+    night0 = clone_lake(base, ctx.scratch / "noop-night0")
+    first, first_s, first_work, _ = timed(
+        ctx,
+        f"noop_night {scale}: previous night, in this session",
+        lambda: run_purge(ctx.spark, conf_of(night0), as_of=AS_OF),
+    )
+    result["previous_night"] = {
+        "rows_deleted": sum(int(d["rows_deleted"]) for d in first["datasets"].values()),
+        "seconds_in_session": round(first_s, 3),
+        "jobs": first_work.jobs,
+        "tasks": first_work.tasks,
+    }
+    launcher = cli_command()
+    command = [*launcher, "purge", "--as-of", iso(AS_OF), "--json"]
+    result["command"] = (
+        f"{'consentgate' if len(launcher) == 1 else 'python -c <consentgate.cli:main>'} "
+        f"purge --as-of {iso(AS_OF)} --json --conf <lake>/{CONF_FILE}"
+    )
+    env = _cli_env()
+    times: list[float | None] = []
+    runs: list[dict[str, Any]] = []
+    errors: dict[str, str] = {}
+    for r in range(ctx.repeats):
+        trial = clone_lake(night0, ctx.scratch / "noop-trial")
+        config = conf_of(trial)
+        before = snapshot_files(config)
+        rows_before = {n: lake.table_inventory(config.dataset_path(n))["rows"] for n in before}
+        label = f"noop_night {scale}: consentgate purge (CLI) repeat {r + 1}"
+        ctx.log(label)
+        t0 = time.perf_counter()
+        done = subprocess.run(
+            [*command, "--conf", str(trial / CONF_FILE)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=3600,
+            check=False,
+        )
+        wall = time.perf_counter() - t0
+        steps = parse_step_lines(done.stderr)
+        run = _noop_run(done, wall, steps)
+        diff = io_diff(before, config, rows_before)
+        run["rows_deleted_in_log"] = sum(int(d["rows_deleted"]) for d in diff.values())
+        run["files_rewritten_in_log"] = sum(int(d["files_rewritten"]) for d in diff.values())
+        ctx.log(
+            f"{label}: {wall:.3f}s exit={done.returncode} rows_deleted={run.get('rows_deleted')}"
+            f" steps={len(steps)}"
+        )
+        if done.returncode != 0 or run.get("rows_deleted") is None:
+            errors["consentgate"] = (
+                f"exit {done.returncode}: " + (done.stderr.strip().splitlines() or [""])[-1]
+            )[:500]
+            times.append(None)
+        else:
+            times.append(wall)
+        runs.append(run)
+        shutil.rmtree(trial, ignore_errors=True)
+    shutil.rmtree(night0, ignore_errors=True)
+    result["seconds"] = {"consentgate": stats(times)}
+    best = median_index(times)
+    chosen = runs[best] if best is not None else (runs[-1] if runs else {})
+    result["spark"] = spark_counts(
+        {"consentgate": [chosen.get("jobs")]}, {"consentgate": [chosen.get("tasks")]}
+    )
+    result["runs"] = runs
+    result["steps"] = {"consentgate": chosen.get("steps", [])}
+    result["rows_ok"] = {
+        "consentgate": bool(runs)
+        and all(
+            x.get("rows_deleted") == 0
+            and x["rows_deleted_in_log"] == 0
+            and x["files_rewritten_in_log"] == 0
+            for x in runs
+        )
+    }
+    if errors:
+        result["errors"] = errors
+    phases: list[dict[str, Any]] = []
+    if chosen:
+        phases.append(
+            {
+                "phase": "process start-up and exit (interpreter, imports, JVM, config)",
+                "seconds": chosen.get("startup_seconds"),
+            }
+        )
+        phases += [step_phase("consentgate", line) for line in chosen.get("steps", [])]
+    result["targets"] = {
+        "CLI wall seconds": target(
+            f"<= {NOOP_TARGET_SECONDS:g}",
+            result["seconds"]["consentgate"]["median"],
+            at_most(NOOP_TARGET_SECONDS),
+            phases,
+        )
+    }
+    return result
+
+
+def _noop_run(
+    done: subprocess.CompletedProcess[str], wall: float, steps: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """One command run's facts: exit code, wall seconds, the rows its JSON says it removed and
+    whether it says ok, the outer ``purge`` step's jobs, tasks and seconds, and the start-up
+    (wall seconds outside that step). Counts only: the command's JSON is not kept."""
+    run: dict[str, Any] = {"exit_code": done.returncode, "seconds": round(wall, 3), "steps": steps}
+    try:
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        out = None
+    if isinstance(out, dict) and isinstance(out.get("datasets"), dict):
+        run["ok"] = out.get("ok")
+        run["tables"] = len(out["datasets"])
+        run["rows_deleted"] = sum(int(d.get("rows_deleted", 0)) for d in out["datasets"].values())
+        erasure = (out.get("erasure") or {}).get("datasets") or {}
+        run["erasure_results"] = sorted({str(e.get("result")) for e in erasure.values()})
+    outer = next((s for s in reversed(steps) if s["step"] == "purge"), None)
+    if outer is not None:
+        run["jobs"] = outer.get("jobs")
+        run["tasks"] = outer.get("tasks")
+        if isinstance(outer.get("seconds"), int | float):
+            run["startup_seconds"] = round(wall - float(outer["seconds"]), 3)
+    return run

@@ -2,10 +2,12 @@
 
 It runs every scenario once on a 200-asset demo lake (at 100 the generative-training
 allowlist is about one asset with no stems, so the gate would snapshot nothing), in the test
-session's Spark, and checks
+session's Spark (the night with nothing to remove runs ``consentgate purge`` in a fresh
+process, as a user does), and checks
 that the results are complete and mean something: every scenario present with numbers and
 ratios, every purge contender deleting exactly the rows it must, consentgate's purge at the
-copy-on-write minimum, every digest equal to ``sha256sum``'s, every target with its measured value and phase breakdown, and the
+copy-on-write minimum, the empty night removing nothing and reporting its steps, every digest
+equal to ``sha256sum``'s, every target with its measured value and phase breakdown, and the
 Markdown rendered.
 """
 
@@ -39,6 +41,8 @@ def results(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> di
             "--smoke",
             "--scales",
             "200",
+            "--noop-scale",
+            "200",
             "--fraction",
             "0.03",
             "--sweep",
@@ -59,7 +63,7 @@ def results(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> di
 
 def test_every_scenario_ran(results: dict[str, Any]) -> None:
     by_name = {r["scenario"]: r for r in results["results"]}
-    assert set(by_name) == {"purge_clustered", "purge_scattered", "gate", "hashing"}
+    assert set(by_name) == {"purge_clustered", "purge_scattered", "gate", "hashing", "noop_night"}
     failed = {
         n: r.get("error") or r.get("errors")
         for n, r in by_name.items()
@@ -102,6 +106,38 @@ def test_purge_measures_contenders_against_the_minimum(
         assert "consentgate step purge" in {ph["phase"] for ph in steps}
 
 
+def test_night_with_nothing_to_remove_runs_the_command(results: dict[str, Any]) -> None:
+    """The CLI purge, in a fresh process, on a lake purged once already: nothing removed, its
+    wall seconds, its step lines as the phase breakdown, and issue 20's 10 s target judged."""
+    r = next(x for x in results["results"] if x["scenario"] == "noop_night")
+    assert r["status"] == "ok" and not r.get("errors"), r.get("errors")
+    assert r["scale"] == 200
+    # The previous night did remove rows, so this one had something it could have redone.
+    assert r["previous_night"]["rows_deleted"] > 0
+    assert len(r["runs"]) == 1
+    run_ = r["runs"][0]
+    assert run_["exit_code"] == 0 and run_["ok"] is True
+    assert run_["rows_deleted"] == 0 and run_["tables"] >= 1
+    assert run_["rows_deleted_in_log"] == 0 and run_["files_rewritten_in_log"] == 0
+    assert r["rows_ok"] == {"consentgate": True}
+    seconds = r["seconds"]["consentgate"]
+    assert _measured(seconds) and seconds["median"] > 0
+    # The command's own step lines, parsed from its stderr: decide and the outer purge at least,
+    # each with seconds and Spark counts; the outer step is inside the wall time.
+    steps = r["steps"]["consentgate"]
+    names = [s["step"] for s in steps]
+    assert "purge" in names and "decide" in names, names
+    assert all(_number(s["seconds"]) and _number(s["jobs"]) and _number(s["tasks"]) for s in steps)
+    outer = next(s for s in reversed(steps) if s["step"] == "purge")
+    assert 0 < outer["seconds"] < seconds["median"]
+    assert run_["startup_seconds"] == pytest.approx(seconds["median"] - outer["seconds"], abs=2e-3)
+    t = r["targets"]["CLI wall seconds"]
+    assert t["target"] == "<= 10" and t["value"] == seconds["median"]
+    assert t["met"] is (seconds["median"] <= 10)
+    assert t["phases"][0]["seconds"] == run_["startup_seconds"]
+    assert len(t["phases"]) == 1 + len(steps)
+
+
 def test_gate_and_hashing_have_numbers_and_ratios(results: dict[str, Any]) -> None:
     gate = next(x for x in results["results"] if x["scenario"] == "gate")
     assert all(_measured(s) for s in gate["seconds"].values())
@@ -120,6 +156,7 @@ def test_markdown_has_every_section(results: dict[str, Any]) -> None:
     for heading in (
         "## Machine",
         "## Targets",
+        "## 0. A night with nothing to remove",
         "## 1-2. Purge",
         "## 3. Gate",
         "## 4. Manifest",
