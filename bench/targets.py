@@ -14,11 +14,6 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-_PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
-
-
-_STEP_LINE = re.compile(r"(?:^|\s)(?P<logger>consentgate[\w.]*)\s+(?P<pairs>step=.*)$")
-
 
 def step_entry(logger: str, fields: Mapping[str, Any]) -> dict[str, Any]:
     """One step line as the results keep it: which module, the step, its table, its seconds,
@@ -152,6 +147,13 @@ def sweep_targets(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 }
             )
     return out
+
+
+#: A step line on a command's stderr (``consentgate.logs.CLI_FORMAT``): the logger's name, then
+#: the ``key=value`` pairs from ``step=`` on.
+_STEP_LINE = re.compile(r"(?:^|\s)(?P<logger>consentgate[\w.]*)\s+(?P<pairs>step=.*)$")
+#: One pair: a JSON-quoted string value (``consentgate.logs`` quotes those with spaces) or a bare one.
+_PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 
 
 def _field(text: str) -> int | float | bool | str:
