@@ -46,6 +46,8 @@ DAG_IDS: Final = (
 QUIET_SPARK_CONF: Final = {"spark.ui.showConsoleProgress": "false"}
 #: Bound on ``airflow db migrate`` (SQLite takes a few seconds).
 MIGRATE_TIMEOUT_S: Final = 600
+#: The terminal width :func:`render` keeps to (issue #24 item 6).
+RENDER_WIDTH: Final = 100
 
 
 def dags_folder() -> Path:
@@ -361,8 +363,31 @@ def run_story(
     }
 
 
+def reason_lines(
+    reasons: Mapping[str, Any], *, indent: int, width: int = RENDER_WIDTH
+) -> list[str]:
+    """A table's rows removed per reason as ``reason count`` items, comma-separated, wrapped
+    to ``width`` columns under the table's line (never an item split across two lines)."""
+    pad = " " * indent
+    lines: list[str] = []
+    line = ""
+    for reason, count in sorted(reasons.items()):
+        item = f"{reason} {count}"
+        if line and len(pad) + len(line) + len(", ") + len(item) + len(",") > width:
+            lines.append(f"{pad}{line},")
+            line = item
+        else:
+            line = f"{line}, {item}" if line else item
+    return [*lines, f"{pad}{line}"] if line else lines
+
+
 def render(summary: Mapping[str, Any]) -> str:
-    """The story summary as text for people (``consentgate demo`` without ``--json``)."""
+    """The story summary as text for people (``consentgate demo`` without ``--json``).
+
+    Each purged table gets one line (name, rows removed of rows before) and its reasons
+    wrapped under it, so the breakdown fits a 100-column terminal whatever the reasons; only
+    a line holding a path (the lake, the manifest) may be wider, since a path is printed whole.
+    """
     purge = summary["purge"]
     gate = summary["gate"]
     proof = summary["proof"]
@@ -371,17 +396,19 @@ def render(summary: Mapping[str, Any]) -> str:
         "",
         f"nightly purge ({purge['dag_run_id']}): {purge['rows_deleted']} rows removed",
     ]
-    for name, facts in sorted(purge["datasets"].items()):
-        reasons = ", ".join(f"{r} {n}" for r, n in sorted((facts.get("reasons") or {}).items()))
+    datasets = sorted(purge["datasets"].items())
+    name_width = max((len(name) for name, _ in datasets), default=0)
+    for name, facts in datasets:
         lines.append(
-            f"  {name:<40} {facts.get('rows_deleted')!s:>7} of {facts.get('rows_before')!s:>7}"
-            + (f"  ({reasons})" if reasons else "")
+            f"  {name:<{name_width}}  {facts.get('rows_deleted')!s:>7} of "
+            f"{facts.get('rows_before')!s:>7}"
         )
+        lines += reason_lines(facts.get("reasons") or {}, indent=6)
     lines += [
         f"  audit chain ok: {purge['audit_chain_ok']}",
         "",
-        f"pre-training gate ({gate['dag_run_id']}): model {gate['model_version']}, "
-        f"use case {gate['use_case']}, {gate['allowlist_assets']} assets allowed",
+        f"pre-training gate ({gate['dag_run_id']}): model {gate['model_version']}",
+        f"  use case {gate['use_case']}, {gate['allowlist_assets']} assets allowed",
         f"  manifest: {gate['manifest_path']}",
         f"  sha256:   {gate['manifest_sha256']}",
         f"  verified: {gate['verification']['ok']} {gate['verification']['problems'] or ''}".rstrip(),
@@ -390,7 +417,7 @@ def render(summary: Mapping[str, Any]) -> str:
         lines.append(f"  snapshot {name}: {rows} rows")
     lines += [
         "",
-        f"inclusion proof for asset {proof['asset_id']}: included={proof['included']}, "
-        f"checks against the manifest root alone: {proof['verified_offline']}",
+        f"inclusion proof for asset {proof['asset_id']}: included={proof['included']}",
+        f"  checks against the manifest root alone: {proof['verified_offline']}",
     ]
     return "\n".join(lines)
