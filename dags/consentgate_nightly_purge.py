@@ -126,7 +126,8 @@ def consentgate_nightly_purge() -> None:
         return result
 
     # all_done: runs when some purge_dataset instances failed (they push no XCom, so `purged`
-    # holds only the tables whose purge succeeded: those are the ones erased).
+    # holds only the tables whose purge succeeded: those are the ones erased). `purged` is read
+    # with mapped_results, never iterated (iterating logs "XCom not found" at its end).
     @task(multiple_outputs=False, trigger_rule=TriggerRule.ALL_DONE, pool=SPARK_POOL)
     def erase_and_verify(
         run: dict[str, Any] | None, purged: list[dict[str, Any]] | None
@@ -137,8 +138,9 @@ def consentgate_nightly_purge() -> None:
             return {"skipped": True, "reason": "validate failed"}
         if run["dry_run"] or not run.get("erase", True):
             return {"skipped": True, "reason": "dry run" if run["dry_run"] else "erase=false"}
+        done = airflow_tasks.mapped_results(purged)
         return airflow_tasks.run_step(
-            run, "erase", run_id=run["run_id"], targets=[r["name"] for r in purged or ()]
+            run, "erase", run_id=run["run_id"], targets=[r["name"] for r in done]
         )
 
     # all_done, then fails the run itself when a table failed (it is the run's last task, so
@@ -153,7 +155,9 @@ def consentgate_nightly_purge() -> None:
     ) -> dict[str, Any]:
         from consentgate import airflow_tasks
 
-        return airflow_tasks.record_purge(run, list(purged or ()), erasure, targets)
+        return airflow_tasks.record_purge(
+            run, airflow_tasks.mapped_results(purged), erasure, targets
+        )
 
     run = validate()
     targets = decide(run)

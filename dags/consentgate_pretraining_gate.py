@@ -130,7 +130,9 @@ def consentgate_pretraining_gate() -> None:
     ) -> dict[str, Any]:
         from consentgate import airflow_tasks
 
-        return airflow_tasks.run_step(run, "gate_publish", run=gate, snapshots=list(snapshots))
+        return airflow_tasks.run_step(
+            run, "gate_publish", run=gate, snapshots=airflow_tasks.mapped_results(snapshots)
+        )
 
     @task(multiple_outputs=False, outlets=[AssetAlias(SNAPSHOT_ALIAS)], pool=SPARK_POOL)
     def verify(run: dict[str, Any], published: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import io
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,3 +146,56 @@ def test_the_purge_step_lines_show_the_spark_work_they_ran(
     assert outer >= sum(int(lines[k]["jobs"]) for k in steps)
     message = next(r.getMessage() for r in caplog.records if "step=rewrite" in r.getMessage())
     assert " jobs=" in message and " tasks=" in message and "a1" not in message
+
+
+# --------------------------------------------------------------------------------------------
+# Our dependencies' deprecation notices (issue #24 item 3)
+
+
+def _shown(origin: str, category: type[Warning]) -> bool:
+    """Whether a warning that names ``origin`` as its module is shown under the current filters
+    (``warn_explicit``: the module is the one the warning machinery matches filters against)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "warnoptions", [])
+        with warnings.catch_warnings(record=True) as seen:
+            # As Airflow does when first imported: show its deprecations.
+            warnings.simplefilter("default")
+            warnings.filterwarnings("default", category=DeprecationWarning, module="airflow")
+            logs.quiet_dependency_warnings()
+            warnings.warn_explicit("old", category, f"{origin}.py", 1, module=origin)
+        return bool(seen)
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["airflow.models.dag", "airflow", "sqlalchemy.orm.strategy_options", "pyspark.sql.pandas"],
+)
+@pytest.mark.parametrize("category", [DeprecationWarning, PendingDeprecationWarning, FutureWarning])
+def test_a_dependencys_deprecation_notice_is_hidden(origin: str, category: type[Warning]) -> None:
+    assert not _shown(origin, category)
+
+
+@pytest.mark.parametrize(
+    "origin",
+    # ours, a DAG file as Airflow imports it, a user's module, a name that only starts alike
+    ["consentgate.purge", "unusual_prefix_0a1b_consentgate_nightly_purge", "mycompany", "airflowx"],
+)
+def test_a_deprecation_notice_naming_other_code_still_shows(origin: str) -> None:
+    assert _shown(origin, DeprecationWarning)
+
+
+def test_other_warnings_of_a_dependency_still_show() -> None:
+    assert _shown("airflow.models.dag", UserWarning)
+    assert _shown("pyspark.sql.session", RuntimeWarning)
+
+
+def test_nothing_is_hidden_when_the_user_asked_for_warnings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import warnings
+
+    monkeypatch.setattr(sys, "warnoptions", ["default"])
+    with warnings.catch_warnings():
+        before = list(warnings.filters)
+        logs.quiet_dependency_warnings()
+        assert warnings.filters == before

@@ -1,7 +1,15 @@
-"""The demo's story: its text fits a terminal (issue #24 item 6)."""
+"""The demo's story: its text fits a terminal, and running DAGs through it prints nothing of
+Airflow's own (issue #24 items 3 and 6).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 from typing import Any
 
 from consentgate.consent import DENIAL_REASONS
@@ -82,3 +90,80 @@ def test_a_table_without_reasons_has_no_line_under_it() -> None:
     lines = render(summary).splitlines()
     at = next(i for i, line in enumerate(lines) if line.split()[:1] == ["stems"])
     assert lines[at + 1] == "  audit chain ok: True"
+
+
+# --------------------------------------------------------------------------------------------
+# Running a DAG the way the demo does prints nothing of Airflow's own: no deprecation notice of
+# a dependency, no "XCom not found" for a mapped task's results read whole. In a child process,
+# as `consentgate demo` starts: warnings are shown once per place and process, and pytest's own
+# filters would stand between Airflow and the terminal here. The DAG needs no Spark: the notices
+# come from Airflow's machinery (its imports, dag.test's in-process API), not from the tasks.
+
+PROBE_DAG = """
+import datetime as dt
+
+from airflow.sdk import TriggerRule, dag, task
+
+from consentgate.airflow_tasks import mapped_results
+
+
+@dag(
+    dag_id="consentgate_quiet_probe",
+    schedule=None,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+)
+def consentgate_quiet_probe():
+    @task
+    def decide():
+        return ["a", "b", "c"]
+
+    @task
+    def purge_dataset(target):
+        return {"name": target}
+
+    # As erase_and_verify and audit_summary read the purge's mapped results.
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def summary(purged):
+        return [r["name"] for r in mapped_results(purged)]
+
+    summary(purge_dataset.expand(target=decide()))
+
+
+consentgate_quiet_probe()
+"""
+
+PROBE_RUN = """
+import json, sys
+from pathlib import Path
+from consentgate.story import run_dag
+outcome = run_dag("consentgate_quiet_probe", dags_dir=Path(sys.argv[1]))
+print(json.dumps({"state": outcome.state, "summary": outcome.results.get("summary")}))
+"""
+
+
+def test_a_dag_run_through_the_story_prints_no_airflow_notices(
+    airflow_db: Path, tmp_path: Path
+) -> None:
+    from consentgate.story import airflow_environment
+
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "consentgate_quiet_probe.py").write_text(textwrap.dedent(PROBE_DAG))
+    # The session's migrated metadata DB, this folder's DAG: no migration in the child.
+    env = {**os.environ, **airflow_environment(airflow_db, dags_dir=dags)}
+    env.pop("PYTHONWARNINGS", None)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE_RUN, str(dags)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    *noise, last = done.stdout.splitlines()
+    assert json.loads(last) == {"state": "success", "summary": ["a", "b", "c"]}
+    # Airflow's client logs "[error] XCom not found" on stdout, warnings go to stderr.
+    assert noise == [], noise
+    assert done.stderr == "", done.stderr

@@ -1052,6 +1052,21 @@ def gate_prepare(run: Mapping[str, Any]) -> list[str]:
     return [str(name) for name in gate["datasets"]]
 
 
+def mapped_results(results: Sequence[Any] | None) -> list[Any]:
+    """The results of a mapped task's instances that pushed one, in map-index order.
+
+    A downstream task receives a mapped task's output as Airflow's lazy sequence. Iterating it
+    (``list(results)``, a ``for`` loop) asks the API for one item after the other until one is
+    *not found*, which the task SDK's client logs as ``[error] XCom not found`` after every
+    complete read (issue #24). A slice asks once for all of them and gets exactly those that
+    exist (a failed instance's is missing, as with iteration). ``None`` (nothing was mapped)
+    gives an empty list; a plain list is copied.
+    """
+    if results is None:
+        return []
+    return list(results[:])
+
+
 def pull_xcom(task_id: str, *, key: str = "return_value") -> Any:
     """An upstream task's XCom, or None when that task never pushed it (it failed)."""
     from airflow.sdk import get_current_context

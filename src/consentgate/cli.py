@@ -332,9 +332,10 @@ def _run(
 @click.version_option(package_name="consentgate")
 def main() -> None:
     """Enforce creator consent on machine-learning training data (Spark + Delta + Airflow)."""
-    from consentgate.logs import configure_cli_logging
+    from consentgate.logs import configure_cli_logging, quiet_dependency_warnings
 
     configure_cli_logging()  # step lines at INFO on stderr; stdout stays for the result
+    quiet_dependency_warnings()  # our dependencies' deprecation notices are not for our users
     _keep_stdout_for_the_result()
 
 

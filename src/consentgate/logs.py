@@ -32,6 +32,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Final, Protocol, TextIO
 
@@ -42,6 +43,27 @@ RECORD_FIELDS: Final = "consentgate"
 #: Line format of the command line's log records (on stderr, plain text, no colour).
 CLI_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s %(message)s"
 CLI_DATE_FORMAT: Final = "%Y-%m-%dT%H:%M:%SZ"
+#: The packages whose deprecation notices our entry points keep off the terminal
+#: (:func:`quiet_dependency_warnings`): what consentgate runs on, none of them ours.
+DEPENDENCIES: Final = (
+    "airflow",
+    "alembic",
+    "sqlalchemy",
+    "pydantic",
+    "fastapi",
+    "starlette",
+    "httpx",
+    "structlog",
+    "pyspark",
+    "py4j",
+    "delta",
+    "deltalake",
+    "pyarrow",
+    "pandas",
+)
+#: What :func:`quiet_dependency_warnings` hides: notices addressed to those packages' callers'
+#: maintainers (a removal to come), not to someone running a purge.
+DEPRECATIONS: Final = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 
 
 class StepWork(Protocol):
@@ -170,3 +192,29 @@ def configure_cli_logging() -> None:
     ours = logging.getLogger(ROOT_LOGGER)
     if ours.level == logging.NOTSET:
         ours.setLevel(logging.INFO)
+
+
+def quiet_dependency_warnings() -> None:
+    """Hide the deprecation notices our dependencies raise inside their own code, in this process.
+
+    Called where consentgate starts the process or the run (the command line at start-up, the
+    demo's :func:`consentgate.story.run_dag` once Airflow is imported), never by library code
+    or a DAG file: a user's own process keeps its warnings. Only
+    :data:`DEPRECATIONS` attributed to a module of :data:`DEPENDENCIES` (the module the warning
+    names as its origin) are hidden: a dependency calling another deprecated dependency
+    (Airflow's SQLAlchemy ``noload``, a provider's compat import) is not something a person
+    running ``consentgate demo`` can act on, while a notice that names a consentgate module or
+    a DAG file as the caller still shows, so that we fix our code. Python's ``-W`` options and
+    ``PYTHONWARNINGS`` win: nothing is hidden when the user asked for warnings.
+
+    Airflow adds filters that show its deprecations when ``airflow.configuration`` is first
+    imported, in front of the list, so a caller that imports Airflow afterwards calls this
+    again after that import (filters added later take precedence). Calling it again adds
+    nothing twice.
+    """
+    if sys.warnoptions:
+        return
+    module = r"(?:" + "|".join(DEPENDENCIES) + r")(?:\.|$)"
+    for category in DEPRECATIONS:
+        # filterwarnings removes an equal filter before inserting it at the front.
+        warnings.filterwarnings("ignore", category=category, module=module)

@@ -160,11 +160,22 @@ def run_dag(
     """Run one of our DAGs to completion in this process with ``dag.test()``.
 
     :func:`prepare_airflow` must have run first. A failing task fails the run; it does not
-    raise here, so callers can assert on a refused gate.
+    raise here, so callers can assert on a refused gate. Our dependencies' deprecation notices
+    are hidden from here on in this process (:func:`consentgate.logs.quiet_dependency_warnings`):
+    this is where the demo and the tests start Airflow, not a user's deployment.
 
     Raises:
         ConsentgateError: the DAG does not load (its import error is in the message).
     """
+    import airflow.configuration  # noqa: F401  (Airflow's own warning filters, see below)
+
+    from consentgate.logs import quiet_dependency_warnings
+
+    # Airflow's configuration puts filters that show its deprecations in front when first
+    # imported; ours go in front of those, before the imports below raise the first notices
+    # (a provider's compat import) and for the DAG files and every task run in this process.
+    quiet_dependency_warnings()
+
     from airflow.models.asset import AssetEvent
     from airflow.models.dagbag import DagBag
     from airflow.models.xcom import XComModel
