@@ -77,3 +77,26 @@ def test_window_zero_removes_tombstoned_files_and_names_them(
     version = lake.table_version(path)
     assert maintenance.vacuum(spark, path, retention_hours=0) == maintenance.VacuumResult()
     assert lake.table_version(path) == version
+
+
+def test_the_window_given_is_the_one_vacuum_applies(spark: SparkSession, tmp_path: Path) -> None:
+    """A window shorter than Delta's 7-day default: an orphan older than the window goes.
+
+    delta-spark 4 ignores a VACUUM retention other than 0 hours by default (it keeps the
+    table's ``delta.deletedFileRetentionDuration``, 7 days here, and warns per table); then
+    this orphan, 2 hours old, would stay. The session setting that makes VACUUM honour the
+    window is the same one that keeps that WARN line off the terminal (issue #24 item 3).
+    """
+    path = tmp_path / "t"
+    _tombstoned, active = _table(spark, path)
+    orphan = path / "part-99999-killed-writer.snappy.parquet"
+    shutil.copy(path / sorted(active)[0], orphan)
+    two_hours_ago = time.time() - 2 * 3600
+    os.utime(orphan, (two_hours_ago, two_hours_ago))
+    size = orphan.stat().st_size
+
+    result = maintenance.vacuum(spark, path, retention_hours=1)
+
+    assert not orphan.exists()
+    assert result == maintenance.VacuumResult(orphans=(orphan.name,), bytes_removed=size)
+    assert all((path / rel).exists() for rel in active)

@@ -73,6 +73,12 @@ REQUIRED_CONF: dict[str, str] = {
     # VACUUM below Delta's 7-day default is the erasure window's business (erasure.py checks
     # the window itself), so Delta's own safety check would only refuse a configured window.
     "spark.databricks.delta.retentionDurationCheck.enabled": "false",
+    # delta-spark 4 ignores VACUUM's retention argument unless it is 0 and keeps the table's
+    # delta.deletedFileRetentionDuration (7 days unless set) instead, printing "WARN
+    # VacuumCommand: Vacuum with retention threshold other than 0 hours is ignored" for every
+    # table: a window of 24 hours would erase after 7 days, one of 30 days after 7 (issue
+    # #24). The window is the contract (erasure.py), so VACUUM must apply the one it is given.
+    "spark.databricks.delta.vacuum.retentionWindowIgnore.enabled": "false",
 }
 
 
