@@ -23,7 +23,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -122,11 +122,19 @@ class Runs:
     gate: Any
     purge: Any
     purge_decisions: list[list[str] | None]
+    #: What Airflow itself logged at ERROR or above during both runs (its structlog events:
+    #: ``event``, ``logger``, ...), e.g. the SDK client's "XCom not found" (issue #24 item 3).
+    airflow_errors: list[dict[str, Any]] = field(default_factory=list)
 
 
 def gate_then_purge(conf: Path) -> Runs:
     """Gate ``m1`` for generative training, then the nightly purge (which covers the snapshot),
-    counting the purge run's consent decisions through the real ``decide_run``."""
+    counting the purge run's consent decisions through the real ``decide_run`` and keeping
+    what Airflow logged at ERROR (structlog's capture: under pytest Airflow does not cache its
+    loggers, so every logger of the runs reaches it)."""
+    import airflow.models.dagbag  # noqa: F401  (Airflow configures structlog when imported)
+    import structlog.testing
+
     from consentgate import purge as purge_module
     from consentgate.story import run_dag
 
@@ -138,7 +146,7 @@ def gate_then_purge(conf: Path) -> Runs:
         decisions.append(None if names is None else [str(n) for n in names])
         return real_decide_run(*args, **kwargs)
 
-    with conf_env(conf):
+    with conf_env(conf), structlog.testing.capture_logs() as logged:
         gate = run_dag(
             "consentgate_pretraining_gate",
             run_conf={"use_case": USE_CASE, "model_version": MODEL_VERSION, "as_of": AS_OF},
@@ -147,7 +155,8 @@ def gate_then_purge(conf: Path) -> Runs:
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(purge_module, "decide_run", counting_decide_run)
             purge = run_dag("consentgate_nightly_purge", run_conf={"as_of": AS_OF}, dags_dir=DAGS)
-    return Runs(conf=conf, gate=gate, purge=purge, purge_decisions=decisions)
+    errors = [e for e in logged if e.get("log_level") in ("error", "critical")]
+    return Runs(conf=conf, gate=gate, purge=purge, purge_decisions=decisions, airflow_errors=errors)
 
 
 @pytest.fixture(scope="session")

@@ -139,6 +139,24 @@ def test_nightly_purge_decides_consent_once_and_leaves_no_work_tables(
     assert not runs_root.exists() or list(runs_root.iterdir()) == []
 
 
+def test_successful_runs_log_no_airflow_error(local_runs: Runs) -> None:
+    """Issue #24 item 3: a gate and a purge that succeed make Airflow log no error. Iterating
+    a mapped task's results (the purge's ``erase_and_verify`` and ``audit_summary``, the
+    gate's ``manifest``) made the SDK client log "XCom not found" once per read, past the
+    last result; they read them whole with ``airflow_tasks.mapped_results``."""
+    assert local_runs.gate.ok and local_runs.purge.ok
+    assert local_runs.purge.results["purge_dataset"] and local_runs.gate.results["snapshot"]
+    errors = [
+        (e.get("event"), e.get("logger"), e.get("task_id")) for e in local_runs.airflow_errors
+    ]
+    # Not yet: these runs find their config through env CONSENTGATE_CONF, the documented
+    # fallback after the Airflow Variable, and the SDK client logs the Variable's absence as
+    # an error (once per validate task). Looking at the environment first would change the
+    # documented precedence; the demo sets the Variable (through AIRFLOW_VAR_...) instead.
+    errors = [e for e in errors if e[0] != "Variable not found"]
+    assert errors == []
+
+
 def test_gate_admits_exactly_what_the_reference_model_grants(
     spark: SparkSession, local_runs: Runs, pristine_lake: Path
 ) -> None:
