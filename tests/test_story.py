@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -167,3 +168,109 @@ def test_a_dag_run_through_the_story_prints_no_airflow_notices(
     # Airflow's client logs "[error] XCom not found" on stdout, warnings go to stderr.
     assert noise == [], noise
     assert done.stderr == "", done.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# The demo shows its progress as it goes (issue #24 item 2): a step line reaches stderr the
+# moment a task logs it, while Airflow's own logging stays at its ERROR level. Airflow's first
+# import replaces the root logger's handlers with its own; the command line's stderr handler
+# had gone with them, so the demo printed no step line at all until the summary.
+# The child starts as `consentgate` does (the command group's start-up), then runs a DAG the
+# way the demo does. Its task logs a step line, then waits for the test to have read that line
+# from the child's stderr before it ends: a line held back until the run ends fails the test.
+
+PROGRESS_DAG = """
+import datetime as dt
+import logging
+import os
+import time
+from pathlib import Path
+
+from airflow.sdk import dag, task
+
+from consentgate.logs import step
+
+
+@dag(
+    dag_id="consentgate_progress_probe",
+    schedule=None,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+)
+def consentgate_progress_probe():
+    @task
+    def work():
+        started = time.monotonic()
+        # Below Airflow's level (ERROR here), off the terminal: Airflow's own INFO, and a
+        # warning of a logger Airflow sets to WARN itself (it reaches the root logger).
+        logging.getLogger("airflow.task").info("airflow chatter")
+        logging.getLogger("httpx").warning("httpx chatter")
+        # At Airflow's level: shown, once (by Airflow's handler).
+        logging.getLogger("some.library").error("library error")
+        step(logging.getLogger("consentgate.probe"), "probe", table="t", rows=3, since=started)
+        seen = Path(os.environ["PROBE_SEEN"])
+        deadline = time.monotonic() + 30
+        while not seen.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the step line did not reach the terminal while the task ran")
+            time.sleep(0.05)
+        return "done"
+
+    work()
+
+
+consentgate_progress_probe()
+"""
+
+PROGRESS_RUN = """
+import json, sys
+from pathlib import Path
+from consentgate.cli import main
+main.callback()  # the command line's start-up: logging, warnings, stdout for the result
+from consentgate.story import run_dag
+outcome = run_dag("consentgate_progress_probe", dags_dir=Path(sys.argv[1]))
+print(json.dumps({"state": outcome.state, "work": outcome.results.get("work")}))
+"""
+
+
+def test_a_step_line_reaches_stderr_while_the_task_runs_and_airflow_stays_quiet(
+    airflow_db: Path, tmp_path: Path
+) -> None:
+    from consentgate.story import airflow_environment
+
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "consentgate_progress_probe.py").write_text(textwrap.dedent(PROGRESS_DAG))
+    seen = tmp_path / "seen"
+    env = {**os.environ, **airflow_environment(airflow_db, dags_dir=dags), "PROBE_SEEN": str(seen)}
+    env.pop("PYTHONWARNINGS", None)
+    stdout = tmp_path / "stdout"
+    with stdout.open("w") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-c", PROGRESS_RUN, str(dags)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stderr is not None
+        lines: list[str] = []
+        try:
+            for line in child.stderr:
+                lines.append(line.rstrip("\n"))
+                if "step=probe " in line:
+                    seen.touch()  # the task may end now
+            returncode = child.wait(timeout=300)
+        finally:
+            child.kill()
+    stderr = "\n".join(lines)
+    assert returncode == 0, stderr[-3000:]
+    outcome = json.loads(stdout.read_text().splitlines()[-1])
+    assert outcome == {"state": "success", "work": "done"}, stderr[-3000:]
+    # The line was read while the task was still waiting for it (else the task failed), in
+    # the command line's format; below Airflow's level nothing else reached the terminal, and
+    # the error Airflow shows is not shown twice.
+    ours = [line for line in lines if "library error" not in line]
+    step_line = r"\S+Z INFO consentgate\.probe step=probe table=t rows=3 seconds=\d+\.\d{3}"
+    assert len(ours) == 1 and re.fullmatch(step_line, ours[0]), stderr
+    assert stderr.count("library error") == 1, stderr

@@ -21,7 +21,9 @@ table, the job and task counts do. ``spark_partial=true`` marks counts that are 
 says ``jobs=0 tasks=0``; one that is not measured (the Spark-free ``verify``) has neither.
 
 Library code only gets loggers; it never adds handlers, so under Airflow the records propagate
-to the task log. The command line calls :func:`configure_cli_logging` once at start-up.
+to the task log. The command line calls :func:`configure_cli_logging` once at start-up, and
+:func:`restore_cli_logging` once Airflow, imported later in the same process (the demo), has
+replaced the root logger's handlers with its own.
 
 This module imports the standard library only: ``consentgate verify`` must load no pyspark.
 """
@@ -173,6 +175,17 @@ class _CurrentStderr(logging.StreamHandler[TextIO]):
         """Ignored: the stream is always the current ``sys.stderr``."""
 
 
+class _OursOnly(logging.Filter):
+    """Passes consentgate's records only (the ``consentgate`` logger and those under it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name == ROOT_LOGGER or record.name.startswith(f"{ROOT_LOGGER}.")
+
+
+#: Whether :func:`configure_cli_logging` ran in this process (our command line owns it).
+_cli_logging = False
+
+
 def configure_cli_logging() -> None:
     """Send consentgate's INFO lines (and every library's warnings) to stderr, once.
 
@@ -182,16 +195,48 @@ def configure_cli_logging() -> None:
     root logger's WARNING threshold (py4j's INFO chatter stays out); a level someone set on
     the ``consentgate`` logger before is kept. Calling it again adds nothing.
     """
-    root = logging.getLogger()
-    if not any(isinstance(h, _CurrentStderr) for h in root.handlers):
-        handler = _CurrentStderr()
-        formatter = logging.Formatter(CLI_FORMAT, datefmt=CLI_DATE_FORMAT)
-        formatter.converter = time.gmtime
-        handler.setFormatter(formatter)
-        root.addHandler(handler)
+    global _cli_logging
+    _cli_logging = True
+    _attach_stderr(ours_only=False)
     ours = logging.getLogger(ROOT_LOGGER)
     if ours.level == logging.NOTSET:
         ours.setLevel(logging.INFO)
+
+
+def restore_cli_logging() -> None:
+    """Put the command line's stderr line back for consentgate's records after Airflow's
+    logging set-up has taken the root logger.
+
+    Airflow configures logging when it is first imported (``airflow.configuration``): a
+    ``dictConfig`` whose root logger has Airflow's handler only, at Airflow's level. The
+    handler :func:`configure_cli_logging` put there is dropped, so in a process that imports
+    Airflow after start-up (``consentgate demo`` runs the DAGs in process) every step line
+    fell into Airflow's handler, which at the demo's ERROR level prints none of them: the demo
+    was silent for minutes. Called right after that import (:func:`consentgate.story.run_dag`),
+    this adds the stderr handler back, passing consentgate's records only: Airflow's handler
+    keeps showing everything else at Airflow's level, so nothing is printed twice and
+    Airflow's own INFO chatter stays off the terminal.
+
+    Does nothing unless :func:`configure_cli_logging` ran in this process (a test process or
+    an Airflow worker keeps Airflow's handlers: there the lines go to the task log), nor when
+    the handler is still there. Calling it again adds nothing.
+    """
+    if _cli_logging:
+        _attach_stderr(ours_only=True)
+
+
+def _attach_stderr(*, ours_only: bool) -> None:
+    """Add the command line's stderr handler to the root logger unless it has one already."""
+    root = logging.getLogger()
+    if any(isinstance(h, _CurrentStderr) for h in root.handlers):
+        return
+    handler = _CurrentStderr()
+    formatter = logging.Formatter(CLI_FORMAT, datefmt=CLI_DATE_FORMAT)
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    if ours_only:
+        handler.addFilter(_OursOnly())
+    root.addHandler(handler)
 
 
 def quiet_dependency_warnings() -> None:

@@ -169,12 +169,15 @@ def run_dag(
     """
     import airflow.configuration  # noqa: F401  (Airflow's own warning filters, see below)
 
-    from consentgate.logs import quiet_dependency_warnings
+    from consentgate.logs import quiet_dependency_warnings, restore_cli_logging
 
     # Airflow's configuration puts filters that show its deprecations in front when first
     # imported; ours go in front of those, before the imports below raise the first notices
     # (a provider's compat import) and for the DAG files and every task run in this process.
     quiet_dependency_warnings()
+    # The same import replaced the root logger's handlers with Airflow's (at ERROR in the
+    # demo): the command line's step lines go back to stderr as each step ends.
+    restore_cli_logging()
 
     from airflow.models.asset import AssetEvent
     from airflow.models.dagbag import DagBag
