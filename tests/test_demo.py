@@ -8,6 +8,7 @@ lineage and purge code rely on the demo lake to exercise.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import uuid
 from collections.abc import Iterator
@@ -431,11 +432,26 @@ def test_demo_config_matches_the_contract(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_init_demo_round_trip(spark: SparkSession, tmp_path: Path) -> None:
+def test_init_demo_round_trip(
+    spark: SparkSession, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from consentgate import lake as lake_io
 
     root = tmp_path / "lake"
-    summary = demo.init_demo(spark, root, assets=120, seed=3)
+    with caplog.at_level(logging.INFO, logger="consentgate"):
+        summary = demo.init_demo(spark, root, assets=120, seed=3)
+    # Progress as it goes (issue #24 item 2): a step line per table as it is written, in
+    # order, then one for the lake; counts and table names only.
+    lines = [r.consentgate for r in caplog.records if r.name == "consentgate.demo"]
+    assert [(f["step"], f.get("table")) for f in lines] == [
+        *(("generate", name) for name in demo.TABLES),
+        ("init_demo", None),
+    ]
+    for fields in lines[:-1]:
+        assert fields["rows"] == summary.rows[str(fields["table"])], fields
+        assert int(fields["files"]) >= 1 and int(fields["jobs"]) >= 1, fields
+    assert lines[-1]["tables"] == len(demo.TABLES), lines[-1]
+    assert lines[-1]["rows"] == sum(summary.rows.values()), lines[-1]
     assert summary.conf_path == root.resolve() / demo.CONF_FILE
     config = load_config(summary.conf_path)
     assert config.lake_root == root.resolve()

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 import math
 import uuid
 from collections.abc import Mapping
@@ -68,6 +69,10 @@ from pyspark.sql.types import (
 from consentgate import lake as lake_io
 from consentgate.config import load_config
 from consentgate.errors import TableError
+from consentgate.logs import step
+from consentgate.spark import spark_work
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------
 # The demo's fixed clock and vocabulary
@@ -1266,18 +1271,34 @@ def init_demo(spark: SparkSession, lake: Path, *, assets: int = 2000, seed: int 
         if (root / table_path(name)).exists():
             raise TableError(f"--lake: {root / table_path(name)} already exists")
     root.mkdir(parents=True, exist_ok=True)
-    tables = generate(spark, assets=assets, seed=seed)
     rows: dict[str, int] = {}
     versions: dict[str, int] = {}
-    for name, df in tables.items():
-        path = root / table_path(name)
-        versions[name] = lake_io.write_table(
-            df, path, mode="error", commit_metadata={"consentgate.operation": "init-demo"}
-        )
-        rows[name] = int(lake_io.table_inventory(path)["rows"])
+    # A step line per table as it is written (a 2,000-asset lake takes most of a minute), then
+    # one for the whole lake: whoever watches `consentgate demo` sees the build move.
+    with spark_work(spark, "init_demo") as built:
+        tables = generate(spark, assets=assets, seed=seed)
+        for name, df in tables.items():
+            path = root / table_path(name)
+            with spark_work(spark, "generate") as ran:
+                versions[name] = lake_io.write_table(
+                    df, path, mode="error", commit_metadata={"consentgate.operation": "init-demo"}
+                )
+                inventory = lake_io.table_inventory(path)
+            rows[name] = int(inventory["rows"])
+            step(
+                log,
+                "generate",
+                table=name,
+                rows=rows[name],
+                files=int(inventory["files"]),
+                bytes=int(inventory["bytes"]),
+                work=ran,
+            )
+        conf_path = write_demo_config(root)
+    step(log, "init_demo", tables=len(rows), rows=sum(rows.values()), work=built)
     return DemoSummary(
         lake=root,
-        conf_path=write_demo_config(root),
+        conf_path=conf_path,
         rows=rows,
         versions=versions,
         planted=planted_counts(assets),

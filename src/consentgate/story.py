@@ -23,9 +23,11 @@ Airflow reads ``AIRFLOW_HOME`` and its settings when it is first imported, so
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,9 @@ from typing import Any, Final
 
 from consentgate.airflow_tasks import CONF_ENV, CONF_VARIABLE, RETRIES_ENV
 from consentgate.errors import CheckFailed, ConsentgateError
+from consentgate.logs import step
+
+log = logging.getLogger(__name__)
 
 #: Environment variable naming the DAGs folder when not the repository's ``dags/``.
 DAGS_DIR_ENV: Final = "CONSENTGATE_DAGS_DIR"
@@ -337,12 +342,18 @@ def run_story(
     from consentgate.demo import CONF_FILE, init_demo
     from consentgate.spark import get_spark
 
+    # A step line as each phase ends (issue #24 item 2): migrating Airflow's DB and starting the
+    # JVM take seconds each before the lake build's or the DAGs' own lines begin.
+    started = time.monotonic()
     prepare_airflow(airflow_home)
+    step(log, "airflow_db", since=started)
     root = Path(lake).resolve()
     conf_path = root / CONF_FILE
     # One session for the whole story, without console progress bars: every task reuses it
     # (dag.test() runs the tasks in this process), so the summary is not buried in bars.
+    started = time.monotonic()
     spark = get_spark(app_name="consentgate-demo", conf=QUIET_SPARK_CONF)
+    step(log, "spark_session", since=started)
     built = False
     if not conf_path.exists():
         init_demo(spark, root, assets=assets, seed=seed)
@@ -364,7 +375,9 @@ def run_story(
     if not gate.ok:
         raise CheckFailed(f"consentgate_pretraining_gate failed: {gate.task_states}")
     gate_section = _gate_section(gate)
+    started = time.monotonic()
     proof = example_proof(conf_path, Path(str(gate_section["manifest_path"])))
+    step(log, "example_proof", since=started)
     return {
         "lake": str(root),
         "conf_path": str(conf_path),
