@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import io
+import itertools
 import logging
 import sys
 import time
@@ -199,3 +200,64 @@ def test_nothing_is_hidden_when_the_user_asked_for_warnings(
         before = list(warnings.filters)
         logs.quiet_dependency_warnings()
         assert warnings.filters == before
+
+
+# --------------------------------------------------------------------------------------------
+# A step still running says so (issue #24 item 2: never silent for more than ~10 s)
+
+PROGRESS = "consentgate.probe"
+
+
+def _lines(caplog: pytest.LogCaptureFixture) -> list[tuple[float, str]]:
+    return [(r.created, r.getMessage()) for r in caplog.records if r.name == PROGRESS]
+
+
+def test_a_long_step_says_it_still_runs_until_it_ends(caplog: pytest.LogCaptureFixture) -> None:
+    log = logging.getLogger(PROGRESS)
+    every = 0.1
+    with caplog.at_level(logging.INFO, logger="consentgate"):
+        with logs.running(log, "slow", table="t", every=every):
+            time.sleep(6 * every)
+        ended = len(_lines(caplog))
+        time.sleep(3 * every)
+        after = _lines(caplog)
+    assert len(after) == ended, "a progress line came after its block ended"
+    assert 2 <= ended <= 6, after
+    records = [r for r in caplog.records if r.name == PROGRESS]
+    assert all(not hasattr(r, logs.RECORD_FIELDS) for r in records)  # not a finished step
+    assert getattr(records[0], logs.PROGRESS_FIELDS)["progress"] == "slow"
+    seconds = []
+    for _, message in after:
+        head, _, value = message.rpartition(" seconds=")
+        assert head == "progress=slow table=t", message  # not step=: finished steps only
+        seconds.append(float(value))
+    assert seconds == sorted(seconds) and seconds[0] >= every, seconds
+    # Never more often than every `every` seconds.
+    times = [created for created, _ in after]
+    assert all(b - a >= 0.9 * every for a, b in itertools.pairwise(times)), times
+
+
+def test_nested_steps_give_one_progress_line_per_quiet_period_naming_the_innermost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = logging.getLogger(PROGRESS)
+    every = 0.1
+    with (
+        caplog.at_level(logging.INFO, logger="consentgate"),
+        logs.running(log, "outer", every=every),
+    ):
+        with logs.running(log, "inner", every=every):
+            time.sleep(4 * every)
+            logs.step(log, "done_part", rows=1)  # a step line restarts the quiet period
+            time.sleep(4 * every)
+        time.sleep(4 * every)
+    lines = _lines(caplog)
+    names = [message.split()[0] for _, message in lines]
+    done = names.index("step=done_part")
+    assert set(names[:done]) == {"progress=inner"}, names
+    outer = names.index("progress=outer")
+    assert set(names[done + 1 : outer]) == {"progress=inner"}, names
+    assert set(names[outer:]) == {"progress=outer"}, names
+    # A progress line only after `every` seconds without any line (a step line's included).
+    for (before, _), (created, message) in itertools.pairwise(lines):
+        assert not message.startswith("progress=") or created - before >= 0.9 * every, lines

@@ -33,15 +33,21 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Final, Protocol, TextIO
 
 #: The package's parent logger: every module's ``logging.getLogger(__name__)`` is under it.
 ROOT_LOGGER: Final = "consentgate"
 #: Attribute of a log record holding the step's fields, for structured handlers.
 RECORD_FIELDS: Final = "consentgate"
+#: Attribute of a ``progress=`` line's record holding its fields (:func:`running`); not
+#: :data:`RECORD_FIELDS`, which holds finished steps' only.
+PROGRESS_FIELDS: Final = "consentgate_progress"
 #: Line format of the command line's log records (on stderr, plain text, no colour).
 CLI_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s %(message)s"
 CLI_DATE_FORMAT: Final = "%Y-%m-%dT%H:%M:%SZ"
@@ -63,6 +69,9 @@ DEPENDENCIES: Final = (
     "pyarrow",
     "pandas",
 )
+#: The longest a step in :func:`running` stays silent: then a ``progress=`` line says it is
+#: still running (issue #24 item 2: "never silent for more than ~10 s").
+PROGRESS_EVERY_S: Final = 10.0
 #: What :func:`quiet_dependency_warnings` hides: notices addressed to those packages' callers'
 #: maintainers (a removal to come), not to someone running a purge.
 DEPRECATIONS: Final = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
@@ -156,6 +165,89 @@ def step(
     seconds = None if since is None else time.monotonic() - since
     fields = step_fields(name, table=table, run_id=run_id, seconds=seconds, counts=counts)
     logger.log(level, "%s", format_fields(fields), extra={RECORD_FIELDS: fields})
+    _spoke()
+
+
+# --------------------------------------------------------------------------------------------
+# A step still running says so (``progress=`` lines)
+
+
+@dataclass(eq=False)
+class _Running:
+    logger: logging.Logger
+    name: str
+    table: str | None
+    started: float
+
+
+_progress_lock = threading.Lock()
+#: The blocks of :func:`running` now open in this process, innermost (latest) last.
+_open: list[_Running] = []
+#: ``time.monotonic()`` of the latest step or progress line of this process.
+_last_line = time.monotonic()
+
+
+def _spoke() -> None:
+    global _last_line
+    with _progress_lock:
+        _last_line = time.monotonic()
+
+
+@contextmanager
+def running(
+    logger: logging.Logger,
+    name: str,
+    *,
+    table: str | None = None,
+    every: float = PROGRESS_EVERY_S,
+) -> Iterator[None]:
+    """While the block runs, say it is still running whenever consentgate has logged no line
+    for ``every`` seconds: ``progress=<name> table=<t> seconds=<since the block began>``.
+
+    A step's own line comes when it ends (:func:`step`); a step that takes minutes (one Spark
+    job over the whole lake) would otherwise leave whoever watches with nothing to tell a slow
+    run from a hung one. The line is ``progress=``, not ``step=``, and its record holds its
+    fields as :data:`PROGRESS_FIELDS`, not :data:`RECORD_FIELDS`: readers of step lines
+    (``bench/targets.py``, ``bench/scenarios.py``) count finished steps and skip it.
+
+    Nested blocks (a step made of steps) give one line per quiet period, naming the innermost
+    block open in the process; any step line resets the period. A daemon thread per block
+    watches the clock and is stopped and joined when the block ends, so no line follows the
+    block. Only the name, the table and seconds are logged, never an id.
+    """
+    entry = _Running(logger=logger, name=name, table=table, started=time.monotonic())
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=_watch, args=(entry, stop, every), name=f"consentgate-progress-{name}", daemon=True
+    )
+    with _progress_lock:
+        _open.append(entry)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+        with _progress_lock:
+            _open.remove(entry)
+
+
+def _watch(entry: _Running, stop: threading.Event, every: float) -> None:
+    """Log ``entry``'s progress line whenever the process has been quiet for ``every`` s."""
+    global _last_line
+    poll = min(every / 4, 1.0)
+    while not stop.wait(poll):
+        with _progress_lock:
+            now = time.monotonic()
+            if _open[-1] is not entry or now - max(_last_line, entry.started) < every:
+                continue
+            _last_line = now
+        if entry.logger.isEnabledFor(logging.INFO):
+            fields: dict[str, int | float | str] = {"progress": entry.name}
+            if entry.table is not None:
+                fields["table"] = entry.table
+            fields["seconds"] = round(now - entry.started, 3)
+            entry.logger.info("%s", format_fields(fields), extra={PROGRESS_FIELDS: fields})
 
 
 class _CurrentStderr(logging.StreamHandler[TextIO]):

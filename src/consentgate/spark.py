@@ -34,6 +34,7 @@ JVM has read its log4j configuration before our code ran.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -49,6 +50,9 @@ from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from consentgate.errors import ConsentgateError
+from consentgate.logs import running
+
+log = logging.getLogger(__name__)
 
 #: Where ``make jars`` puts Delta's jars (relative to the repository root).
 _REPO_JARS = Path(__file__).resolve().parents[2] / ".jars"
@@ -407,7 +411,9 @@ def spark_work(spark: SparkSession, step: str) -> Iterator[SparkWork]:
     first = _next_job_id(context)
     context.addJobTag(tag)
     try:
-        yield work
+        # A step that runs long says it still runs (``progress=<step>`` every ~10 s of quiet).
+        with running(log, step):
+            yield work
     finally:
         context.removeJobTag(tag)
     work.jobs, work.tasks, work.partial = _count_tagged(context, tag, first)
