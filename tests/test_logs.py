@@ -25,10 +25,11 @@ def clean_logging() -> Iterator[None]:
     """Undo what the CLI's set-up does to this process's loggers."""
     root = logging.getLogger()
     ours = logging.getLogger(logs.ROOT_LOGGER)
-    handlers, level = list(root.handlers), ours.level
+    handlers, level, cli = list(root.handlers), ours.level, logs._cli_logging
     yield
     root.handlers[:] = handlers
     ours.setLevel(level)
+    logs._cli_logging = cli
 
 
 def test_a_step_line_is_key_value_pairs_step_first_seconds_last(

@@ -35,7 +35,7 @@ from typing import Any, Final
 
 from consentgate.airflow_tasks import CONF_ENV, CONF_VARIABLE, RETRIES_ENV
 from consentgate.errors import CheckFailed, ConsentgateError
-from consentgate.logs import step
+from consentgate.logs import running, step
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,11 @@ def run_dag(
     dag = bag.get_dag(dag_id)
     if dag is None:
         raise ConsentgateError(f"dag_id: {dag_id!r} is not in {folder}")
-    dag_run = dag.test(run_conf=dict(run_conf or {}))
+    # Airflow's own work between the tasks' step lines (parsing, scheduling each task) is
+    # covered by progress lines too, and the run ends with a step line of its own.
+    started = time.monotonic()
+    with running(log, dag_id):
+        dag_run = dag.test(run_conf=dict(run_conf or {}))
     run_id = str(dag_run.run_id)
     outcome = DagOutcome(dag_id=dag_id, run_id=run_id, state=str(dag_run.state))
     mapped: dict[str, dict[int, Any]] = {}
@@ -231,6 +235,8 @@ def run_dag(
                 }
             )
     outcome.asset_events.sort(key=lambda e: (str(e["task_id"]), str(e["name"])))
+    failed = sum(state in ("failed", "upstream_failed") for state in outcome.task_states.values())
+    step(log, dag_id, run_id=run_id, tasks=len(outcome.task_states), failed=failed, since=started)
     return outcome
 
 
@@ -345,14 +351,16 @@ def run_story(
     # A step line as each phase ends (issue #24 item 2): migrating Airflow's DB and starting the
     # JVM take seconds each before the lake build's or the DAGs' own lines begin.
     started = time.monotonic()
-    prepare_airflow(airflow_home)
+    with running(log, "airflow_db"):
+        prepare_airflow(airflow_home)
     step(log, "airflow_db", since=started)
     root = Path(lake).resolve()
     conf_path = root / CONF_FILE
     # One session for the whole story, without console progress bars: every task reuses it
     # (dag.test() runs the tasks in this process), so the summary is not buried in bars.
     started = time.monotonic()
-    spark = get_spark(app_name="consentgate-demo", conf=QUIET_SPARK_CONF)
+    with running(log, "spark_session"):
+        spark = get_spark(app_name="consentgate-demo", conf=QUIET_SPARK_CONF)
     step(log, "spark_session", since=started)
     built = False
     if not conf_path.exists():
@@ -376,7 +384,8 @@ def run_story(
         raise CheckFailed(f"consentgate_pretraining_gate failed: {gate.task_states}")
     gate_section = _gate_section(gate)
     started = time.monotonic()
-    proof = example_proof(conf_path, Path(str(gate_section["manifest_path"])))
+    with running(log, "example_proof"):
+        proof = example_proof(conf_path, Path(str(gate_section["manifest_path"])))
     step(log, "example_proof", since=started)
     return {
         "lake": str(root),
