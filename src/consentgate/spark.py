@@ -402,6 +402,9 @@ def spark_work(spark: SparkSession, step: str) -> Iterator[SparkWork]:
     jobs cannot be listed at all, the line has no counts, only ``spark_partial=true``):
     counting never fails a step.
 
+    While the block runs, a ``progress=<step>`` line says it still runs whenever consentgate
+    has logged nothing for about 10 s (:func:`consentgate.logs.running`).
+
     Never starts a JVM: it is given the live session. Only the step's name goes into the tag,
     never an id.
     """
