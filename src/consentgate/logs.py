@@ -239,7 +239,9 @@ def _watch(entry: _Running, stop: threading.Event, every: float) -> None:
     while not stop.wait(poll):
         with _progress_lock:
             now = time.monotonic()
-            if _open[-1] is not entry or now - max(_last_line, entry.started) < every:
+            # Quiet since the last line, whenever the innermost block began: a step opened 8 s
+            # into a quiet stretch speaks 2 s later, not 10 (the demo's gaps reached 20 s).
+            if _open[-1] is not entry or now - _last_line < every:
                 continue
             _last_line = now
         if entry.logger.isEnabledFor(logging.INFO):
