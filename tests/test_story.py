@@ -143,17 +143,26 @@ print(json.dumps({"state": outcome.state, "summary": outcome.results.get("summar
 """
 
 
-def test_a_dag_run_through_the_story_prints_no_airflow_notices(
-    airflow_db: Path, tmp_path: Path
-) -> None:
+def probe_child_env(
+    airflow_db: Path, tmp_path: Path, dag_id: str, source: str, **extra: str
+) -> tuple[Path, dict[str, str]]:
+    """A DAG folder holding ``source`` as ``<dag_id>.py``, and the environment of a child that
+    runs it on the session's migrated metadata DB (no migration in the child) with Python's
+    warnings at their defaults (``PYTHONWARNINGS`` removed), plus ``extra``."""
     from consentgate.story import airflow_environment
 
     dags = tmp_path / "dags"
     dags.mkdir()
-    (dags / "consentgate_quiet_probe.py").write_text(textwrap.dedent(PROBE_DAG))
-    # The session's migrated metadata DB, this folder's DAG: no migration in the child.
-    env = {**os.environ, **airflow_environment(airflow_db, dags_dir=dags)}
+    (dags / f"{dag_id}.py").write_text(textwrap.dedent(source))
+    env = {**os.environ, **airflow_environment(airflow_db, dags_dir=dags), **extra}
     env.pop("PYTHONWARNINGS", None)
+    return dags, env
+
+
+def test_a_dag_run_through_the_story_prints_no_airflow_notices(
+    airflow_db: Path, tmp_path: Path
+) -> None:
+    dags, env = probe_child_env(airflow_db, tmp_path, "consentgate_quiet_probe", PROBE_DAG)
     done = subprocess.run(
         [sys.executable, "-c", PROBE_RUN, str(dags)],
         env=env,
@@ -236,14 +245,10 @@ print(json.dumps({"state": outcome.state, "work": outcome.results.get("work")}))
 def test_a_step_line_reaches_stderr_while_the_task_runs_and_airflow_stays_quiet(
     airflow_db: Path, tmp_path: Path
 ) -> None:
-    from consentgate.story import airflow_environment
-
-    dags = tmp_path / "dags"
-    dags.mkdir()
-    (dags / "consentgate_progress_probe.py").write_text(textwrap.dedent(PROGRESS_DAG))
     seen = tmp_path / "seen"
-    env = {**os.environ, **airflow_environment(airflow_db, dags_dir=dags), "PROBE_SEEN": str(seen)}
-    env.pop("PYTHONWARNINGS", None)
+    dags, env = probe_child_env(
+        airflow_db, tmp_path, "consentgate_progress_probe", PROGRESS_DAG, PROBE_SEEN=str(seen)
+    )
     stdout = tmp_path / "stdout"
     with stdout.open("w") as out:
         child = subprocess.Popen(
