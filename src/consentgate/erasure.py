@@ -49,7 +49,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -395,11 +395,6 @@ def _erase(
             "attempts_pending": len(pending),
             "result": "verified" if ok else "failed",
         }
-        audit_payload = {k: v for k, v in receipt.items() if k != "files_with_removed_keys"}
-        audit_payload["files_with_removed_keys"] = len(checked["files_with_removed_keys"])
-        audit_payload["files_with_removed_keys_sha256"] = hashlib.sha256(
-            "\n".join(checked["files_with_removed_keys"]).encode()
-        ).hexdigest()
     step(
         log,
         "erase",
@@ -413,7 +408,19 @@ def _erase(
         work=ran,
         level=logging.INFO if ok else logging.WARNING,
     )
-    return receipt, audit.Event("erasure", run_id, audit_payload, now_utc())
+    return receipt, audit.Event("erasure", run_id, erasure_audit_payload(receipt), now_utc())
+
+
+def erasure_audit_payload(receipt: Mapping[str, Any]) -> dict[str, Any]:
+    """A receipt as its audit entry records it: the files still holding removed keys as a
+    count and a SHA-256 of their names (file names stay in the receipt, out of the log)."""
+    files = list(receipt.get("files_with_removed_keys", []))
+    payload = {k: v for k, v in receipt.items() if k != "files_with_removed_keys"}
+    payload["files_with_removed_keys"] = len(files)
+    payload["files_with_removed_keys_sha256"] = hashlib.sha256(
+        "\n".join(files).encode()
+    ).hexdigest()
+    return payload
 
 
 def erase_each(

@@ -310,17 +310,24 @@ def lineage_problems(sources: DataFrame) -> DataFrame:
     )
 
 
-def _expired(rows: DataFrame, column: str, *, table: str, cutoff_micros: int) -> Column:
+def derived_micros(rows: DataFrame, column: str, *, table: str) -> Column:
+    """``column`` (a timestamp or a date) as microseconds since the epoch: what retention is
+    measured from (:func:`expiry`; :mod:`consentgate.quiescence` reads when it next flips).
+
+    Raises:
+        SchemaError: ``column`` is missing or not a timestamp or date.
+    """
     dtype = require_column(rows, column, table=table)
     if isinstance(dtype, TimestampType):
-        micros = F.unix_micros(F.col(column))
-    elif isinstance(dtype, DateType):
+        return F.unix_micros(F.col(column))
+    if isinstance(dtype, DateType):
         # A date is taken as midnight UTC of that day, whatever the session time zone.
-        micros = F.unix_date(F.col(column)).cast("long") * F.lit(86_400_000_000)
-    else:
-        raise SchemaError(
-            f"{table}.{column}: expected timestamp or date, found {dtype.simpleString()}"
-        )
+        return F.unix_date(F.col(column)).cast("long") * F.lit(86_400_000_000)
+    raise SchemaError(f"{table}.{column}: expected timestamp or date, found {dtype.simpleString()}")
+
+
+def _expired(rows: DataFrame, column: str, *, table: str, cutoff_micros: int) -> Column:
+    micros = derived_micros(rows, column, table=table)
     # A missing derived_at cannot prove the row is inside retention: fail closed.
     return F.coalesce(micros < F.lit(cutoff_micros), F.lit(True))
 

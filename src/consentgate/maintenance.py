@@ -99,20 +99,36 @@ def inactive_files(root: Path) -> dict[str, tuple[float, int]]:
 def tombstoned_paths(root: Path) -> frozenset[str]:
     """Every path a ``remove`` action names in the log files still on disk: JSON commits (and
     JSON checkpoints), Parquet checkpoints and v2-checkpoint sidecars. Relative, unquoted."""
-    found: set[str] = set()
+    return frozenset(tombstones(root))
+
+
+def tombstones(root: Path) -> dict[str, int]:
+    """:func:`tombstoned_paths` with each tombstone's ``deletionTimestamp`` (milliseconds; the
+    latest when a path was removed more than once, 0 when the action carries none).
+
+    VACUUM deletes a tombstoned file once both its tombstone and its bytes are older than the
+    retention (delta-spark's ``VacuumCommand`` keeps unexpired tombstones among the valid files
+    and deletes by modification time): :mod:`consentgate.quiescence` reads when that happens.
+    """
+    found: dict[str, int] = {}
     log_dir = root / LOG_DIR
     if not log_dir.is_dir():
-        return frozenset()
+        return found
     for file in sorted(log_dir.rglob("*")):
         if file.name.endswith(".json") and file.is_file():
-            found.update(_removed_in_json(file))
+            removed = _removed_in_json(file)
         elif file.name.endswith(".parquet") and file.is_file():
-            found.update(_removed_in_parquet(file))
-    return frozenset(unquote(p) for p in found)
+            removed = _removed_in_parquet(file)
+        else:
+            continue
+        for path, at in removed:
+            key = unquote(path)
+            found[key] = max(found.get(key, 0), at)
+    return found
 
 
-def _removed_in_json(file: Path) -> list[str]:
-    out: list[str] = []
+def _removed_in_json(file: Path) -> list[tuple[str, int]]:
+    out: list[tuple[str, int]] = []
     with file.open(encoding="utf-8") as lines:
         for line in lines:
             if '"remove"' not in line:
@@ -120,12 +136,16 @@ def _removed_in_json(file: Path) -> list[str]:
             action = json.loads(line)
             remove = action.get("remove") if isinstance(action, dict) else None
             if isinstance(remove, dict) and isinstance(remove.get("path"), str):
-                out.append(remove["path"])
+                out.append((remove["path"], int(remove.get("deletionTimestamp") or 0)))
     return out
 
 
-def _removed_in_parquet(file: Path) -> list[str]:
+def _removed_in_parquet(file: Path) -> list[tuple[str, int]]:
     if "remove" not in pq.read_schema(file).names:
         return []
     column = pq.read_table(file, columns=["remove"]).column("remove")
-    return [r["path"] for r in column.to_pylist() if r is not None and r.get("path") is not None]
+    return [
+        (r["path"], int(r.get("deletionTimestamp") or 0))
+        for r in column.to_pylist()
+        if r is not None and r.get("path") is not None
+    ]

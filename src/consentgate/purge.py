@@ -1817,6 +1817,56 @@ def erase_tables(
     return out, failed
 
 
+def _purge_and_erase(
+    spark: SparkSession,
+    config: Config,
+    names: list[str],
+    *,
+    as_of: dt.datetime,
+    run_id: str,
+    dry_run: bool,
+    erase: bool,
+    deciders: Mapping[str, Decider],
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """A full night's work (:func:`run_purge`): decide every table once, purge each, erase.
+
+    Returns:
+        Each purged table's result, the erasure (``{}`` when not erased) and the failed
+        tables' messages, in ``names`` order.
+    """
+    decisions = decide_run(
+        spark, config, as_of=as_of, names=[n for n in names if n not in deciders]
+    )
+    failed: dict[str, str] = {name: str(exc) for name, exc in decisions.failed.items()}
+    datasets: dict[str, Any] = {}
+    try:
+        for name in names:
+            if name in failed:
+                continue
+            try:
+                datasets[name] = purge_dataset(
+                    spark,
+                    config,
+                    name,
+                    as_of=as_of,
+                    run_id=run_id,
+                    dry_run=dry_run,
+                    decide=deciders.get(name),
+                    run=decisions,
+                )
+            except Exception as exc:
+                failure = table_failure(name, exc, doing="purge")
+                log.warning("purge: %s", failure)
+                failed[name] = str(failure)
+    finally:
+        decisions.release()
+    erased: dict[str, Any] = {}
+    if erase and not dry_run:
+        erased, not_erased = erase_tables(spark, config, run_id=run_id, names=list(datasets))
+        failed.update({name: str(exc) for name, exc in not_erased.items()})
+    return datasets, erased, {name: failed[name] for name in names if name in failed}
+
+
 def run_purge(
     spark: SparkSession,
     config: Config,
@@ -1845,42 +1895,37 @@ def run_purge(
         PurgeFailed: some tables failed (after every other table was purged, erased and the
             run audited); its ``result`` is the return value with ``failed{name: message}``.
     """
+    from consentgate import quiescence
+
     instant = as_of or now_utc()
+    # The certificate covers consentgate's own decisions of a full night (module doc there).
+    certifiable = not dry_run and erase and not deciders and kind in ("purge", "backfill")
     with spark_work(spark, kind) as ran:
         run_name = run_id or new_run_id(kind, at=instant)
-        custom = dict(deciders or {})
-        names = list(targets(config))
-        decisions = decide_run(
-            spark, config, as_of=instant, names=[n for n in names if n not in custom]
+        quiet = (
+            quiescence.quiet_night(spark, config, as_of=instant, run_id=run_name)
+            if certifiable and kind == "purge"
+            else None
         )
-        failed: dict[str, str] = {name: str(exc) for name, exc in decisions.failed.items()}
-        datasets: dict[str, Any] = {}
-        try:
-            for name in names:
-                if name in failed:
-                    continue
-                try:
-                    datasets[name] = purge_dataset(
-                        spark,
-                        config,
-                        name,
-                        as_of=instant,
-                        run_id=run_name,
-                        dry_run=dry_run,
-                        decide=custom.get(name),
-                        run=decisions,
-                    )
-                except Exception as exc:
-                    failure = table_failure(name, exc, doing="purge")
-                    log.warning("purge: %s", failure)
-                    failed[name] = str(failure)
-        finally:
-            decisions.release()
-        erased: dict[str, Any] = {}
-        if erase and not dry_run:
-            erased, not_erased = erase_tables(spark, config, run_id=run_name, names=list(datasets))
-            failed.update({name: str(exc) for name, exc in not_erased.items()})
-        failed = {name: failed[name] for name in names if name in failed}  # in the tables' order
+        events: list[audit.Event] = []
+        failed: dict[str, str] = {}
+        if quiet is not None:
+            names = list(quiet.datasets)
+            datasets, erased, events = quiet.datasets, quiet.erasure, quiet.events
+        else:
+            if not dry_run:
+                quiescence.discard(config)
+            names = list(targets(config))
+            datasets, erased, failed = _purge_and_erase(
+                spark,
+                config,
+                names,
+                as_of=instant,
+                run_id=run_name,
+                dry_run=dry_run,
+                erase=erase,
+                deciders=deciders or {},
+            )
         summary = {
             name: {
                 k: result[k]
@@ -1897,7 +1942,19 @@ def run_purge(
             }
             if failed:
                 payload["failed"] = {name: redact_uuids(why) for name, why in failed.items()}
-            audit.append_event(spark, config, kind=kind, run_id=run_name, payload=payload)
+            if quiet is not None:
+                payload["unchanged_since"] = quiet.unchanged_since
+            events.append(audit.Event(kind, run_name, payload))
+            audit.append_events(spark, config, events)
+        certified = quiet is None and certifiable and not failed and bool(erased.get("ok"))
+        if certified:
+            try:
+                quiescence.certify(
+                    config, run_id=run_name, as_of=instant, receipts=erased["datasets"]
+                )
+            except Exception as exc:  # the night is done; the next one just runs in full
+                log.warning("purge: no quiescence certificate written: %s", redact_uuids(str(exc)))
+                certified = False
     result = {
         "run_id": run_name,
         "as_of": iso(instant),
@@ -1915,9 +1972,13 @@ def run_purge(
         failed=len(failed),
         rows=sum(int(r["rows_deleted"]) for r in datasets.values()),
         dry_run=dry_run,
+        unchanged=quiet is not None,
+        certified=certified,
         work=ran,
         level=logging.WARNING if failed else logging.INFO,
     )
+    if quiet is not None:
+        result["unchanged_since"] = quiet.unchanged_since
     if failed:
         done = "planned" if dry_run else "purged and erased" if erase else "purged"
         raise PurgeFailed(

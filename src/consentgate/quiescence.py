@@ -1,0 +1,398 @@
+"""The quiescence certificate: a night with nothing to remove, proven without deciding again.
+
+Why: most nights nothing changed since the last purge. A full purge then still reads consent,
+lineage and every table, decides every row (about 30 Spark jobs), and lists every table for
+VACUUM, only to find nothing, as the last night did. A data-platform team could skip such a
+night; consentgate instead proves it may, and says so in the audit log.
+
+**What is certified.** After a full purge (or backfill) whose every table was purged, erased
+and verified, with consentgate's own deciders, the run writes ``<state_dir>/quiescence.json``:
+
+* ``as_of``: ``T0``, the instant the run decided at;
+* ``fingerprint``: SHA-256 of everything a decision reads — the configuration, consentgate's
+  own code, and the files (relative path, size, modification time, ``_delta_log`` included) of
+  ``consent_records``, ``assets``, ``lineage``, the snapshot registry, every purge target and
+  every target's removed-key table. The audit table is not in it: the runs append to it;
+* ``erasure_holds_until``: the first wall-clock instant a full run's erasure would do
+  something: a committed purge attempt leaves its erasure window (REORG and a new proof), or a
+  file no snapshot references becomes old enough for VACUUM (its modification time, and for a
+  tombstoned file its tombstone, plus the window: delta-spark's ``VacuumCommand`` keeps files
+  of unexpired tombstones). ``null``: nothing waits (every such file is gone);
+* ``decisions_hold_until``: the first ``as_of`` at which a decision could change although no
+  input did: the earliest ``captured_at`` or ``revoked_at`` after ``T0`` (a record dated in the
+  future, a scheduled revocation), or a retained row reaching its retention. Computed on the
+  first night that could use the certificate (one Spark aggregation), then stored;
+* per table: rows, files, bytes, version (from the log) and the erasure receipt.
+
+**When it is used.** A ``purge`` (not a dry run, with erasure, with consentgate's deciders)
+whose ``as_of`` is not before ``T0`` and before ``decisions_hold_until``, started before
+``erasure_holds_until``, over a lake whose fingerprint is unchanged. Deciding again at such an
+``as_of`` reads the same bytes under the same rules with the same time-dependent outcomes as at
+``T0``, where the run left nothing to remove; erasing again would find nothing to remove and
+the same proof. So the night records that (one audit commit: each table's receipt, carried with
+``unchanged_since``, and the purge entry with ``unchanged_since``) and reports every table with
+nothing deleted. Anything else — any file touched, a clock past either bound, a failed read —
+runs the full purge, which deletes the certificate first and writes a new one when it
+succeeds. Backfills and dry runs always run in full (a backfill exists because policy
+changed; a dry run must show the plan).
+
+Decided: file modification times, not contents, are fingerprinted: hashing the data would cost
+what it saves. A writer that replaces a file keeping its path, size and modification time to
+the nanosecond defeats it; Delta never rewrites a file in place, and such a writer also
+defeats Delta's own snapshot. Not yet used by the Airflow nightly DAG (its tasks plan and
+purge per table in separate processes); the CLI and :func:`consentgate.purge.run_purge` use it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import LongType
+
+from consentgate import audit, lake, maintenance
+from consentgate.config import Config
+from consentgate.consent import as_of_micros
+from consentgate.erasure import erasure_audit_payload
+from consentgate.logs import step
+from consentgate.runtime import iso, now_utc, parse_instant
+from consentgate.spark import spark_work
+
+log = logging.getLogger(__name__)
+
+FORMAT: Final = 1
+FILE: Final = "quiescence.json"
+_DAY_MICROS: Final = 86_400_000_000
+
+
+def certificate_path(config: Config) -> Path:
+    """Where the certificate lives: ``<state_dir>/quiescence.json``."""
+    return config.state_dir / FILE
+
+
+def discard(config: Config) -> None:
+    """Remove the certificate (a full run starts: whatever it certified may change now)."""
+    certificate_path(config).unlink(missing_ok=True)
+
+
+def _code_digest() -> str:
+    """SHA-256 of consentgate's own modules: new code may decide differently."""
+    digest = hashlib.sha256()
+    package = Path(__file__).parent
+    for module in sorted(package.rglob("*.py")):
+        digest.update(module.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(module.read_bytes())
+    return digest.hexdigest()
+
+
+def _listing(root: Path) -> Iterator[str]:
+    """One line per file under ``root``: relative path, size, modification time (ns)."""
+    if not root.exists():
+        yield "missing"
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        here = Path(dirpath)
+        for name in sorted(filenames):
+            stat = (here / name).stat()
+            rel = (here / name).relative_to(root).as_posix()
+            yield f"{rel}\t{stat.st_size}\t{stat.st_mtime_ns}"
+
+
+def inputs(config: Config) -> dict[str, Path]:
+    """Every table a purge decision reads, by a name of its own (purge targets by theirs)."""
+    from consentgate.purge import key_table_path, target_path, targets
+    from consentgate.registry import registry_path
+
+    out: dict[str, Path] = {
+        "tables/consent_records": config.table_path("consent_records"),
+        "tables/assets": config.table_path("assets"),
+        "tables/lineage": config.table_path("lineage"),
+        "registry": registry_path(config),
+    }
+    for name, dataset in targets(config).items():
+        out[f"target/{name}"] = target_path(config, name, dataset)
+        out[f"keys/{name}"] = key_table_path(config, name)
+    return out
+
+
+def fingerprint(config: Config) -> str:
+    """SHA-256 of the configuration, the code and every input's file listing (module doc).
+
+    Paths inside ``lake_root`` count relative to it: a lake copied elsewhere with its files'
+    times (``cp -a``, ``rsync -a``) decides exactly as the original, certificate included.
+    """
+    digest = hashlib.sha256()
+    portable = config.model_copy(update={"lake_root": Path(".")})
+    settings = portable.model_dump_json(exclude={"source"})  # where the file is, not what it says
+    digest.update(settings.encode() + b"\0" + _code_digest().encode())
+    for name, root in sorted(inputs(config).items()):
+        where = (
+            root.relative_to(config.lake_root) if root.is_relative_to(config.lake_root) else root
+        )
+        digest.update(f"\0{name}\0{where}\0".encode())
+        for line in _listing(root):
+            digest.update(line.encode() + b"\n")
+    return digest.hexdigest()
+
+
+def erasure_holds_until(
+    config: Config, names: list[str], *, now: dt.datetime
+) -> dt.datetime | None:
+    """The first instant after ``now`` (the erasure that just ran) at which a full erasure of
+    ``names`` would remove or prove something new (module doc); ``None`` when nothing waits.
+
+    Attempts whose window ended by ``now`` are erased and proven already: they stay so. A
+    file VACUUM could delete by ``now`` is still counted (it should be gone): the certificate
+    then never holds.
+    """
+    from consentgate.purge import _META_OPERATION, OPERATION, target_path, targets
+
+    window_ms = config.erasure.window_hours * 3_600_000
+    now_ms = int(now.timestamp() * 1000)
+    flips: list[int] = []  # milliseconds since the epoch
+    all_targets = targets(config)
+    for name in names:
+        path = target_path(config, name, all_targets[name])
+        for entry in lake.history(path):
+            if entry.get(_META_OPERATION) == OPERATION and entry.get("consentgate.attempt"):
+                ends = int(entry["timestamp"]) + window_ms
+                if ends > now_ms:
+                    flips.append(ends)
+        tombstones = maintenance.tombstones(path)
+        for rel, (mtime, _size) in maintenance.inactive_files(path).items():
+            flips.append(max(int(mtime * 1000), tombstones.get(rel, 0)) + window_ms)
+    if not flips:
+        return None
+    return dt.datetime.fromtimestamp(min(flips) / 1000, tz=dt.UTC)
+
+
+def certify(
+    config: Config,
+    *,
+    run_id: str,
+    as_of: dt.datetime,
+    receipts: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Any]:
+    """Write the certificate after a successful full night (``receipts``: its erasure receipts,
+    every one verified, one per purge target). Returns what was written."""
+    names = list(receipts)
+    certified_at = now_utc()
+    holds = erasure_holds_until(config, names, now=certified_at)
+    from consentgate.purge import target_path, targets
+
+    all_targets = targets(config)
+    tables = {
+        name: {
+            **lake.table_inventory(target_path(config, name, all_targets[name])),
+            "receipt": dict(receipts[name]),
+        }
+        for name in names
+    }
+    certificate = {
+        "format": FORMAT,
+        "run_id": run_id,
+        "as_of": iso(as_of),
+        "certified_at": iso(certified_at),
+        "fingerprint": fingerprint(config),
+        "erasure_holds_until": None if holds is None else iso(holds),
+        "decisions_hold_until": None,
+        "tables": tables,
+    }
+    _write(config, certificate)
+    return certificate
+
+
+def _write(config: Config, certificate: Mapping[str, Any]) -> None:
+    path = certificate_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(certificate, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load(config: Config) -> dict[str, Any] | None:
+    """The certificate, or ``None`` (none, unreadable or of another format: logged)."""
+    path = certificate_path(config)
+    try:
+        certificate = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.info("quiescence: certificate unreadable (%s): running the full purge", exc)
+        return None
+    if not isinstance(certificate, dict) or certificate.get("format") != FORMAT:
+        log.info("quiescence: certificate of another format: running the full purge")
+        return None
+    return certificate
+
+
+def decision_flips(spark: SparkSession, config: Config, *, as_of: dt.datetime) -> int | None:
+    """Microseconds since the epoch of the first ``as_of`` after ``as_of`` at which a decision
+    could change with no input changing (module doc), or ``None`` when none can; one Spark job.
+
+    Consent counts a record from ``captured_at`` and a revocation from ``revoked_at`` (both
+    inclusive), so each such instant after ``as_of`` is a flip. A row is expired when its
+    ``derived_at`` (in microseconds) is below ``as_of - retention``: a kept row ``m`` flips at
+    ``m + retention + 1``.
+    """
+    from consentgate.lineage import derived_micros
+    from consentgate.purge import target_path, targets
+
+    t0 = as_of_micros(as_of)
+    records = lake.read_table(spark, config.table_path("consent_records"))
+    parts: list[DataFrame] = [
+        records.select(F.unix_micros(F.col(column)).alias("flip"))
+        for column in ("captured_at", "revoked_at")
+    ]
+    for name, dataset in targets(config).items():
+        if dataset.retention_days is None or dataset.derived_at_column is None:
+            continue
+        rows = lake.read_table(spark, target_path(config, name, dataset))
+        micros = derived_micros(rows, dataset.derived_at_column, table=name)
+        parts.append(
+            rows.select(
+                (micros + F.lit(dataset.retention_days * _DAY_MICROS + 1))
+                .cast(LongType())
+                .alias("flip")
+            )
+        )
+    union = parts[0]
+    for part in parts[1:]:
+        union = union.unionByName(part)
+    (row,) = union.where(F.col("flip") > F.lit(t0)).agg(F.min("flip").alias("first")).collect()
+    first = row["first"]
+    return None if first is None else int(first)
+
+
+@dataclass(frozen=True)
+class QuietNight:
+    """What a certified night reports: the tables' results and erasure receipts, the audit
+    events to record with the run's entry, and when the lake last changed."""
+
+    datasets: dict[str, dict[str, Any]]
+    erasure: dict[str, Any]
+    events: list[audit.Event]
+    unchanged_since: str
+
+
+def quiet_night(
+    spark: SparkSession, config: Config, *, as_of: dt.datetime, run_id: str
+) -> QuietNight | None:
+    """This night from the certificate, or ``None`` (logged, with why) when it must run in
+    full. Nothing is written here; the caller records the night."""
+    with spark_work(spark, "quiescent") as ran:
+        night = _quiet_night(spark, config, as_of=as_of, run_id=run_id)
+    if night is not None:
+        step(log, "quiescent", run_id=run_id, tables=len(night.datasets), work=ran)
+    return night
+
+
+def _quiet_night(
+    spark: SparkSession, config: Config, *, as_of: dt.datetime, run_id: str
+) -> QuietNight | None:
+    certificate = load(config)
+    if certificate is None:
+        return None
+    now = now_utc()
+    try:
+        why = why_not(spark, config, certificate, as_of=as_of, now=now)
+        tables: dict[str, Any] = certificate["tables"]
+        unchanged_since = str(certificate["certified_at"])
+    except Exception as exc:  # fail closed: any doubt runs the full purge
+        why = f"certificate not usable ({type(exc).__name__}: {exc})"
+    if why is not None:
+        log.info("quiescence: %s: running the full purge", why)
+        return None
+    datasets: dict[str, dict[str, Any]] = {}
+    receipts: dict[str, dict[str, Any]] = {}
+    events: list[audit.Event] = []
+    for name, table in tables.items():
+        datasets[name] = _unchanged(table)
+        receipt = _carried(table["receipt"], at=now, unchanged_since=unchanged_since)
+        receipts[name] = receipt
+        events.append(audit.Event("erasure", run_id, erasure_audit_payload(receipt), now))
+    return QuietNight(
+        datasets=datasets,
+        erasure={"ok": True, "datasets": receipts},
+        events=events,
+        unchanged_since=unchanged_since,
+    )
+
+
+def why_not(
+    spark: SparkSession,
+    config: Config,
+    certificate: dict[str, Any],
+    *,
+    as_of: dt.datetime,
+    now: dt.datetime,
+) -> str | None:
+    """Why the certificate does not cover this night, or ``None`` when it does (cheapest
+    checks first; the decisions' bound is computed and stored on first use)."""
+    t0 = parse_instant(str(certificate["as_of"]), name="certificate as_of")
+    holds = certificate["erasure_holds_until"]
+    if as_of < t0:
+        return f"as_of {iso(as_of)} is before the certified {iso(t0)}"
+    if holds is not None and now >= parse_instant(str(holds), name="erasure_holds_until"):
+        return f"the erasure window of a removal ends at {holds}"
+    if fingerprint(config) != certificate["fingerprint"]:
+        return "an input, the configuration or the code changed since it was certified"
+    decisions = certificate["decisions_hold_until"]
+    if decisions is None:
+        flips = decision_flips(spark, config, as_of=t0)
+        decisions = "never" if flips is None else flips
+        certificate["decisions_hold_until"] = decisions
+        _write(config, certificate)
+    if decisions != "never" and as_of_micros(as_of) >= int(decisions):
+        return "a consent record or a retention takes effect by this as_of"
+    return None
+
+
+def _unchanged(table: Mapping[str, Any]) -> dict[str, Any]:
+    """A table's result on a certified night: what :func:`consentgate.purge.purge_dataset`
+    returns when it removes nothing, its counts from the certified log."""
+    return {
+        "rows_before": table["rows"],
+        "rows_deleted": 0,
+        "rows_after": table["rows"],
+        "version_before": table["version"],
+        "version_after": table["version"],
+        "reasons": {},
+        "files_rewritten": 0,
+        "bytes_rewritten": 0,
+        "files_total": table["files"],
+        "bytes_total": table["bytes"],
+        "bytes_written": 0,
+        "deletion_vectors_added": 0,
+        "commits": [],
+        "attempts": [],
+        "conflicts": 0,
+        "recovered": 0,
+    }
+
+
+def _carried(
+    receipt: Mapping[str, Any], *, at: dt.datetime, unchanged_since: str
+) -> dict[str, Any]:
+    """The certified receipt, re-dated: nothing left the disk tonight; the proof stands."""
+    return {
+        **receipt,
+        "at": iso(at),
+        "files_removed": 0,
+        "bytes_removed": 0,
+        "files_reorganised": 0,
+        "tombstoned_removed": 0,
+        "orphans_removed": 0,
+        "log_cleaned": False,
+        "unchanged_since": unchanged_since,
+    }
