@@ -615,3 +615,28 @@ def test_purge_logs_its_steps_on_stderr_without_jvm_noise(
     # Counts only: no asset, user or row id reaches the log.
     words = set(done.stderr.replace("=", " ").split())
     assert words.isdisjoint({"a1", "a2", "a3", "e1", "e2", "e3", "u1", "u2", "u9"})
+
+    # The next night nothing changed: the certificate written by this night covers it
+    # (consentgate.quiescence), so it decides nothing and never starts Spark: the same command
+    # succeeds on a machine without java, records the night and says since when it holds.
+    (tmp_path / "nojava").mkdir()
+    quiet = run_without_java(
+        tmp_path / "nojava",
+        "purge",
+        "--conf",
+        str(conf),
+        "--as-of",
+        "2026-06-02T00:00:00Z",
+        "--json",
+    )
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    night = json.loads(quiet.stdout)
+    assert night["ok"] is True and night["unchanged_since"]
+    assert night["datasets"]["track_embeddings"]["rows_deleted"] == 0
+    quiet_steps = [
+        line.split(" step=", 1)[1].split()[0]
+        for line in quiet.stderr.splitlines()
+        if " step=" in line
+    ]
+    assert quiet_steps == ["quiescent", "purge"], quiet.stderr[-3000:]
+    assert "JAVA_GATEWAY_EXITED" not in quiet.stderr

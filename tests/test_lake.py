@@ -538,3 +538,36 @@ def test_reads_tables_written_by_delta_rs_identically(spark: SparkSession, tmp_p
     # Appending through the lake layer keeps the table readable by delta-rs.
     lake.write_table(sample(spark).where("id = 'a'"), path, mode="append")
     assert DeltaTable(str(path)).to_pyarrow_table().num_rows == 5
+
+
+def test_append_rows_commits_without_spark_as_spark_would(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """delta-rs appends a few rows to a table delta-spark created: Spark reads them, the
+    commit carries our userMetadata, the table's no-statistics property holds, and a wrong
+    schema or a missing table is refused naming it."""
+    path = tmp_path / "t"
+    schema = StructType(
+        [StructField("k", LongType(), False), StructField("at", TimestampType(), False)]
+    )
+    at = dt.datetime(2026, 6, 1, 12, 30, 0, 123456, tzinfo=dt.UTC)
+    lake.write_table(spark.createDataFrame([(1, at)], schema), path)
+    version = lake.append_rows(
+        [(2, at), (3, at)], schema, path, commit_metadata={"consentgate.run": "r-1"}
+    )
+    assert version == 1
+    read = lake.read_table(spark, path).orderBy("k").collect()
+    assert [(r.k, r.at.astimezone(dt.UTC)) for r in read] == [(1, at), (2, at), (3, at)]
+    newest = lake.history(path, limit=1)[0]
+    assert newest["consentgate.run"] == "r-1" and lake.TXN_KEY in newest
+    actions = [
+        json.loads(x) for x in (path / "_delta_log" / f"{1:020d}.json").read_text().splitlines()
+    ]
+    (add,) = [a["add"] for a in actions if "add" in a]
+    stats = json.loads(add["stats"])
+    assert stats.get("minValues", {}) == {} and stats.get("maxValues", {}) == {}
+    other = StructType([StructField("k", StringType(), False), *schema.fields[1:]])
+    with pytest.raises(SchemaError, match="k"):
+        lake.append_rows([("x", at)], other, path)
+    with pytest.raises(TableError, match=re.escape(str(tmp_path / "nope"))):
+        lake.append_rows([(1, at)], schema, tmp_path / "nope")

@@ -100,7 +100,7 @@ def test_a_quiet_night_is_certified_and_ends_when_a_record_takes_effect(
     certificate = quiescence.load(config)
     assert certificate is not None and certificate["run_id"] == first["run_id"]
     assert certificate["as_of"] == "2026-06-01T00:00:00.000000Z"
-    assert certificate["decisions_hold_until"] is None  # computed on first use
+    assert certificate["decisions_hold_until"] == _micros(A + dt.timedelta(days=2))  # r5
     assert certificate["erasure_holds_until"] is None  # window 0: everything already erased
     assert certificate["tables"][TABLE]["rows"] == 1
     assert RAW_IDS.isdisjoint(_strings(certificate))
@@ -131,9 +131,6 @@ def test_a_quiet_night_is_certified_and_ends_when_a_record_takes_effect(
     assert new[0]["payload"]["unchanged_since"] == certificate["certified_at"]
     assert RAW_IDS.isdisjoint(_strings(new))
     assert audit.verify_chain(spark, config)["ok"]
-    stored = quiescence.load(config)
-    assert stored is not None
-    assert stored["decisions_hold_until"] == _micros(A + dt.timedelta(days=2))  # r5's revocation
 
     # A microsecond before the revocation is still covered; at it the night decides again.
     _, steps = _night(spark, config, A + dt.timedelta(days=2) - MICRO, caplog)
@@ -144,11 +141,9 @@ def test_a_quiet_night_is_certified_and_ends_when_a_record_takes_effect(
     renewed = quiescence.load(config)
     assert renewed is not None and renewed["run_id"] == third["run_id"]
 
+    assert renewed["decisions_hold_until"] == _micros(A + dt.timedelta(days=5))  # r6's capture
     _, steps = _night(spark, config, A + dt.timedelta(days=3), caplog)
     assert steps == ["quiescent", "purge"], steps
-    stored = quiescence.load(config)
-    assert stored is not None
-    assert stored["decisions_hold_until"] == _micros(A + dt.timedelta(days=5))  # r6's capture
 
 
 def test_retention_ends_the_certificate_a_microsecond_after_the_last_kept_day(
@@ -245,8 +240,8 @@ def test_the_erasure_window_bounds_the_certificate(
     assert steps == ["quiescent", "purge"], steps
     stored = quiescence.load(config)
     assert stored is not None
-    late = quiescence.why_not(spark, config, stored, as_of=A + MICRO, now=holds)
+    late = quiescence.why_not(config, stored, as_of=A + MICRO, now=holds)
     assert late is not None and "erasure window" in late
-    assert quiescence.why_not(spark, config, stored, as_of=A + MICRO, now=holds - MICRO) is None
-    early = quiescence.why_not(spark, config, stored, as_of=A - MICRO, now=holds - MICRO)
+    assert quiescence.why_not(config, stored, as_of=A + MICRO, now=holds - MICRO) is None
+    early = quiescence.why_not(config, stored, as_of=A - MICRO, now=holds - MICRO)
     assert early is not None and "before the certified" in early

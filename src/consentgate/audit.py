@@ -176,7 +176,7 @@ def append_event(
     return digest
 
 
-def append_events(spark: SparkSession, config: Config, events: Sequence[Event]) -> list[str]:
+def append_events(spark: SparkSession | None, config: Config, events: Sequence[Event]) -> list[str]:
     """Append ``events`` in order, each chained to the one before, in one Delta commit.
 
     Why: each append is a Delta commit (about half a second on a local session); a step that
@@ -185,11 +185,16 @@ def append_events(spark: SparkSession, config: Config, events: Sequence[Event]) 
     and hashes), and one commit means they are recorded all together or not at all. Every
     event is checked before anything is written: one bad payload writes none of them.
 
+    Without ``spark`` (a run that otherwise needs no JVM) the entries are appended with
+    delta-rs (:func:`consentgate.lake.append_rows`): the same rows, chain and commit metadata;
+    the table must exist then (it is created by a Spark write, with its properties).
+
     Returns:
         The new entries' SHA-256 (hex), in order; nothing is written for no events.
 
     Raises:
         ConsentgateError: as :func:`append_event`, for any of the events.
+        TableError: no ``spark`` and no audit table yet.
     """
     if not events:
         return []
@@ -220,17 +225,17 @@ def append_events(spark: SparkSession, config: Config, events: Sequence[Event]) 
             rows.append((seq, instant, event.kind, event.run_id, payload_json, previous, digest))
             digests.append(digest)
             seq, previous = seq + 1, digest
-        frame = spark.createDataFrame(rows, SCHEMA).coalesce(1)
-        lake.write_table(
-            frame,
-            path,
-            mode="append" if lake.is_table(path) else "error",
-            commit_metadata={
-                "consentgate.audit.kind": ",".join(kinds),
-                "consentgate.run": ",".join(runs),
-            },
-            configuration={"delta.appendOnly": "true"},
-        )
+        metadata = {"consentgate.audit.kind": ",".join(kinds), "consentgate.run": ",".join(runs)}
+        if spark is None:
+            lake.append_rows(rows, SCHEMA, path, commit_metadata=metadata)
+        else:
+            lake.write_table(
+                spark.createDataFrame(rows, SCHEMA).coalesce(1),
+                path,
+                mode="append" if lake.is_table(path) else "error",
+                commit_metadata=metadata,
+                configuration={"delta.appendOnly": "true"},
+            )
     return digests
 
 

@@ -660,8 +660,12 @@ def purge_command(
         config = _config(conf_path)
         with flow_run("purge", config) as lineage:
             return lineage.done(
-                run_purge(
-                    _spark(config), config, as_of=instant, dry_run=dry_run, erase=not no_erase
+                run_purge(  # Spark starts only if the night has work (a certified one has none)
+                    lambda: _spark(config),
+                    config,
+                    as_of=instant,
+                    dry_run=dry_run,
+                    erase=not no_erase,
                 )
             )
 

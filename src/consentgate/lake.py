@@ -59,6 +59,7 @@ __all__ = [
     "LogTable",
     "active_files",
     "append_only",
+    "append_rows",
     "checkpoint_and_clean_log",
     "history",
     "is_table",
@@ -280,6 +281,55 @@ class CommitResult:
 
     def metric(self, name: str) -> int:
         return int(self.metrics.get(name, 0))
+
+
+def append_rows(
+    rows: Sequence[Sequence[Any]],
+    schema: StructType,
+    path: str | Path,
+    *,
+    commit_metadata: Mapping[str, Any] | None = None,
+) -> int:
+    """Append a few driver-side rows to an existing table with delta-rs: one commit, no JVM.
+
+    For consentgate's own small logs (the audit) when nothing else of a run needs Spark: a
+    certified quiet night (:mod:`consentgate.quiescence`) records itself without starting one.
+    The table must exist (created by :func:`write_table`, whose properties it keeps: delta-rs
+    honours ``delta.dataSkippingNumIndexedCols``, so no statistics are written) and have
+    exactly ``schema``; the commit carries our ``userMetadata`` as delta-spark's writes do.
+
+    Returns:
+        The committed table version.
+
+    Raises:
+        TableError: no table at ``path``.
+        SchemaError: ``schema`` is not the table's.
+    """
+    from deltalake import CommitProperties, write_deltalake
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    root = Path(path)
+    if not is_table(root):
+        raise TableError(f"{root}: no Delta table to append to")
+    table = open_table(root)
+    _require_same_schema(schema, spark_schema(table), table=str(root))
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(schema.fields)
+    arrow_schema = to_arrow_schema(schema)
+    data = pa.table(
+        {
+            f.name: pa.array(list(c), type=f.type)
+            for f, c in zip(arrow_schema, columns, strict=True)
+        },
+        schema=arrow_schema,
+    )
+    text = _metadata_json(commit_metadata, uuid.uuid4().hex)
+    write_deltalake(
+        table,
+        data,
+        mode="append",
+        commit_properties=CommitProperties(custom_metadata={"userMetadata": text}),
+    )
+    return int(open_table(root).version())
 
 
 def _metadata_json(metadata: Mapping[str, Any] | None, txn: str) -> str:

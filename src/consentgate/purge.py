@@ -84,6 +84,7 @@ import os
 import re
 import shutil
 import signal
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -1867,8 +1868,69 @@ def _purge_and_erase(
     return datasets, erased, {name: failed[name] for name in names if name in failed}
 
 
+def _run_payload(
+    instant: dt.datetime, datasets: Mapping[str, Any], erased: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A run's audit entry: per table what it removed and its versions, and the erasure."""
+    summary = {
+        name: {
+            k: result[k]
+            for k in ("rows_deleted", "version_before", "version_after", "files_rewritten")
+        }
+        | {"reasons": result["reasons"]}
+        for name, result in datasets.items()
+    }
+    return {
+        "as_of": iso(instant),
+        "datasets": summary,
+        "erasure": {n: r.get("result") for n, r in erased.get("datasets", {}).items()},
+    }
+
+
+def _quiet_purge(config: Config, *, as_of: dt.datetime, run_id: str) -> dict[str, Any] | None:
+    """The night as the quiescence certificate answers it (:mod:`consentgate.quiescence`), or
+    ``None`` when it must run in full. No Spark: the audit entries go in with delta-rs."""
+    from consentgate import quiescence
+
+    started = time.monotonic()
+    night = quiescence.quiet_night(config, as_of=as_of, run_id=run_id)
+    if night is None:
+        return None
+    payload = _run_payload(as_of, night.datasets, night.erasure)
+    payload["unchanged_since"] = night.unchanged_since
+    try:
+        audit.append_events(None, config, [*night.events, audit.Event("purge", run_id, payload)])
+    except Exception as exc:  # nothing was written (one commit): the full night records itself
+        log.warning("purge: the certified night could not be recorded without Spark: %s", exc)
+        return None
+    step(
+        log,
+        "purge",
+        run_id=run_id,
+        tables=len(night.datasets),
+        failed=0,
+        rows=0,
+        dry_run=False,
+        unchanged=True,
+        certified=False,
+        jobs=0,
+        tasks=0,
+        since=started,
+    )
+    return {
+        "run_id": run_id,
+        "as_of": iso(as_of),
+        "dry_run": False,
+        "ok": True,
+        "failed": {},
+        "datasets": night.datasets,
+        "erasure": night.erasure,
+        "unchanged_since": night.unchanged_since,
+    }
+
+
 def run_purge(
-    spark: SparkSession,
+    spark: SparkSession | Callable[[], SparkSession],
     config: Config,
     *,
     as_of: dt.datetime | None = None,
@@ -1886,10 +1948,15 @@ def run_purge(
     result and the run's audit entry) and every other one is still purged and erased; then
     :class:`PurgeFailed` names the failed tables.
 
+    A night the quiescence certificate covers (:mod:`consentgate.quiescence`) decides and
+    erases nothing and needs no Spark: ``spark`` may be a factory, called only when the night
+    has work (the command line then never starts a JVM for it).
+
     Returns:
         ``{"run_id", "as_of", "dry_run", "ok", "failed": {}, "datasets": {name: {...}},
-        "erasure": {...}}`` as ``consentgate purge --json`` prints it; ``ok`` is false when
-        an erasure does not verify.
+        "erasure": {...}}`` as ``consentgate purge --json`` prints it (plus
+        ``unchanged_since`` on a certified night); ``ok`` is false when an erasure does not
+        verify.
 
     Raises:
         PurgeFailed: some tables failed (after every other table was purged, erased and the
@@ -1898,59 +1965,38 @@ def run_purge(
     from consentgate import quiescence
 
     instant = as_of or now_utc()
+    run_name = run_id or new_run_id(kind, at=instant)
     # The certificate covers consentgate's own decisions of a full night (module doc there).
     certifiable = not dry_run and erase and not deciders and kind in ("purge", "backfill")
-    with spark_work(spark, kind) as ran:
-        run_name = run_id or new_run_id(kind, at=instant)
-        quiet = (
-            quiescence.quiet_night(spark, config, as_of=instant, run_id=run_name)
-            if certifiable and kind == "purge"
-            else None
-        )
-        events: list[audit.Event] = []
-        failed: dict[str, str] = {}
+    if certifiable and kind == "purge":
+        quiet = _quiet_purge(config, as_of=instant, run_id=run_name)
         if quiet is not None:
-            names = list(quiet.datasets)
-            datasets, erased, events = quiet.datasets, quiet.erasure, quiet.events
-        else:
-            if not dry_run:
-                quiescence.discard(config)
-            names = list(targets(config))
-            datasets, erased, failed = _purge_and_erase(
-                spark,
-                config,
-                names,
-                as_of=instant,
-                run_id=run_name,
-                dry_run=dry_run,
-                erase=erase,
-                deciders=deciders or {},
-            )
-        summary = {
-            name: {
-                k: result[k]
-                for k in ("rows_deleted", "version_before", "version_after", "files_rewritten")
-            }
-            | {"reasons": result["reasons"]}
-            for name, result in datasets.items()
-        }
+            return quiet
+    session = spark if isinstance(spark, SparkSession) else spark()
+    with spark_work(session, kind) as ran:
         if not dry_run:
-            payload: dict[str, Any] = {
-                "as_of": iso(instant),
-                "datasets": summary,
-                "erasure": {n: r.get("result") for n, r in erased.get("datasets", {}).items()},
-            }
+            quiescence.discard(config)
+        names = list(targets(config))
+        datasets, erased, failed = _purge_and_erase(
+            session,
+            config,
+            names,
+            as_of=instant,
+            run_id=run_name,
+            dry_run=dry_run,
+            erase=erase,
+            deciders=deciders or {},
+        )
+        if not dry_run:
+            payload = _run_payload(instant, datasets, erased)
             if failed:
                 payload["failed"] = {name: redact_uuids(why) for name, why in failed.items()}
-            if quiet is not None:
-                payload["unchanged_since"] = quiet.unchanged_since
-            events.append(audit.Event(kind, run_name, payload))
-            audit.append_events(spark, config, events)
-        certified = quiet is None and certifiable and not failed and bool(erased.get("ok"))
+            audit.append_event(session, config, kind=kind, run_id=run_name, payload=payload)
+        certified = certifiable and not failed and bool(erased.get("ok"))
         if certified:
             try:
                 quiescence.certify(
-                    config, run_id=run_name, as_of=instant, receipts=erased["datasets"]
+                    session, config, run_id=run_name, as_of=instant, receipts=erased["datasets"]
                 )
             except Exception as exc:  # the night is done; the next one just runs in full
                 log.warning("purge: no quiescence certificate written: %s", redact_uuids(str(exc)))
@@ -1972,13 +2018,11 @@ def run_purge(
         failed=len(failed),
         rows=sum(int(r["rows_deleted"]) for r in datasets.values()),
         dry_run=dry_run,
-        unchanged=quiet is not None,
+        unchanged=False,
         certified=certified,
         work=ran,
         level=logging.WARNING if failed else logging.INFO,
     )
-    if quiet is not None:
-        result["unchanged_since"] = quiet.unchanged_since
     if failed:
         done = "planned" if dry_run else "purged and erased" if erase else "purged"
         raise PurgeFailed(

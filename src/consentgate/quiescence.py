@@ -20,8 +20,8 @@ and verified, with consentgate's own deciders, the run writes ``<state_dir>/quie
   of unexpired tombstones). ``null``: nothing waits (every such file is gone);
 * ``decisions_hold_until``: the first ``as_of`` at which a decision could change although no
   input did: the earliest ``captured_at`` or ``revoked_at`` after ``T0`` (a record dated in the
-  future, a scheduled revocation), or a retained row reaching its retention. Computed on the
-  first night that could use the certificate (one Spark aggregation), then stored;
+  future, a scheduled revocation), or a retained row reaching its retention, in microseconds
+  since the epoch (``null``: never). One Spark aggregation, in the certifying night's session;
 * per table: rows, files, bytes, version (from the log) and the erasure receipt.
 
 **When it is used.** A ``purge`` (not a dry run, with erasure, with consentgate's deciders)
@@ -31,7 +31,10 @@ whose ``as_of`` is not before ``T0`` and before ``decisions_hold_until``, starte
 ``T0``, where the run left nothing to remove; erasing again would find nothing to remove and
 the same proof. So the night records that (one audit commit: each table's receipt, carried with
 ``unchanged_since``, and the purge entry with ``unchanged_since``) and reports every table with
-nothing deleted. Anything else — any file touched, a clock past either bound, a failed read —
+nothing deleted. Such a night needs no Spark: the checks read files and logs, and the audit
+entry is appended with delta-rs (:func:`consentgate.lake.append_rows`), so the command line
+does not even start the JVM (:func:`consentgate.purge.run_purge` takes a session factory).
+Anything else — any file touched, a clock past either bound, a failed read —
 runs the full purge, which deletes the certificate first and writes a new one when it
 succeeds. Backfills and dry runs always run in full (a backfill exists because policy
 changed; a dry run must show the plan).
@@ -50,6 +53,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +69,6 @@ from consentgate.consent import as_of_micros
 from consentgate.erasure import erasure_audit_payload
 from consentgate.logs import step
 from consentgate.runtime import iso, now_utc, parse_instant
-from consentgate.spark import spark_work
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +180,7 @@ def erasure_holds_until(
 
 
 def certify(
+    spark: SparkSession,
     config: Config,
     *,
     run_id: str,
@@ -184,8 +188,13 @@ def certify(
     receipts: Mapping[str, Mapping[str, Any]],
 ) -> dict[str, Any]:
     """Write the certificate after a successful full night (``receipts``: its erasure receipts,
-    every one verified, one per purge target). Returns what was written."""
+    every one verified, one per purge target). Returns what was written.
+
+    The decisions' bound is computed here (one Spark job, in the night's warm session), so
+    that a night the certificate covers needs no Spark at all.
+    """
     names = list(receipts)
+    flips = decision_flips(spark, config, as_of=as_of)
     certified_at = now_utc()
     holds = erasure_holds_until(config, names, now=certified_at)
     from consentgate.purge import target_path, targets
@@ -205,7 +214,7 @@ def certify(
         "certified_at": iso(certified_at),
         "fingerprint": fingerprint(config),
         "erasure_holds_until": None if holds is None else iso(holds),
-        "decisions_hold_until": None,
+        "decisions_hold_until": flips,
         "tables": tables,
     }
     _write(config, certificate)
@@ -285,27 +294,16 @@ class QuietNight:
     unchanged_since: str
 
 
-def quiet_night(
-    spark: SparkSession, config: Config, *, as_of: dt.datetime, run_id: str
-) -> QuietNight | None:
+def quiet_night(config: Config, *, as_of: dt.datetime, run_id: str) -> QuietNight | None:
     """This night from the certificate, or ``None`` (logged, with why) when it must run in
-    full. Nothing is written here; the caller records the night."""
-    with spark_work(spark, "quiescent") as ran:
-        night = _quiet_night(spark, config, as_of=as_of, run_id=run_id)
-    if night is not None:
-        step(log, "quiescent", run_id=run_id, tables=len(night.datasets), work=ran)
-    return night
-
-
-def _quiet_night(
-    spark: SparkSession, config: Config, *, as_of: dt.datetime, run_id: str
-) -> QuietNight | None:
+    full. Spark-free; nothing is written here (the caller records the night)."""
+    started = time.monotonic()
     certificate = load(config)
     if certificate is None:
         return None
     now = now_utc()
     try:
-        why = why_not(spark, config, certificate, as_of=as_of, now=now)
+        why = why_not(config, certificate, as_of=as_of, now=now)
         tables: dict[str, Any] = certificate["tables"]
         unchanged_since = str(certificate["certified_at"])
     except Exception as exc:  # fail closed: any doubt runs the full purge
@@ -321,6 +319,7 @@ def _quiet_night(
         receipt = _carried(table["receipt"], at=now, unchanged_since=unchanged_since)
         receipts[name] = receipt
         events.append(audit.Event("erasure", run_id, erasure_audit_payload(receipt), now))
+    step(log, "quiescent", run_id=run_id, tables=len(datasets), jobs=0, tasks=0, since=started)
     return QuietNight(
         datasets=datasets,
         erasure={"ok": True, "datasets": receipts},
@@ -330,31 +329,23 @@ def _quiet_night(
 
 
 def why_not(
-    spark: SparkSession,
-    config: Config,
-    certificate: dict[str, Any],
-    *,
-    as_of: dt.datetime,
-    now: dt.datetime,
+    config: Config, certificate: Mapping[str, Any], *, as_of: dt.datetime, now: dt.datetime
 ) -> str | None:
-    """Why the certificate does not cover this night, or ``None`` when it does (cheapest
-    checks first; the decisions' bound is computed and stored on first use)."""
+    """Why the certificate does not cover a night at ``as_of`` started at ``now``, or ``None``
+    when it does (cheapest checks first; Spark-free)."""
     t0 = parse_instant(str(certificate["as_of"]), name="certificate as_of")
     holds = certificate["erasure_holds_until"]
+    decisions = certificate["decisions_hold_until"]
     if as_of < t0:
         return f"as_of {iso(as_of)} is before the certified {iso(t0)}"
+    if decisions is not None and as_of_micros(as_of) >= int(decisions):
+        return "a consent record or a retention takes effect by this as_of"
     if holds is not None and now >= parse_instant(str(holds), name="erasure_holds_until"):
         return f"the erasure window of a removal ends at {holds}"
+    if not lake.is_table(audit.audit_path(config)):
+        return "the audit log is missing"
     if fingerprint(config) != certificate["fingerprint"]:
         return "an input, the configuration or the code changed since it was certified"
-    decisions = certificate["decisions_hold_until"]
-    if decisions is None:
-        flips = decision_flips(spark, config, as_of=t0)
-        decisions = "never" if flips is None else flips
-        certificate["decisions_hold_until"] = decisions
-        _write(config, certificate)
-    if decisions != "never" and as_of_micros(as_of) >= int(decisions):
-        return "a consent record or a retention takes effect by this as_of"
     return None
 
 
