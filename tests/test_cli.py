@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -616,9 +617,14 @@ def test_purge_logs_its_steps_on_stderr_without_jvm_noise(
     words = set(done.stderr.replace("=", " ").split())
     assert words.isdisjoint({"a1", "a2", "a3", "e1", "e2", "e3", "u1", "u2", "u9"})
 
-    # The next night nothing changed: the certificate written by this night covers it
-    # (consentgate.quiescence), so it decides nothing and never starts Spark: the same command
-    # succeeds on a machine without java, records the night and says since when it holds.
+    # The next night finds nothing to remove and certifies the lake (consentgate.quiescence);
+    # the night after that decides nothing and never starts Spark: the same command succeeds
+    # on a machine without java, records the night and says since when the lake is unchanged.
+    from consentgate import purge
+    from consentgate.config import load_config
+
+    second = purge.run_purge(spark, load_config(conf), as_of=dt.datetime(2026, 6, 2, tzinfo=dt.UTC))
+    assert second["datasets"]["track_embeddings"]["rows_deleted"] == 0
     (tmp_path / "nojava").mkdir()
     quiet = run_without_java(
         tmp_path / "nojava",

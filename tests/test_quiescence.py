@@ -2,8 +2,8 @@
 
 Each story starts from ``tests/lakes.py``'s three-asset lake (a1 granted, a2 revoked, a3 no
 attributable record; embeddings derived 2026-01-01, kept 365 days) and runs real nights:
-the full purge certifies, a night the certificate covers decides nothing, and every way the
-lake or the clock can move makes the next night run in full again.
+a full night that finds nothing to remove certifies, a night the certificate covers decides
+nothing, and every way the lake or the clock can move makes the next night run in full.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pyspark.sql import SparkSession
 
 from consentgate import audit, consent, lake, logs, purge, quiescence
 from consentgate.config import Config, load_config
-from tests.lakes import RECORDS_DDL, T0, copy_small_lake
+from tests.lakes import ASSETS_DDL, RECORDS_DDL, T0, copy_small_lake
 
 UTC = dt.UTC
 A = dt.datetime(2026, 6, 1, tzinfo=UTC)
@@ -79,8 +79,10 @@ def test_a_quiet_night_is_certified_and_ends_when_a_record_takes_effect(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """r5 grants a1 until a scheduled revocation at A+2d; r6, captured at A+5d, revokes it
-    again. Nights before A+2d are certified; the night at A+2d decides again and removes e1."""
+    """r5 grants a1 until a scheduled revocation at A+2d; a1 is to be deleted at A+4d; r6,
+    captured at A+5d, revokes it again. The night that removes writes no certificate, the
+    next (full, nothing to remove) does; nights before A+2d are then certified; the night at
+    A+2d decides again and removes e1, and the certificate after it holds until the deletion."""
     config = _config(pristine_small_lake, tmp_path / "lake")
     _append_records(
         spark,
@@ -92,27 +94,38 @@ def test_a_quiet_night_is_certified_and_ends_when_a_record_takes_effect(
              A + dt.timedelta(days=5), None),
         ],
     )  # fmt: skip
+    lake.write_table(
+        spark.createDataFrame([("a1", "u1", "US", T0, A + dt.timedelta(days=4))], ASSETS_DDL),
+        config.table_path("assets"),
+        mode="append",
+    )
     path = config.resolve(config.datasets[TABLE].path)
 
-    first, steps = _night(spark, config, A, caplog)
-    assert first["datasets"][TABLE]["rows_deleted"] == 2 and "decide" in steps
+    removing, steps = _night(spark, config, A, caplog)
+    assert removing["datasets"][TABLE]["rows_deleted"] == 2 and "decide" in steps
+    assert quiescence.load(config) is None  # it changed the lake: no proof it is quiet now
+
+    # The premise, checked by deciding again in full (a dry run never uses a certificate).
+    planned = purge.run_purge(spark, config, as_of=A + dt.timedelta(hours=1), dry_run=True)
+    assert planned["datasets"][TABLE]["rows_deleted"] == 0 and "unchanged_since" not in planned
+
+    first, steps = _night(spark, config, A + dt.timedelta(hours=1), caplog)
+    assert first["datasets"][TABLE]["rows_deleted"] == 0 and "decide" in steps
     assert "unchanged_since" not in first
     certificate = quiescence.load(config)
     assert certificate is not None and certificate["run_id"] == first["run_id"]
-    assert certificate["as_of"] == "2026-06-01T00:00:00.000000Z"
+    assert certificate["as_of"] == "2026-06-01T01:00:00.000000Z"
     assert certificate["decisions_hold_until"] == _micros(A + dt.timedelta(days=2))  # r5
     assert certificate["erasure_holds_until"] is None  # window 0: everything already erased
     assert certificate["tables"][TABLE]["rows"] == 1
     assert RAW_IDS.isdisjoint(_strings(certificate))
-
-    # The premise, checked by deciding again in full (a dry run never uses the certificate).
-    planned = purge.run_purge(spark, config, as_of=A + dt.timedelta(hours=1), dry_run=True)
-    assert planned["datasets"][TABLE]["rows_deleted"] == 0 and "unchanged_since" not in planned
+    dry = purge.run_purge(spark, config, as_of=A + dt.timedelta(hours=2), dry_run=True)
+    assert "unchanged_since" not in dry
     assert quiescence.load(config) == certificate  # a dry run neither uses nor discards it
 
     version = lake.table_version(path)
     events_before = len(audit.events(spark, config))
-    second, steps = _night(spark, config, A + dt.timedelta(hours=1), caplog)
+    second, steps = _night(spark, config, A + dt.timedelta(hours=2), caplog)
     assert steps == ["quiescent", "purge"], steps
     assert second["unchanged_since"] == certificate["certified_at"]
     assert second["ok"] and not second["failed"]
@@ -135,13 +148,14 @@ def test_a_quiet_night_is_certified_and_ends_when_a_record_takes_effect(
     # A microsecond before the revocation is still covered; at it the night decides again.
     _, steps = _night(spark, config, A + dt.timedelta(days=2) - MICRO, caplog)
     assert steps == ["quiescent", "purge"], steps
-    third, steps = _night(spark, config, A + dt.timedelta(days=2), caplog)
-    assert "decide" in steps and "unchanged_since" not in third
-    assert third["datasets"][TABLE]["rows_deleted"] == 1  # e1: a1 revoked at A+2d
+    revoked, steps = _night(spark, config, A + dt.timedelta(days=2), caplog)
+    assert "decide" in steps and "unchanged_since" not in revoked
+    assert revoked["datasets"][TABLE]["rows_deleted"] == 1  # e1: a1 revoked at A+2d
+    assert quiescence.load(config) is None
+    quiet, _ = _night(spark, config, A + dt.timedelta(days=2, hours=1), caplog)
     renewed = quiescence.load(config)
-    assert renewed is not None and renewed["run_id"] == third["run_id"]
-
-    assert renewed["decisions_hold_until"] == _micros(A + dt.timedelta(days=5))  # r6's capture
+    assert renewed is not None and renewed["run_id"] == quiet["run_id"]
+    assert renewed["decisions_hold_until"] == _micros(A + dt.timedelta(days=4))  # a1 deleted
     _, steps = _night(spark, config, A + dt.timedelta(days=3), caplog)
     assert steps == ["quiescent", "purge"], steps
 
@@ -155,7 +169,9 @@ def test_retention_ends_the_certificate_a_microsecond_after_the_last_kept_day(
     """e1 was derived 2026-01-01 and is kept 365 days: still inside at 2027-01-01T00:00:00
     (not before the cutoff), expired a microsecond later. The lake is moved before: a copy
     that keeps the files' times keeps the certificate."""
-    _night(spark, _config(pristine_small_lake, tmp_path / "lake"), A, caplog)
+    config = _config(pristine_small_lake, tmp_path / "lake")
+    _night(spark, config, A, caplog)
+    _night(spark, config, A + dt.timedelta(hours=1), caplog)
     # Moved with its files' times (cp -a), the lake keeps its certificate.
     shutil.copytree(tmp_path / "lake", tmp_path / "moved")
     config = load_config(tmp_path / "moved" / "consentgate.yaml")
@@ -176,15 +192,15 @@ def test_any_change_to_the_lake_runs_the_full_purge(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A backfill never uses the certificate but writes one; a file touched in place, a new
-    consent record and a changed configuration each make the next night decide in full."""
+    """A backfill never uses the certificate but writes one; a file touched in place, a
+    changed configuration and a new consent record each make the next night decide in full;
+    a write while a night runs keeps it from certifying."""
     config = _config(pristine_small_lake, tmp_path / "lake")
-    first = purge.run_backfill(spark, config, as_of=A)
-    assert "unchanged_since" not in first
+    purge.run_backfill(spark, config, as_of=A)
+    quiet = purge.run_backfill(spark, config, as_of=A + dt.timedelta(hours=1))
+    assert "unchanged_since" not in quiet  # a backfill decides, whatever the certificate
     certificate = quiescence.load(config)
-    assert certificate is not None and certificate["run_id"] == first["run_id"]
-    again = purge.run_backfill(spark, config, as_of=A + dt.timedelta(hours=1))
-    assert "unchanged_since" not in again  # a backfill decides again, whatever the certificate
+    assert certificate is not None and certificate["run_id"] == quiet["run_id"]
 
     path = config.resolve(config.datasets[TABLE].path)
     data = next(path.glob("*.parquet"))
@@ -192,28 +208,41 @@ def test_any_change_to_the_lake_runs_the_full_purge(
     os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
     touched, steps = _night(spark, config, A + dt.timedelta(hours=2), caplog)
     assert "decide" in steps and "unchanged_since" not in touched
-    assert any(
-        "an input, the configuration or the code changed" in r.getMessage() for r in caplog.records
-    )
+    why = "an input, the configuration or the code changed"
+    assert any(why in r.getMessage() for r in caplog.records)
     assert touched["datasets"][TABLE]["rows_deleted"] == 0
     _, steps = _night(spark, config, A + dt.timedelta(hours=3), caplog)
     assert steps == ["quiescent", "purge"], steps  # the full night certified the touched lake
-
-    _append_records(
-        spark,
-        config,
-        [("r5", "u1", "a1", "recommendation", "revoked", "2026-03", None, A, None)],
-    )
-    revoked, steps = _night(spark, config, A + dt.timedelta(hours=4), caplog)
-    assert "decide" in steps and revoked["datasets"][TABLE]["rows_deleted"] == 1
 
     conf_path = tmp_path / "lake" / "consentgate.yaml"
     conf = yaml.safe_load(conf_path.read_text())
     conf["use_cases"]["recommendation"]["accepted_policy_versions"].append("2026-09")
     conf_path.write_text(yaml.safe_dump(conf, sort_keys=False))
-    changed = load_config(conf_path)
-    _, steps = _night(spark, changed, A + dt.timedelta(hours=5), caplog)
-    assert "decide" in steps
+    config = load_config(conf_path)
+    changed, steps = _night(spark, config, A + dt.timedelta(hours=4), caplog)
+    assert "decide" in steps and "unchanged_since" not in changed
+
+    # A writer between the night's start and its end: the night does not certify.
+    started_from = quiescence.fingerprint(config)
+    _append_records(
+        spark,
+        config,
+        [("r5", "u1", "a1", "recommendation", "revoked", "2026-03", None, A, None)],
+    )
+    receipts = changed["erasure"]["datasets"]
+    assert (
+        quiescence.certify(
+            spark,
+            config,
+            run_id="purge-test",
+            as_of=A + dt.timedelta(hours=4),
+            receipts=receipts,
+            started_from=started_from,
+        )
+        is None
+    )
+    revoked, steps = _night(spark, config, A + dt.timedelta(hours=5), caplog)
+    assert "decide" in steps and revoked["datasets"][TABLE]["rows_deleted"] == 1
 
 
 def test_the_erasure_window_bounds_the_certificate(
@@ -226,22 +255,21 @@ def test_the_erasure_window_bounds_the_certificate(
     proof: the certificate holds until the first of them is due, and not after."""
     config = _config(pristine_small_lake, tmp_path / "lake", erasure={"window_hours": 1})
     before = dt.datetime.now(UTC)
-    first, _ = _night(spark, config, A, caplog)
+    removing, _ = _night(spark, config, A, caplog)
     after = dt.datetime.now(UTC)
-    receipt = first["erasure"]["datasets"][TABLE]
+    receipt = removing["erasure"]["datasets"][TABLE]
     assert receipt["attempts_pending"] == 1 and receipt["files_removed"] == 0
+    _night(spark, config, A + dt.timedelta(minutes=1), caplog)  # nothing to remove: certifies
     certificate = quiescence.load(config)
     assert certificate is not None and certificate["erasure_holds_until"] is not None
     holds = dt.datetime.fromisoformat(certificate["erasure_holds_until"].replace("Z", "+00:00"))
     hour = dt.timedelta(hours=1)
     assert before - dt.timedelta(seconds=1) + hour <= holds <= after + hour
 
-    _, steps = _night(spark, config, A + dt.timedelta(minutes=1), caplog)
+    _, steps = _night(spark, config, A + dt.timedelta(minutes=2), caplog)
     assert steps == ["quiescent", "purge"], steps
-    stored = quiescence.load(config)
-    assert stored is not None
-    late = quiescence.why_not(config, stored, as_of=A + MICRO, now=holds)
+    late = quiescence.why_not(config, certificate, as_of=A + hour, now=holds)
     assert late is not None and "erasure window" in late
-    assert quiescence.why_not(config, stored, as_of=A + MICRO, now=holds - MICRO) is None
-    early = quiescence.why_not(config, stored, as_of=A - MICRO, now=holds - MICRO)
+    assert quiescence.why_not(config, certificate, as_of=A + hour, now=holds - MICRO) is None
+    early = quiescence.why_not(config, certificate, as_of=A, now=holds - MICRO)
     assert early is not None and "before the certified" in early

@@ -230,6 +230,16 @@ def check_schema(df: DataFrame, expected: Mapping[str, DataType], *, table: str)
             )
 
 
+#: Every column a decision compares with ``T``, by input table: a record counts from its
+#: ``captured_at``, a revocation from ``revoked_at``, an asset is deleted from ``deleted_at``
+#: (each inclusive). :mod:`consentgate.quiescence` reads from them when a decision can change
+#: with no input changing; a new comparison with ``T`` must be listed here.
+AS_OF_COLUMNS: Final[Mapping[Literal["consent_records", "assets"], tuple[str, ...]]] = {
+    "consent_records": ("captured_at", "revoked_at"),
+    "assets": ("deleted_at",),
+}
+
+
 def as_of_micros(as_of: datetime) -> int:
     """Microseconds since the Unix epoch of ``as_of`` (naive means UTC), computed exactly.
 
@@ -688,6 +698,7 @@ __all__ = [
     "ASSETS_SCHEMA",
     "ASSET_CASES",
     "ASSET_IDS_SCHEMA",
+    "AS_OF_COLUMNS",
     "CONSENT_RECORDS_SCHEMA",
     "DENIAL_REASONS",
     "EFFECTIVE_CONSENT_COLUMNS",

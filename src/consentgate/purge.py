@@ -1974,8 +1974,10 @@ def run_purge(
             return quiet
     session = spark if isinstance(spark, SparkSession) else spark()
     with spark_work(session, kind) as ran:
+        started_from = None
         if not dry_run:
             quiescence.discard(config)
+            started_from = quiescence.fingerprint(config) if certifiable else None
         names = list(targets(config))
         datasets, erased, failed = _purge_and_erase(
             session,
@@ -1992,12 +1994,18 @@ def run_purge(
             if failed:
                 payload["failed"] = {name: redact_uuids(why) for name, why in failed.items()}
             audit.append_event(session, config, kind=kind, run_id=run_name, payload=payload)
-        certified = certifiable and not failed and bool(erased.get("ok"))
-        if certified:
+        certified = False
+        if started_from is not None and not failed and erased.get("ok"):
             try:
-                quiescence.certify(
-                    session, config, run_id=run_name, as_of=instant, receipts=erased["datasets"]
+                written = quiescence.certify(
+                    session,
+                    config,
+                    run_id=run_name,
+                    as_of=instant,
+                    receipts=erased["datasets"],
+                    started_from=started_from,
                 )
+                certified = written is not None
             except Exception as exc:  # the night is done; the next one just runs in full
                 log.warning("purge: no quiescence certificate written: %s", redact_uuids(str(exc)))
                 certified = False

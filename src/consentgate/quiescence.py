@@ -6,7 +6,9 @@ VACUUM, only to find nothing, as the last night did. A data-platform team could 
 night; consentgate instead proves it may, and says so in the audit log.
 
 **What is certified.** After a full purge (or backfill) whose every table was purged, erased
-and verified, with consentgate's own deciders, the run writes ``<state_dir>/quiescence.json``:
+and verified, with consentgate's own deciders, and that *found the lake as it left it* (the
+fingerprint below, taken before deciding, equal at the end: nothing removed, nothing erased,
+no other writer meanwhile), the run writes ``<state_dir>/quiescence.json``:
 
 * ``as_of``: ``T0``, the instant the run decided at;
 * ``fingerprint``: SHA-256 of everything a decision reads — the configuration, consentgate's
@@ -65,7 +67,7 @@ from pyspark.sql.types import LongType
 
 from consentgate import audit, lake, maintenance
 from consentgate.config import Config
-from consentgate.consent import as_of_micros
+from consentgate.consent import AS_OF_COLUMNS, as_of_micros
 from consentgate.erasure import erasure_audit_payload
 from consentgate.logs import step
 from consentgate.runtime import iso, now_utc, parse_instant
@@ -186,20 +188,35 @@ def certify(
     run_id: str,
     as_of: dt.datetime,
     receipts: Mapping[str, Mapping[str, Any]],
-) -> dict[str, Any]:
-    """Write the certificate after a successful full night (``receipts``: its erasure receipts,
-    every one verified, one per purge target). Returns what was written.
+    started_from: str,
+) -> dict[str, Any] | None:
+    """Write the certificate after a successful full night that changed nothing.
 
-    The decisions' bound is computed here (one Spark job, in the night's warm session), so
-    that a night the certificate covers needs no Spark at all.
+    Args:
+        spark: The night's session: the decisions' bound is computed here (one Spark job,
+            warm), so that a night the certificate covers needs no Spark at all.
+        receipts: The night's erasure receipts, every one verified, one per purge target.
+        started_from: :func:`fingerprint` taken before the night decided anything.
+
+    Returns:
+        What was written, or ``None`` when the lake is not the one the night started from
+        (its own removals or erasure, or another writer meanwhile): only a night that found
+        the lake as it left it proves that deciding again finds nothing. The next quiet night
+        certifies.
     """
+    from consentgate.purge import target_path, targets
+
+    all_targets = targets(config)
+    if set(receipts) != set(all_targets):
+        log.info("quiescence: not certified: the night did not erase every purge target")
+        return None
+    if fingerprint(config) != started_from:
+        log.info("quiescence: not certified: the lake changed during the night")
+        return None
     names = list(receipts)
     flips = decision_flips(spark, config, as_of=as_of)
     certified_at = now_utc()
     holds = erasure_holds_until(config, names, now=certified_at)
-    from consentgate.purge import target_path, targets
-
-    all_targets = targets(config)
     tables = {
         name: {
             **lake.table_inventory(target_path(config, name, all_targets[name])),
@@ -212,11 +229,14 @@ def certify(
         "run_id": run_id,
         "as_of": iso(as_of),
         "certified_at": iso(certified_at),
-        "fingerprint": fingerprint(config),
+        "fingerprint": started_from,
         "erasure_holds_until": None if holds is None else iso(holds),
         "decisions_hold_until": flips,
         "tables": tables,
     }
+    if fingerprint(config) != started_from:  # a writer while the bound was read
+        log.info("quiescence: not certified: the lake changed during the night")
+        return None
     _write(config, certificate)
     return certificate
 
@@ -249,8 +269,10 @@ def decision_flips(spark: SparkSession, config: Config, *, as_of: dt.datetime) -
     """Microseconds since the epoch of the first ``as_of`` after ``as_of`` at which a decision
     could change with no input changing (module doc), or ``None`` when none can; one Spark job.
 
-    Consent counts a record from ``captured_at`` and a revocation from ``revoked_at`` (both
-    inclusive), so each such instant after ``as_of`` is a flip. A row is expired when its
+    Consent compares :data:`consentgate.consent.AS_OF_COLUMNS` with ``T`` inclusively (a
+    record counts from ``captured_at``, a revocation from ``revoked_at``, an asset's deletion
+    from ``deleted_at``), so each such instant after ``as_of`` is a flip, whichever record or
+    asset it belongs to (a bound too early only costs a full night). A row is expired when its
     ``derived_at`` (in microseconds) is below ``as_of - retention``: a kept row ``m`` flips at
     ``m + retention + 1``.
     """
@@ -258,11 +280,10 @@ def decision_flips(spark: SparkSession, config: Config, *, as_of: dt.datetime) -
     from consentgate.purge import target_path, targets
 
     t0 = as_of_micros(as_of)
-    records = lake.read_table(spark, config.table_path("consent_records"))
-    parts: list[DataFrame] = [
-        records.select(F.unix_micros(F.col(column)).alias("flip"))
-        for column in ("captured_at", "revoked_at")
-    ]
+    parts: list[DataFrame] = []
+    for table, columns in AS_OF_COLUMNS.items():
+        rows = lake.read_table(spark, config.table_path(table))
+        parts += [rows.select(F.unix_micros(F.col(c)).alias("flip")) for c in columns]
     for name, dataset in targets(config).items():
         if dataset.retention_days is None or dataset.derived_at_column is None:
             continue
