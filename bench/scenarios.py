@@ -683,16 +683,7 @@ def noop_night(ctx: Context, base: Path, *, scale: int) -> dict[str, Any]:
         rows_before = {n: lake.table_inventory(config.dataset_path(n))["rows"] for n in before}
         label = f"noop_night {scale}: consentgate purge (CLI) repeat {r + 1}"
         ctx.log(label)
-        t0 = time.perf_counter()
-        done = subprocess.run(
-            [*command, "--conf", str(trial / CONF_FILE)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=3600,
-            check=False,
-        )
-        wall = time.perf_counter() - t0
+        done, wall = _timed_command([*command, "--conf", str(trial / CONF_FILE)], env)
         steps = parse_step_lines(done.stderr)
         run = _noop_run(done, wall, steps)
         diff = io_diff(before, config, rows_before)
@@ -713,16 +704,7 @@ def noop_night(ctx: Context, base: Path, *, scale: int) -> dict[str, Any]:
             # (consentgate.quiescence), so the next decides nothing and starts no JVM.
             next_label = f"noop_night {scale}: the next night (certified) repeat {r + 1}"
             ctx.log(next_label)
-            t0 = time.perf_counter()
-            again = subprocess.run(
-                [*command, "--conf", str(trial / CONF_FILE)],
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=3600,
-                check=False,
-            )
-            next_wall = time.perf_counter() - t0
+            again, next_wall = _timed_command([*command, "--conf", str(trial / CONF_FILE)], env)
             next_run = _noop_run(again, next_wall, parse_step_lines(again.stderr))
             ctx.log(f"{next_label}: {next_wall:.3f}s exit={again.returncode}")
             next_times.append(next_wall if again.returncode == 0 else None)
@@ -780,6 +762,18 @@ def noop_night(ctx: Context, base: Path, *, scale: int) -> dict[str, Any]:
         ),
     }
     return result
+
+
+def _timed_command(
+    command: list[str], env: Mapping[str, str]
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run a command as a user would (its own process and environment): its outcome and
+    wall seconds."""
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=dict(env), timeout=3600, check=False
+    )
+    return done, time.perf_counter() - t0
 
 
 def _noop_run(
