@@ -9,6 +9,7 @@ proves it in the audit log.
 | task | does |
 |---|---|
 | `validate` | finds the config (Variable `consentgate_conf` or env `CONSENTGATE_CONF`), checks it and every input table's schema from the Delta logs; fixes the run's instant and id |
+| `quiescent` | answers the night without Spark when the quiescence certificate covers it (nothing changed since a full night that found nothing to remove, no record or retention takes effect, no erasure due): records it in the audit log (XCom `night`) and skips every later task; otherwise discards the certificate and lets the full run go on |
 | `decide` | decides consent **once for the run**: effective consent for every use case, lineage for every table, and per table the rows to remove, kept as the run's work tables (digests only, under `_consentgate/purge_runs/<run id>/`); returns the tables to visit, configured datasets then registered snapshots (the plan's summary is kept as XCom `plan`) |
 | `purge_dataset` | one mapped instance per table, so a failing table is visible and retryable alone; loads its table's decision from `decide` (never decides again: no decision fails the task, naming the table and the run); emits an Asset event for each table it changed |
 | `erase_and_verify` | physical erasure after the window (Delta VACUUM) and its verification, each table on its own, for every table whose purge succeeded |
@@ -21,6 +22,11 @@ removed as `use_case_not_configured`) never stops the others from being purged, 
 audited, and the run still ends failed, naming it. A table `decide` could not decide is
 still a target: its own `purge_dataset` instance fails with `decide`'s message, without
 retries (a retry would load the same decision).
+
+**Quiescence certificate**: `audit_summary` writes one (`_consentgate/quiescence.json`,
+`consentgate.quiescence`) when the run succeeded and found the lake exactly as it left it:
+nothing removed, nothing erased, no other writer meanwhile. A night with nothing to remove
+after such a night is then `validate` and `quiescent` only, in seconds.
 
 **Work tables**: `audit_summary` removes the run's whatever the outcome (dry runs too). A
 run killed before it leaves them (digests only); the next run's `decide` removes every
@@ -99,6 +105,13 @@ def consentgate_nightly_purge() -> None:
             extra={"erase": bool(p.get("erase", True))},
         )
 
+    # Spark-free (no pool): reads files and logs, appends the audit entry with delta-rs.
+    @task.short_circuit(retries=0)
+    def quiescent(run: dict[str, Any]) -> bool:
+        from consentgate import airflow_tasks
+
+        return airflow_tasks.purge_quiescent(run)
+
     @task(pool=SPARK_POOL)
     def decide(run: dict[str, Any]) -> list[str]:
         from consentgate import airflow_tasks
@@ -161,6 +174,7 @@ def consentgate_nightly_purge() -> None:
 
     run = validate()
     targets = decide(run)
+    quiescent(run) >> targets
     purged = purge_dataset.partial(run=run).expand(target=targets)
     erasure = erase_and_verify(run, purged)
     audit_summary(run, purged, erasure, targets)

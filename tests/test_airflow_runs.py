@@ -103,8 +103,11 @@ def test_nightly_purge_removes_rows_from_datasets_and_snapshots(
     ]
     assert all(e["task_id"] == "purge_dataset" for e in purge.asset_events)
     # the same audit entry as `consentgate purge` writes
-    entries = audit.events(spark, config, kind="purge")
-    assert entries and entries[-1]["run_id"] == summary["run_id"]
+    entries = audit.events(spark, config, kind="purge")  # (later nights' entries follow)
+    (entry,) = [
+        e for e in entries if e["run_id"] == summary["run_id"] and "datasets" in e["payload"]
+    ]
+    assert entry["payload"]["datasets"].keys() == results.keys()
     assert audit.verify_chain(spark, config)["ok"] is True
 
 
@@ -137,6 +140,47 @@ def test_nightly_purge_decides_consent_once_and_leaves_no_work_tables(
     assert not purge_module.run_dir(config, plan["run_id"]).exists()
     runs_root = config.state_dir / "purge_runs"
     assert not runs_root.exists() or list(runs_root.iterdir()) == []
+
+
+def test_a_quiet_night_certifies_the_lake_and_the_next_is_answered_without_spark(
+    spark: SparkSession, local_runs: Runs
+) -> None:
+    """The night after the purge finds nothing to remove and certifies the lake in
+    ``audit_summary``; the night after that ends at ``quiescent``: every later task skipped,
+    the night recorded in the audit log (each table's receipt and the purge entry, saying
+    since when the lake is unchanged), nothing committed to any table."""
+    from consentgate import audit, quiescence
+    from consentgate.config import load_config
+
+    config = load_config(local_runs.conf)
+    quiet, certified = local_runs.quiet, local_runs.certified
+    assert quiet.ok and certified.ok, (quiet.task_states, certified.task_states)
+    summary = quiet.results["audit_summary"]
+    assert summary["rows_deleted"] == 0 and summary["certified"] is True
+    # no certificate yet: the run went on, from the fingerprint it certified against
+    assert len(quiet.results["quiescent.started_from"]) == 64
+    assert "quiescent.night" not in quiet.results
+    assert not quiet.asset_events  # nothing changed
+
+    assert certified.task_states["validate"] == "success"
+    assert certified.task_states["quiescent"] == "success"
+    assert "quiescent.started_from" not in certified.results
+    skipped = {"decide", "purge_dataset", "erase_and_verify", "audit_summary"}
+    assert {t: certified.task_states[t] for t in skipped} == dict.fromkeys(skipped, "skipped")
+    night = certified.results["quiescent.night"]
+    certificate = quiescence.load(config)
+    assert certificate is not None and certificate["run_id"] == summary["run_id"]
+    assert night["unchanged_since"] == certificate["certified_at"]
+    assert set(night["datasets"]) == set(quiet.results["decide"])
+    assert all(d["rows_deleted"] == 0 for d in night["datasets"].values())
+    assert not certified.asset_events
+    entries = audit.events(spark, config)
+    runs = {e["run_id"] for e in entries if e["kind"] == "purge"}
+    assert night["run_id"] in runs and summary["run_id"] in runs
+    last = entries[-1]
+    assert last["kind"] == "purge" and last["run_id"] == night["run_id"]
+    assert last["payload"]["unchanged_since"] == certificate["certified_at"]
+    assert audit.verify_chain(spark, config)["ok"] is True
 
 
 def test_successful_runs_log_no_airflow_error(local_runs: Runs) -> None:

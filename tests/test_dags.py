@@ -63,10 +63,14 @@ def test_dags_are_documented_tagged_and_retry(bag: Any, dag_id: str) -> None:
     for task_id in dag.task_ids:
         # the doc names every task, so the graph view and the doc agree
         assert f"`{task_id}`" in dag.doc_md, task_id
-    work = [t for t in dag.tasks if t.task_id not in {"validate", "rollback"}]
+    work = [t for t in dag.tasks if t.task_id not in {"validate", "quiescent", "rollback"}]
     assert work and all(t.retries >= 1 for t in work)
-    # validation and rollback are deterministic: retrying them would only repeat the outcome
+    # validation and rollback are deterministic: retrying them would only repeat the outcome;
+    # the purge's quiescent check reads files and, once, appends the night (a retry could
+    # record it twice): on any doubt it lets the full run go on rather than fail
     assert dag.get_task("validate").retries == 0
+    if "quiescent" in dag.task_ids:
+        assert dag.get_task("quiescent").retries == 0
     assert dag.catchup is False
 
 
@@ -78,12 +82,17 @@ def test_nightly_purge_shape(bag: Any) -> None:
     # issue #21: consent is decided once, by `decide`; no evaluate task (nothing read it)
     assert set(dag.task_ids) == {
         "validate",
+        "quiescent",
         "decide",
         "purge_dataset",
         "erase_and_verify",
         "audit_summary",
     }
-    assert upstream(dag, "decide") == {"validate"}
+    # a night the quiescence certificate covers ends at `quiescent`: it skips all the rest
+    assert upstream(dag, "quiescent") == {"validate"}
+    assert type(dag.get_task("quiescent")).__name__ == "_ShortCircuitDecoratedOperator"
+    assert dag.get_task("quiescent").ignore_downstream_trigger_rules is True
+    assert upstream(dag, "decide") == {"validate", "quiescent"}
     assert upstream(dag, "purge_dataset") == {"validate", "decide"}
     assert upstream(dag, "erase_and_verify") == {"validate", "purge_dataset"}
     # decide's targets tell audit_summary which tables have no result (their task failed)

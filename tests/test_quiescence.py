@@ -232,12 +232,12 @@ def test_any_change_to_the_lake_runs_the_full_purge(
     receipts = changed["erasure"]["datasets"]
     assert (
         quiescence.certify(
-            spark,
             config,
             run_id="purge-test",
             as_of=A + dt.timedelta(hours=4),
             receipts=receipts,
             started_from=started_from,
+            decisions_hold_until=None,
         )
         is None
     )

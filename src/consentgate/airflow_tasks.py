@@ -198,6 +198,12 @@ def _instant(text: str | None) -> dt.datetime | None:
     return parse_instant(text, name="as_of") if text else None
 
 
+def _require_instant(text: str) -> dt.datetime:
+    from consentgate.runtime import parse_instant
+
+    return parse_instant(text, name="as_of")
+
+
 def _spark(config: Config) -> SparkSession:
     from consentgate.spark import get_spark
 
@@ -446,12 +452,17 @@ def step_audit_summary(
     datasets: Mapping[str, Mapping[str, Any]],
     erasure: Mapping[str, Any],
     failed: Mapping[str, str] | None = None,
+    decisions_bound: bool = False,
 ) -> JSON:
     """Append the run's summary to the audit log, then check the log's hash chain.
 
     The entry is the one ``consentgate purge`` writes (same kind, same payload, ``failed``
     naming the tables whose purge or erasure failed when there are any), so the audit trail
     does not depend on whether a purge ran from the command line or from Airflow.
+
+    With ``decisions_bound`` (the run found the lake as it left it: the task certifies it),
+    the result also carries ``decisions_hold_until``
+    (:func:`consentgate.quiescence.decision_flips`, one Spark job on this session).
     """
     from consentgate import audit
     from consentgate.errors import CheckFailed
@@ -478,7 +489,12 @@ def step_audit_summary(
     chain = jsonable(audit.verify_chain(spark, config))
     if not chain.get("ok"):
         raise CheckFailed(f"audit log hash chain is broken: {chain.get('problems')}")
-    return {"entry_sha256": entry, "chain": chain}
+    out: JSON = {"entry_sha256": entry, "chain": chain}
+    if decisions_bound:
+        from consentgate.quiescence import decision_flips
+
+        out["decisions_hold_until"] = decision_flips(spark, config, as_of=_require_instant(as_of))
+    return out
 
 
 def step_gate_prepare(
@@ -1309,6 +1325,17 @@ def _record_purge(
         raise _fail_fast(CheckFailed("the decide task failed: no table was purged"))
     summary = purge_summary(run, list(purged or ()), erasure, targets)
     if not run.get("dry_run"):
+        from consentgate import quiescence
+
+        config = load_config(run["conf"])
+        started_from = pull_xcom("quiescent", key="started_from")
+        certifiable = (
+            summary["ok"]
+            and bool(summary["erasure"].get("ok"))
+            and isinstance(started_from, str)
+            and bool(started_from)
+            and quiescence.unchanged_since_start(config, started_from)
+        )
         summary["audit"] = run_step(
             run,
             "audit_summary",
@@ -1318,6 +1345,10 @@ def _record_purge(
             datasets=summary["datasets"],
             erasure=summary["erasure"],
             failed=summary["failed"],
+            decisions_bound=certifiable,
+        )
+        summary["certified"] = certifiable and _certify(
+            config, run, summary, str(started_from), summary["audit"]
         )
     if not summary["ok"]:
         problems: list[str] = []
@@ -1332,6 +1363,60 @@ def _record_purge(
             problems.append(str(erased.get("error") or "erasure verification failed"))
         raise _fail_fast(CheckFailed(f"purge run {run['run_id']}: " + "; ".join(problems)))
     return summary
+
+
+def _certify(
+    config: Config,
+    run: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    started_from: str,
+    audited: Mapping[str, Any],
+) -> bool:
+    """Certify the lake after a run that found it as it left it (in this process, where
+    ``quiescent`` took the fingerprint: the same code, the same view of the files)."""
+    from consentgate import quiescence
+
+    try:
+        written = quiescence.certify(
+            config,
+            run_id=str(run["run_id"]),
+            as_of=_require_instant(str(run["as_of"])),
+            receipts=summary["erasure"].get("datasets", {}),
+            started_from=started_from,
+            decisions_hold_until=audited.get("decisions_hold_until"),
+        )
+    except Exception as exc:  # the run is done; the next night just runs in full
+        log.warning("purge run %s: no quiescence certificate written: %s", run["run_id"], exc)
+        return False
+    return written is not None
+
+
+def purge_quiescent(run: Mapping[str, Any]) -> bool:
+    """The nightly purge's ``quiescent`` task: answer the night from the quiescence certificate
+    when it covers it (:func:`consentgate.purge.quiet_purge`: no Spark, one audit commit; the
+    result is pushed as XCom ``night``), else let the run go on.
+
+    A run that goes on is a full one: the certificate is discarded and the lake's fingerprint
+    pushed as XCom ``started_from``, from which ``audit_summary`` certifies the lake again if
+    the run finds it as it left it. Dry runs and runs without erasure always go on.
+
+    Returns:
+        Whether the run goes on (``False`` skips every later task: the night is recorded).
+    """
+    from consentgate import quiescence
+    from consentgate.purge import quiet_purge
+
+    if run.get("dry_run") or not run.get("erase", True):
+        _push_xcom("started_from", "")  # nothing to certify from (audit_summary reads it)
+        return True
+    config = load_config(run["conf"])
+    night = quiet_purge(config, as_of=_require_instant(str(run["as_of"])), run_id=run["run_id"])
+    if night is not None:
+        _push_xcom("night", jsonable(night))
+        return False
+    quiescence.discard(config)
+    _push_xcom("started_from", quiescence.fingerprint(config))
+    return True
 
 
 def backfill_report(run: Mapping[str, Any], result: Mapping[str, Any]) -> JSON:

@@ -1887,7 +1887,7 @@ def _run_payload(
     }
 
 
-def _quiet_purge(config: Config, *, as_of: dt.datetime, run_id: str) -> dict[str, Any] | None:
+def quiet_purge(config: Config, *, as_of: dt.datetime, run_id: str) -> dict[str, Any] | None:
     """The night as the quiescence certificate answers it (:mod:`consentgate.quiescence`), or
     ``None`` when it must run in full. No Spark: the audit entries go in with delta-rs."""
     from consentgate import quiescence
@@ -1969,7 +1969,7 @@ def run_purge(
     # The certificate covers consentgate's own decisions of a full night (module doc there).
     certifiable = not dry_run and erase and not deciders and kind in ("purge", "backfill")
     if certifiable and kind == "purge":
-        quiet = _quiet_purge(config, as_of=instant, run_id=run_name)
+        quiet = quiet_purge(config, as_of=instant, run_id=run_name)
         if quiet is not None:
             return quiet
     session = spark if isinstance(spark, SparkSession) else spark()
@@ -1995,17 +1995,22 @@ def run_purge(
                 payload["failed"] = {name: redact_uuids(why) for name, why in failed.items()}
             audit.append_event(session, config, kind=kind, run_id=run_name, payload=payload)
         certified = False
-        if started_from is not None and not failed and erased.get("ok"):
+        if not failed and erased.get("ok"):
             try:
-                written = quiescence.certify(
-                    session,
-                    config,
-                    run_id=run_name,
-                    as_of=instant,
-                    receipts=erased["datasets"],
-                    started_from=started_from,
-                )
-                certified = written is not None
+                if started_from is not None and quiescence.unchanged_since_start(
+                    config, started_from
+                ):
+                    written = quiescence.certify(
+                        config,
+                        run_id=run_name,
+                        as_of=instant,
+                        receipts=erased["datasets"],
+                        started_from=started_from,
+                        decisions_hold_until=quiescence.decision_flips(
+                            session, config, as_of=instant
+                        ),
+                    )
+                    certified = written is not None
             except Exception as exc:  # the night is done; the next one just runs in full
                 log.warning("purge: no quiescence certificate written: %s", redact_uuids(str(exc)))
                 certified = False

@@ -182,21 +182,22 @@ def erasure_holds_until(
 
 
 def certify(
-    spark: SparkSession,
     config: Config,
     *,
     run_id: str,
     as_of: dt.datetime,
     receipts: Mapping[str, Mapping[str, Any]],
     started_from: str,
+    decisions_hold_until: int | None,
 ) -> dict[str, Any] | None:
-    """Write the certificate after a successful full night that changed nothing.
+    """Write the certificate after a successful full night that changed nothing. Spark-free.
 
     Args:
-        spark: The night's session: the decisions' bound is computed here (one Spark job,
-            warm), so that a night the certificate covers needs no Spark at all.
         receipts: The night's erasure receipts, every one verified, one per purge target.
         started_from: :func:`fingerprint` taken before the night decided anything.
+        decisions_hold_until: :func:`decision_flips` at ``as_of``, read by the caller's Spark
+            session after ``started_from`` (so that a night the certificate covers needs no
+            Spark at all).
 
     Returns:
         What was written, or ``None`` when the lake is not the one the night started from
@@ -213,9 +214,8 @@ def certify(
     if fingerprint(config) != started_from:
         log.info("quiescence: not certified: the lake changed during the night")
         return None
-    names = list(receipts)
-    flips = decision_flips(spark, config, as_of=as_of)
     certified_at = now_utc()
+    names = list(receipts)
     holds = erasure_holds_until(config, names, now=certified_at)
     tables = {
         name: {
@@ -224,6 +224,9 @@ def certify(
         }
         for name in names
     }
+    if fingerprint(config) != started_from:  # a writer while the tables were read
+        log.info("quiescence: not certified: the lake changed during the night")
+        return None
     certificate = {
         "format": FORMAT,
         "run_id": run_id,
@@ -231,14 +234,17 @@ def certify(
         "certified_at": iso(certified_at),
         "fingerprint": started_from,
         "erasure_holds_until": None if holds is None else iso(holds),
-        "decisions_hold_until": flips,
+        "decisions_hold_until": decisions_hold_until,
         "tables": tables,
     }
-    if fingerprint(config) != started_from:  # a writer while the bound was read
-        log.info("quiescence: not certified: the lake changed during the night")
-        return None
     _write(config, certificate)
     return certificate
+
+
+def unchanged_since_start(config: Config, started_from: str) -> bool:
+    """Whether the lake is still the one a night started from (worth certifying: the caller
+    then reads :func:`decision_flips` and calls :func:`certify`)."""
+    return fingerprint(config) == started_from
 
 
 def _write(config: Config, certificate: Mapping[str, Any]) -> None:
