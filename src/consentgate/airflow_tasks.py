@@ -466,25 +466,9 @@ def step_audit_summary(
     """
     from consentgate import audit
     from consentgate.errors import CheckFailed
+    from consentgate.purge import run_payload
 
-    summary = {
-        name: {
-            k: result.get(k)
-            for k in ("rows_deleted", "version_before", "version_after", "files_rewritten")
-        }
-        | {"reasons": result.get("reasons", {})}
-        for name, result in datasets.items()
-    }
-    receipts = erasure.get("datasets", {}) if isinstance(erasure, Mapping) else {}
-    payload: JSON = {
-        "as_of": as_of,
-        "datasets": summary,
-        "erasure": {n: r.get("result") for n, r in receipts.items()},
-    }
-    if failed:
-        from consentgate.purge import redact_uuids
-
-        payload["failed"] = {name: redact_uuids(why) for name, why in failed.items()}
+    payload = run_payload(as_of, datasets, erasure, failed=failed)
     entry = audit.append_event(spark, config, kind=kind, run_id=run_id, payload=payload)
     chain = jsonable(audit.verify_chain(spark, config))
     if not chain.get("ok"):

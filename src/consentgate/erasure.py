@@ -98,15 +98,24 @@ def _log_files(root: Path) -> list[Path]:
     return sorted(p for p in log.rglob("*") if p.is_file()) if log.is_dir() else []
 
 
+def purge_attempt_commits(path: Path) -> list[tuple[str, int]]:
+    """Every committed purge attempt of this table: its attempt id and its commit's timestamp
+    (milliseconds since the epoch, as the log has it), newest first. The window of erasure is
+    measured from these (:mod:`consentgate.quiescence` reads when the next one ends)."""
+    return [
+        (str(entry["consentgate.attempt"]), int(entry["timestamp"]))
+        for entry in lake.history(path)
+        if entry.get("consentgate.operation") == OPERATION and entry.get("consentgate.attempt")
+    ]
+
+
 def _erasable_attempts(path: Path, *, cutoff: dt.datetime) -> tuple[list[str], list[str]]:
     """Committed purge attempts of this table: (older than the cutoff, still in the window)."""
     old: list[str] = []
     pending: list[str] = []
-    for entry in lake.history(path):
-        if entry.get("consentgate.operation") != OPERATION or not entry.get("consentgate.attempt"):
-            continue
-        at = dt.datetime.fromtimestamp(int(entry["timestamp"]) / 1000, tz=dt.UTC)
-        (old if at <= cutoff else pending).append(str(entry["consentgate.attempt"]))
+    for attempt, millis in purge_attempt_commits(path):
+        at = dt.datetime.fromtimestamp(millis / 1000, tz=dt.UTC)
+        (old if at <= cutoff else pending).append(attempt)
     return old, pending
 
 

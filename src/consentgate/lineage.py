@@ -49,6 +49,8 @@ ROOT_DATASET: Final = "assets"
 NO_LINEAGE: Final = "no_lineage"
 #: Row reason for a row older than its dataset's retention.
 RETENTION_EXPIRED: Final = "retention_expired"
+#: A day in microseconds: retention is counted in days, instants in microseconds.
+DAY_MICROS: Final = 86_400_000_000
 
 #: Row reasons in the order they are checked; the first that applies is reported.
 ROW_REASONS: Final[tuple[str, ...]] = (NO_LINEAGE, *DENIAL_REASONS, RETENTION_EXPIRED)
@@ -322,7 +324,7 @@ def derived_micros(rows: DataFrame, column: str, *, table: str) -> Column:
         return F.unix_micros(F.col(column))
     if isinstance(dtype, DateType):
         # A date is taken as midnight UTC of that day, whatever the session time zone.
-        return F.unix_date(F.col(column)).cast("long") * F.lit(86_400_000_000)
+        return F.unix_date(F.col(column)).cast("long") * F.lit(DAY_MICROS)
     raise SchemaError(f"{table}.{column}: expected timestamp or date, found {dtype.simpleString()}")
 
 
@@ -404,7 +406,7 @@ def expiry(
         return F.lit(False)
     if derived_at_column is None:
         raise ValueError(f"{dataset}: retention_days needs derived_at_column")
-    cutoff = as_of_micros(as_of) - retention_days * 86_400_000_000
+    cutoff = as_of_micros(as_of) - retention_days * DAY_MICROS
     return _expired(rows, derived_at_column, table=dataset, cutoff_micros=cutoff)
 
 

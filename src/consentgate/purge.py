@@ -1868,23 +1868,33 @@ def _purge_and_erase(
     return datasets, erased, {name: failed[name] for name in names if name in failed}
 
 
-def _run_payload(
-    instant: dt.datetime, datasets: Mapping[str, Any], erased: Mapping[str, Any]
+def run_payload(
+    as_of: str,
+    datasets: Mapping[str, Mapping[str, Any]],
+    erasure: Mapping[str, Any],
+    *,
+    failed: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A run's audit entry: per table what it removed and its versions, and the erasure."""
+    """A run's audit entry, wherever it ran (:func:`run_purge`, the nightly DAG's
+    ``audit_summary``): per table what it removed and its versions, each table's erasure
+    result, and ``failed`` (ids redacted) naming the tables that failed, if any."""
     summary = {
         name: {
-            k: result[k]
+            k: result.get(k)
             for k in ("rows_deleted", "version_before", "version_after", "files_rewritten")
         }
-        | {"reasons": result["reasons"]}
+        | {"reasons": result.get("reasons", {})}
         for name, result in datasets.items()
     }
-    return {
-        "as_of": iso(instant),
+    receipts = erasure.get("datasets", {}) if isinstance(erasure, Mapping) else {}
+    payload: dict[str, Any] = {
+        "as_of": as_of,
         "datasets": summary,
-        "erasure": {n: r.get("result") for n, r in erased.get("datasets", {}).items()},
+        "erasure": {n: r.get("result") for n, r in receipts.items()},
     }
+    if failed:
+        payload["failed"] = {name: redact_uuids(why) for name, why in failed.items()}
+    return payload
 
 
 def quiet_purge(config: Config, *, as_of: dt.datetime, run_id: str) -> dict[str, Any] | None:
@@ -1896,7 +1906,7 @@ def quiet_purge(config: Config, *, as_of: dt.datetime, run_id: str) -> dict[str,
     night = quiescence.quiet_night(config, as_of=as_of, run_id=run_id)
     if night is None:
         return None
-    payload = _run_payload(as_of, night.datasets, night.erasure)
+    payload = run_payload(iso(as_of), night.datasets, night.erasure)
     payload["unchanged_since"] = night.unchanged_since
     try:
         audit.append_events(None, config, [*night.events, audit.Event("purge", run_id, payload)])
@@ -1990,9 +2000,7 @@ def run_purge(
             deciders=deciders or {},
         )
         if not dry_run:
-            payload = _run_payload(instant, datasets, erased)
-            if failed:
-                payload["failed"] = {name: redact_uuids(why) for name, why in failed.items()}
+            payload = run_payload(iso(instant), datasets, erased, failed=failed)
             audit.append_event(session, config, kind=kind, run_id=run_name, payload=payload)
         certified = False
         if not failed and erased.get("ok"):
@@ -2013,7 +2021,6 @@ def run_purge(
                     certified = written is not None
             except Exception as exc:  # the night is done; the next one just runs in full
                 log.warning("purge: no quiescence certificate written: %s", redact_uuids(str(exc)))
-                certified = False
     result = {
         "run_id": run_name,
         "as_of": iso(instant),

@@ -68,7 +68,7 @@ from pyspark.sql.types import LongType
 from consentgate import audit, lake, maintenance
 from consentgate.config import Config
 from consentgate.consent import AS_OF_COLUMNS, as_of_micros
-from consentgate.erasure import erasure_audit_payload
+from consentgate.erasure import erasure_audit_payload, purge_attempt_commits
 from consentgate.logs import step
 from consentgate.runtime import iso, now_utc, parse_instant
 
@@ -76,7 +76,6 @@ log = logging.getLogger(__name__)
 
 FORMAT: Final = 1
 FILE: Final = "quiescence.json"
-_DAY_MICROS: Final = 86_400_000_000
 
 
 def certificate_path(config: Config) -> Path:
@@ -160,7 +159,7 @@ def erasure_holds_until(
     file VACUUM could delete by ``now`` is still counted (it should be gone): the certificate
     then never holds.
     """
-    from consentgate.purge import _META_OPERATION, OPERATION, target_path, targets
+    from consentgate.purge import target_path, targets
 
     window_ms = config.erasure.window_hours * 3_600_000
     now_ms = int(now.timestamp() * 1000)
@@ -168,11 +167,9 @@ def erasure_holds_until(
     all_targets = targets(config)
     for name in names:
         path = target_path(config, name, all_targets[name])
-        for entry in lake.history(path):
-            if entry.get(_META_OPERATION) == OPERATION and entry.get("consentgate.attempt"):
-                ends = int(entry["timestamp"]) + window_ms
-                if ends > now_ms:
-                    flips.append(ends)
+        for _attempt, committed in purge_attempt_commits(path):
+            if committed + window_ms > now_ms:
+                flips.append(committed + window_ms)
         tombstones = maintenance.tombstones(path)
         for rel, (mtime, _size) in maintenance.inactive_files(path).items():
             flips.append(max(int(mtime * 1000), tombstones.get(rel, 0)) + window_ms)
@@ -211,9 +208,6 @@ def certify(
     if set(receipts) != set(all_targets):
         log.info("quiescence: not certified: the night did not erase every purge target")
         return None
-    if fingerprint(config) != started_from:
-        log.info("quiescence: not certified: the lake changed during the night")
-        return None
     certified_at = now_utc()
     names = list(receipts)
     holds = erasure_holds_until(config, names, now=certified_at)
@@ -224,7 +218,8 @@ def certify(
         }
         for name in names
     }
-    if fingerprint(config) != started_from:  # a writer while the tables were read
+    # Checked after the tables were read: what they say is then what the night started from.
+    if fingerprint(config) != started_from:
         log.info("quiescence: not certified: the lake changed during the night")
         return None
     certificate = {
@@ -282,7 +277,7 @@ def decision_flips(spark: SparkSession, config: Config, *, as_of: dt.datetime) -
     ``derived_at`` (in microseconds) is below ``as_of - retention``: a kept row ``m`` flips at
     ``m + retention + 1``.
     """
-    from consentgate.lineage import derived_micros
+    from consentgate.lineage import DAY_MICROS, derived_micros
     from consentgate.purge import target_path, targets
 
     t0 = as_of_micros(as_of)
@@ -297,7 +292,7 @@ def decision_flips(spark: SparkSession, config: Config, *, as_of: dt.datetime) -
         micros = derived_micros(rows, dataset.derived_at_column, table=name)
         parts.append(
             rows.select(
-                (micros + F.lit(dataset.retention_days * _DAY_MICROS + 1))
+                (micros + F.lit(dataset.retention_days * DAY_MICROS + 1))
                 .cast(LongType())
                 .alias("flip")
             )
