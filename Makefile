@@ -31,7 +31,7 @@ $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) is required" >&2; exit 2; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-compile -r requirements.lock
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	rm -f $(VENV)/.installed-*
 	touch $@
@@ -45,17 +45,20 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-# `make test` (CI): lint, types, then every test in one pytest process (one JVM across
-# modules, see tests/conftest.py), printing each phase's seconds and the 30 slowest tests.
+# `make test` (CI): lint, types, then every test in TEST_WORKERS pytest-xdist workers (one JVM
+# per worker across modules; modules sharing a costly session fixture run in one worker, see
+# tests/conftest.py), printing each phase's seconds and the 30 slowest tests.
+# `--no-compile`: .pyc files are written on first import, only for the modules a run imports.
 # `make test-fast`: the tier that needs no JVM and no Airflow DB (marker `fast`, set from the
 # fixtures a test uses), for the inner loop; a fast test that reaches for Spark fails loudly.
 PHASE = scripts/phase
+TEST_WORKERS ?= 2
 test: java
 	@$(PHASE) jars $(MAKE) --no-print-directory jars
 	@$(PHASE) install $(MAKE) --no-print-directory venv
 	@$(PHASE) lint $(MAKE) --no-print-directory lint
 	@$(PHASE) typecheck $(MAKE) --no-print-directory typecheck
-	@$(PHASE) tests $(VENV)/bin/pytest --durations=30 $(PYTEST_ARGS)
+	@$(PHASE) tests $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --durations=30 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -m fast -p no:cacheprovider $(PYTEST_ARGS)

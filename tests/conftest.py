@@ -28,9 +28,13 @@ migrates that same home.
 from __future__ import annotations
 
 import gc
+import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyspark import SparkContext
@@ -42,6 +46,12 @@ pytest_plugins = ["tests.airflow_fixtures", "tests.lakes"]
 
 #: Fixtures that start or use a JVM, or Airflow's metadata DB: their tests are tier ``heavy``.
 HEAVY_FIXTURES = frozenset({"spark", "jvm", "airflow_db"})
+
+#: Session fixtures too costly to build once per xdist worker: every module that uses one runs
+#: in the same worker (:data:`SHARED_GROUP`); every other module is a unit of its own, so its
+#: module-scoped fixtures are built once (see :func:`pytest_xdist_make_scheduler`).
+SHARED_RUN_FIXTURES = frozenset({"local_runs"})
+SHARED_GROUP = "local_runs"
 
 #: Settings of every test session: small, quiet, no UI, few partitions.
 TEST_SPARK_CONF: dict[str, str] = {
@@ -79,11 +89,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "heavy: uses a JVM or Airflow's DB (set by conftest)")
     config.addinivalue_line("markers", "fast: no JVM, no Airflow DB (set by conftest)")
     config.addinivalue_line("markers", "fresh_jvm: the module starts in a JVM of its own")
-    factory = pytest.TempPathFactory.from_config(config, _ispytest=True)
-    home = factory.getbasetemp() / "airflow_home"
-    home.mkdir(parents=True, exist_ok=True)
+    # A directory of its own, not under pytest's base temp: a second TempPathFactory here would
+    # make a numbered directory the tests never use, or (an xdist worker's given base temp)
+    # empty the worker's base temp again later, this home with it.
+    home = Path(tempfile.mkdtemp(prefix="consentgate-tests-airflow-")) / "airflow_home"
+    home.mkdir()
     config.stash[_AIRFLOW_HOME] = home
     os.environ.update(airflow_environment(home, dags_dir=Path(__file__).parents[1] / "dags"))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    home = config.stash.get(_AIRFLOW_HOME, None)
+    if home is not None:
+        shutil.rmtree(home.parent, ignore_errors=True)
 
 
 def airflow_home_dir(config: pytest.Config) -> Path:
@@ -91,10 +109,60 @@ def airflow_home_dir(config: pytest.Config) -> Path:
     return config.stash[_AIRFLOW_HOME]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    shared: set[str] = set()
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         item.add_marker(pytest.mark.heavy if names & HEAVY_FIXTURES else pytest.mark.fast)
+        if names & SHARED_RUN_FIXTURES:
+            shared.add(_module(item.nodeid))
+    groups = {_module(i.nodeid): SHARED_GROUP if _module(i.nodeid) in shared else "" for i in items}
+    slow = {
+        groups[_module(i.nodeid)] or _module(i.nodeid)
+        for i in items
+        if i.get_closest_marker("slow")
+    }
+    # Longest first, so that no worker starts a long module while the other has nothing left
+    # (xdist hands out the groups in this order): the shared group, then the other modules
+    # holding ``slow`` tests, then the rest, each in collection order.
+    rank = {SHARED_GROUP: 0, **{g: 1 for g in slow - {SHARED_GROUP}}}
+    items.sort(key=lambda i: rank.get(groups[_module(i.nodeid)] or _module(i.nodeid), 2))
+    if getattr(config, "workerinput", None) is not None:
+        # The controller schedules by node id only (it collects nothing): hand it the groups.
+        target = _basetemp(config).parent / _GROUPS_FILE
+        partial = target.with_name(f"{target.name}.{os.getpid()}")
+        partial.write_text(json.dumps({m: g for m, g in groups.items() if g}))
+        partial.replace(target)
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
+#: Where xdist workers leave the module -> group map for the controller's scheduler.
+_GROUPS_FILE = "xdist-groups.json"
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile``, except that the modules sharing :data:`SHARED_RUN_FIXTURES` are one
+    unit (xdist's own ``loadgroup`` renames node ids, which pytest 9.2 no longer allows), and
+    the units go out in collection order (longest first, see above)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndSharedFixtures(LoadScopeScheduling):  # type: ignore[misc]
+        _groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self._groups is None:
+                file = _basetemp(config) / _GROUPS_FILE
+                self._groups = json.loads(file.read_text()) if file.exists() else {}
+            module = _module(nodeid)
+            return self._groups.get(module, module)
+
+    config.option.loadscopereorder = False
+    return ModulesAndSharedFixtures(config, log)
 
 
 def spark_session() -> SparkSession:
@@ -185,12 +253,40 @@ def _jvm_hygiene(request: pytest.FixtureRequest) -> Iterator[None]:
     )
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The JVM's heap after each module, so a CI log shows whether one JVM per run holds."""
-    if not _HEAP_LOG:
+#: Where an xdist worker leaves its heap log for the controller's summary (in its base temp).
+_HEAP_FILE = "jvm-heap.tsv"
+
+
+def _basetemp(config: pytest.Config) -> Path:
+    """This process's base temp (an xdist worker's lies in the controller's)."""
+    factory: pytest.TempPathFactory = config._tmp_path_factory  # type: ignore[attr-defined]
+    return factory.getbasetemp()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker hands its heap log to the controller through a file."""
+    worker = getattr(session.config, "workerinput", None)
+    if worker is None or not _HEAP_LOG:
+        return
+    lines = [f"{worker['workerid']}:{m}\t{u}\t{lim}\t{w}" for m, u, lim, w in _HEAP_LOG]
+    (_basetemp(session.config) / _HEAP_FILE).write_text("\n".join(lines) + "\n")
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    """The JVM's heap after each module (per worker under xdist), so a CI log shows whether
+    one JVM per test process holds."""
+    entries = list(_HEAP_LOG)
+    if not entries and getattr(config, "workerinput", None) is None:
+        for file in sorted(_basetemp(config).glob(f"*/{_HEAP_FILE}")):
+            for line in file.read_text().splitlines():
+                module, used, limit, what = line.split("\t")
+                entries.append((module, int(used), int(limit), what))
+    if not entries:
         return
     terminalreporter.section("JVM heap after each module (after release and GC)")
-    for module, used, limit, what in _HEAP_LOG:
+    for module, used, limit, what in entries:
         figures = f"{used:>5} MiB of {limit} MiB" if used >= 0 else "-"
         terminalreporter.write_line(f"{module:<40} {figures:<22} {what}")
 
