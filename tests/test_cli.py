@@ -646,3 +646,17 @@ def test_purge_logs_its_steps_on_stderr_without_jvm_noise(
     ]
     assert quiet_steps == ["quiescent", "purge"], quiet.stderr[-3000:]
     assert "JAVA_GATEWAY_EXITED" not in quiet.stderr
+
+
+def test_a_table_too_wide_for_a_terminal_prints_one_block_per_row() -> None:
+    """Issue #24 item 6: the erasure receipts (nineteen columns) read on a 100-column terminal;
+    a narrow table stays a table."""
+    receipt = {f"column_{i:02d}": i for i in range(12)}
+    wide = {"erasure": {"datasets": {"stems": receipt, "track_embeddings": {**receipt, "x": 1}}}}
+    lines = render_human(wide, title="purge").splitlines()
+    assert max(map(len, lines)) <= 100, lines
+    at = lines.index("    stems:")
+    assert lines[at + 1 : at + 3] == ["      column_00  0", "      column_01  1"]
+    assert "    track_embeddings:" in lines and "      x          1" in lines
+    narrow = render_human({"t": {"a": {"rows": 1}, "b": {"rows": 2}}}, title="x").splitlines()
+    assert narrow[-3:] == ["  name  rows", "  a     1", "  b     2"]

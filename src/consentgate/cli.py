@@ -63,6 +63,9 @@ def _emit(
 
 #: Separator between the columns of a plain table.
 _GAP: Final = "  "
+#: The widest table printed as a table; a wider one (the erasure receipts: nineteen columns)
+#: prints each record as a block under its name instead, so it reads on a 100-column terminal.
+TABLE_WIDTH: Final = 100
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,15 @@ def _table_lines(
         + tuple(_cell(row[c]) if c in row else "-" for c in columns)
         for i, row in enumerate(rows)
     )
-    return PlainTable(rows=body, header=header).lines(indent=indent)
+    lines = PlainTable(rows=body, header=header).lines(indent=indent)
+    if max(map(len, lines), default=0) <= TABLE_WIDTH:
+        return lines
+    # Too wide for a terminal: each record as a key/value block under its name (or number).
+    out: list[str] = []
+    for i, row in enumerate(rows):
+        out.append(" " * indent + (f"{names[i]}:" if names is not None else f"[{i + 1}]"))
+        out += _block_lines(row, indent=indent + 2)
+    return out
 
 
 def _value_lines(value: Any, *, indent: int) -> list[str]:
