@@ -556,6 +556,9 @@ JVM_NOISE = (
     "VacuumCommand",
     # a Python warning line: "<file>:<line>: FutureWarning: ..." (issue #24)
     "Warning: ",
+    # the JVM's start-up line and VACUUM's console line (consentgate.jvm, issue #24)
+    "Using incubator modules",
+    "files and directories in a total of",
 )
 
 

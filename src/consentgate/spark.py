@@ -50,6 +50,7 @@ from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from consentgate.errors import ConsentgateError
+from consentgate.jvm import start_gateway
 from consentgate.logs import running
 
 log = logging.getLogger(__name__)
@@ -328,6 +329,10 @@ def get_spark(
         settings.update(quiet)
         for key, value in settings.items():
             builder = builder.config(key, value)
+        # The JVM with its incubator-modules start-up line held back (consentgate.jvm).
+        start_gateway(
+            {**settings, "spark.app.name": app_name, **({"spark.master": master} if master else {})}
+        )
         active = builder.getOrCreate()
     for key, value in REQUIRED_CONF.items():
         if not key.startswith("spark.hadoop."):
