@@ -256,3 +256,30 @@ def test_append_events_writes_the_entries_one_by_one_would(
         audit.append_events(spark, batched, [events[0], bad])
     assert lake.table_version(audit.audit_path(batched)) == version + 1
     assert audit.append_events(spark, batched, []) == []
+
+
+def test_a_missing_log_fails_where_audited_runs_left_records(
+    spark: SparkSession, pristine_small_lake: Path, tmp_path: Path
+) -> None:
+    """Issue #23 item 2: deleting the audit log of a lake that has been purged does not make
+    ``verify`` say "ok, zero entries"; the problem names what shows that runs happened. The
+    training summary's Spark-free reader refuses the same lake."""
+    import datetime as dt
+    import shutil
+
+    from consentgate import purge
+    from consentgate.config import load_config
+    from consentgate.training_summary import TrainingSummaryError, read_audit
+    from tests.lakes import copy_small_lake
+
+    config = load_config(copy_small_lake(pristine_small_lake, tmp_path))
+    purge.run_purge(spark, config, as_of=dt.datetime(2026, 6, 1, tzinfo=dt.UTC))
+    assert audit.verify_chain(spark, config)["ok"] is True
+    shutil.rmtree(audit.audit_path(config))
+    result = audit.verify_chain(spark, config)
+    assert result["ok"] is False and result["entries"] == 0
+    (problem,) = result["problems"]
+    assert "audit log _consentgate/audit is missing" in problem
+    assert "_consentgate/purge_keys" in problem
+    with pytest.raises(TrainingSummaryError, match="audit log _consentgate/audit is missing"):
+        read_audit(config.lake_root)

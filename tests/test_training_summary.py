@@ -432,17 +432,18 @@ def test_audit_digest_agrees_with_the_audit_log(lake_after: Lake) -> None:
         previous = entry.entry_sha256
 
 
-def test_without_an_audit_log_measured_results_are_not_recorded(
-    lake_after: Lake, tmp_path: Path
-) -> None:
+def test_a_removed_audit_log_fails_the_summary_closed(lake_after: Lake, tmp_path: Path) -> None:
+    """Issue #23 item 2: the summary used to render with "no audit log" (its opt-out figures
+    not recorded) when the log of a gated and purged lake was deleted; a deleted log is now
+    named, not read as "nothing happened" (``consentgate.state``)."""
     root, _ = _copy(lake_after, tmp_path)
     shutil.rmtree(root / "_consentgate" / "audit")
-    bare = training_summary(root, "m1")
-    assert bare.audit_entries is None
-    assert "opt_outs.purge.runs_since_gate" in bare.not_recorded
-    assert "opt_outs.erasure.window_hours" in bare.not_recorded
-    assert bare.figure("user_data.assets.allowlisted").value == 2  # the manifest still speaks
-    assert "no audit log" in render_markdown(bare)
+    with pytest.raises(TrainingSummaryError) as raised:
+        training_summary(root, "m1")
+    assert raised.value.exit_code == 2
+    message = str(raised.value)
+    assert "audit log _consentgate/audit is missing" in message
+    assert "_consentgate/registry" in message and "_consentgate/manifests" in message
 
 
 # --------------------------------------------------------------------------------------------

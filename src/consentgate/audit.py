@@ -45,6 +45,7 @@ from consentgate.canonical import canonical_json, sha256_hex
 from consentgate.config import Config
 from consentgate.errors import ConsentgateError
 from consentgate.runtime import iso, now_utc
+from consentgate.state import missing_audit_problem
 
 #: Event kinds written by consentgate itself (others may add theirs, e.g. ``airflow_run``).
 KINDS: Final[frozenset[str]] = frozenset(
@@ -244,12 +245,15 @@ def verify_chain(spark: SparkSession, config: Config) -> dict[str, Any]:
 
     Returns:
         ``{"ok": bool, "entries": n, "head": last hash or None, "problems": [...]}``; a missing
-        log is ``ok`` with zero entries (nothing has happened yet). Each problem names the
-        ``seq`` that failed.
+        log is ``ok`` with zero entries only where nothing audited has happened yet
+        (:func:`consentgate.state.missing_audit_problem`), else a problem. Each problem names
+        the ``seq`` that failed.
     """
     path = audit_path(config)
     if not lake.is_table(path):
-        return {"ok": True, "entries": 0, "head": None, "problems": []}
+        missing = missing_audit_problem(config.lake_root)
+        found = [] if missing is None else [missing]
+        return {"ok": missing is None, "entries": 0, "head": None, "problems": found}
     problems: list[str] = []
     table = lake.open_table(path)
     if not lake.append_only(table):

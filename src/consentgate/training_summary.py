@@ -59,6 +59,7 @@ from consentgate.manifest import (
     registry_path_at,
 )
 from consentgate.runtime import iso, parse_instant
+from consentgate.state import missing_audit_problem
 
 #: Version tag of the summary's JSON form.
 FORMAT: Final = "consentgate-training-summary/1"
@@ -389,17 +390,22 @@ def audit_entry_digest(
 
 
 def read_audit(lake_root: Path) -> tuple[AuditEntry, ...] | None:
-    """The audit log, read with delta-rs, every hash and link checked; None when there is none.
+    """The audit log, read with delta-rs, every hash and link checked; None when there is none
+    and nothing audited ever ran here (:func:`consentgate.state.missing_audit_problem`).
 
     The log grows by one row per event, not with the data, so it is read whole.
 
     Raises:
         TrainingSummaryError: the log is not append-only, or its chain is broken (naming the
-            ``seq`` at fault); a figure drawn from such a log could be forged.
+            ``seq`` at fault), or it is missing where audited runs left their records; a
+            figure drawn from such a log could be forged.
         TableError: the log exists but cannot be read.
     """
     path = audit_path_at(lake_root)
     if not verifier.is_delta_table(path):
+        missing = missing_audit_problem(lake_root)
+        if missing is not None:
+            raise TrainingSummaryError(missing)
         return None
     table = verifier.open_delta(path)
     problems: list[str] = []

@@ -1,0 +1,45 @@
+"""What consentgate has left in a lake's ``_consentgate/`` directory, read without Spark.
+
+Used to tell a lake where nothing has happened yet (no audit log, and rightly so) from one
+whose audit log is gone (issue #23: "truncation is invisible"): every flow that leaves one of
+:data:`RECORDED` behind also appends to the audit log, so a missing log beside any of them is a
+failure, never "ok, zero entries". Evaluations, locks and a failed gate's rolled-back
+directories are not evidence: they are written without an audit entry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+#: consentgate's own directory under ``lake_root`` (``Config.state_dir``).
+STATE_DIR: Final = "_consentgate"
+
+#: Entries of the state directory that only an audited flow leaves behind: the registry
+#: (a published gate), manifests (a published gate), purge key tables (a committed purge
+#: attempt) and the quiescence certificate (a certified night).
+RECORDED: Final = ("registry", "manifests", "purge_keys", "quiescence.json")
+
+
+def recorded_runs(lake_root: Path) -> list[str]:
+    """The :data:`RECORDED` entries present under ``lake_root`` (a directory counts only when
+    it holds something), sorted."""
+    state = lake_root / STATE_DIR
+    found = []
+    for name in RECORDED:
+        path = state / name
+        if path.is_file() or (path.is_dir() and any(path.iterdir())):
+            found.append(name)
+    return sorted(found)
+
+
+def missing_audit_problem(lake_root: Path) -> str | None:
+    """The problem to report when the audit log is missing: ``None`` on a lake where no
+    audited flow has run, else a message naming what shows that one did."""
+    found = recorded_runs(lake_root)
+    if not found:
+        return None
+    return (
+        f"the audit log {STATE_DIR}/audit is missing, but audited runs left "
+        f"{', '.join(f'{STATE_DIR}/{n}' for n in found)}: the log was removed or never written"
+    )
