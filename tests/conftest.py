@@ -116,22 +116,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(pytest.mark.heavy if names & HEAVY_FIXTURES else pytest.mark.fast)
         if names & SHARED_RUN_FIXTURES:
             shared.add(_module(item.nodeid))
-    groups = {_module(i.nodeid): SHARED_GROUP if _module(i.nodeid) in shared else "" for i in items}
-    slow = {
-        groups[_module(i.nodeid)] or _module(i.nodeid)
-        for i in items
-        if i.get_closest_marker("slow")
-    }
+    # Each module's unit of work: its own, or the one shared by the modules in ``shared``.
+    unit = {m: SHARED_GROUP if m in shared else m for m in map(_module, (i.nodeid for i in items))}
+    slow = {unit[_module(i.nodeid)] for i in items if i.get_closest_marker("slow")}
     # Longest first, so that no worker starts a long module while the other has nothing left
-    # (xdist hands out the groups in this order): the shared group, then the other modules
+    # (xdist hands out the units in this order): the shared unit, then the other units
     # holding ``slow`` tests, then the rest, each in collection order.
-    rank = {SHARED_GROUP: 0, **{g: 1 for g in slow - {SHARED_GROUP}}}
-    items.sort(key=lambda i: rank.get(groups[_module(i.nodeid)] or _module(i.nodeid), 2))
+    rank = {SHARED_GROUP: 0, **{u: 1 for u in slow - {SHARED_GROUP}}}
+    items.sort(key=lambda i: rank.get(unit[_module(i.nodeid)], 2))
     if getattr(config, "workerinput", None) is not None:
         # The controller schedules by node id only (it collects nothing): hand it the groups.
         target = _basetemp(config).parent / _GROUPS_FILE
         partial = target.with_name(f"{target.name}.{os.getpid()}")
-        partial.write_text(json.dumps({m: g for m, g in groups.items() if g}))
+        partial.write_text(json.dumps({m: u for m, u in unit.items() if u != m}))
         partial.replace(target)
 
 

@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from consentgate.errors import ConfigError
+from consentgate.state import STATE_DIR
 
 
 class _Strict(BaseModel):
@@ -190,7 +191,7 @@ class Config(_Strict):
     @property
     def state_dir(self) -> Path:
         """Where consentgate keeps its own tables: manifests, snapshots, audit log."""
-        return self.lake_root / "_consentgate"
+        return self.lake_root / STATE_DIR
 
     def check_paths(self) -> None:
         """Fail naming every configured table or dataset path that does not exist."""

@@ -44,6 +44,7 @@ from consentgate.canonical import (
 )
 from consentgate.errors import CheckFailed, ConsentgateError
 from consentgate.logs import step
+from consentgate.state import STATE_DIR
 
 if TYPE_CHECKING:  # the build half needs Spark; verification must not import it
     from pyspark.sql import SparkSession
@@ -73,7 +74,7 @@ def lake_root_of(manifest_path: str | Path) -> Path:
     """
     path = Path(manifest_path).resolve()
     for parent in path.parents:
-        if parent.name == "_consentgate":
+        if parent.name == STATE_DIR:
             return parent.parent
     raise ConsentgateError(
         f"MANIFEST: {manifest_path} is not under a lake's _consentgate/manifests directory"
@@ -356,7 +357,7 @@ class RegistryLink:
 
 def registry_path_at(lake_root: Path) -> Path:
     """The registry table of the lake at ``lake_root``."""
-    return lake_root / "_consentgate" / "registry"
+    return lake_root / STATE_DIR / "registry"
 
 
 def read_registry_links(lake_root: Path) -> list[RegistryLink]:

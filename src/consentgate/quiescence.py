@@ -71,11 +71,12 @@ from consentgate.consent import AS_OF_COLUMNS, as_of_micros
 from consentgate.erasure import erasure_audit_payload, purge_attempt_commits
 from consentgate.logs import step
 from consentgate.runtime import iso, now_utc, parse_instant
+from consentgate.state import CERTIFICATE_FILE
 
 log = logging.getLogger(__name__)
 
 FORMAT: Final = 1
-FILE: Final = "quiescence.json"
+FILE: Final = CERTIFICATE_FILE
 
 
 def certificate_path(config: Config) -> Path:

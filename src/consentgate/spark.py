@@ -329,7 +329,7 @@ def get_spark(
         settings.update(quiet)
         for key, value in settings.items():
             builder = builder.config(key, value)
-        # The JVM with its incubator-modules start-up line held back (consentgate.jvm).
+        # The JVM with two known console lines held back (consentgate.jvm).
         start_gateway(
             {**settings, "spark.app.name": app_name, **({"spark.master": master} if master else {})}
         )

@@ -15,10 +15,13 @@ from typing import Final
 #: consentgate's own directory under ``lake_root`` (``Config.state_dir``).
 STATE_DIR: Final = "_consentgate"
 
+#: The quiescence certificate's file in the state directory (``consentgate.quiescence``).
+CERTIFICATE_FILE: Final = "quiescence.json"
+
 #: Entries of the state directory that only an audited flow leaves behind: the registry
 #: (a published gate), manifests (a published gate), purge key tables (a committed purge
 #: attempt) and the quiescence certificate (a certified night).
-RECORDED: Final = ("registry", "manifests", "purge_keys", "quiescence.json")
+RECORDED: Final = ("registry", "manifests", "purge_keys", CERTIFICATE_FILE)
 
 
 def recorded_runs(lake_root: Path) -> list[str]:

@@ -59,7 +59,7 @@ from consentgate.manifest import (
     registry_path_at,
 )
 from consentgate.runtime import iso, parse_instant
-from consentgate.state import missing_audit_problem
+from consentgate.state import STATE_DIR, missing_audit_problem
 
 #: Version tag of the summary's JSON form.
 FORMAT: Final = "consentgate-training-summary/1"
@@ -356,7 +356,7 @@ class Record:
 
 def audit_path_at(lake_root: Path) -> Path:
     """The audit log of the lake at ``lake_root`` (``consentgate.audit.audit_path``'s place)."""
-    return lake_root / "_consentgate" / "audit"
+    return lake_root / STATE_DIR / "audit"
 
 
 _AUDIT_COLUMNS: Final = (
