@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum
 JARS := .jars
 JARS_STAMP := $(JARS)/.fetched-$(shell cat jvm/pom.xml | cksum | cut -d' ' -f1)
 
-.PHONY: venv jars all test test-fast test-cluster lint typecheck demo airflow bench bench-smoke lock clean java mvn
+.PHONY: venv jars jvm-archive all test test-fast test-cluster lint typecheck demo airflow bench bench-smoke lock clean java mvn
 
 all: test
 
@@ -38,6 +38,11 @@ $(STAMP): requirements.lock pyproject.toml
 
 venv: $(STAMP)
 
+# The class-data archive local driver JVMs start from (consentgate.jvm_archive): written once
+# per Java + pyspark + Delta jars (about two minutes), a cache every local session then maps.
+jvm-archive: java $(JARS_STAMP) $(STAMP)
+	$(PY) -m consentgate.jvm_archive
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests jobs dags bench
 	$(VENV)/bin/ruff check src tests jobs dags bench
@@ -56,6 +61,7 @@ TEST_WORKERS ?= 2
 test: java
 	@$(PHASE) jars $(MAKE) --no-print-directory jars
 	@$(PHASE) install $(MAKE) --no-print-directory venv
+	@$(PHASE) jvm-archive $(MAKE) --no-print-directory jvm-archive
 	@$(PHASE) lint $(MAKE) --no-print-directory lint
 	@$(PHASE) typecheck $(MAKE) --no-print-directory typecheck
 	@$(PHASE) tests $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --durations=30 $(PYTEST_ARGS)
@@ -63,10 +69,10 @@ test: java
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -m fast -p no:cacheprovider $(PYTEST_ARGS)
 
-test-cluster: java $(JARS_STAMP) $(STAMP)
+test-cluster: java $(JARS_STAMP) $(STAMP) jvm-archive
 	$(VENV)/bin/pytest -m cluster $(PYTEST_ARGS)
 
-demo: java $(JARS_STAMP) $(STAMP)
+demo: java $(JARS_STAMP) $(STAMP) jvm-archive
 	$(VENV)/bin/consentgate demo
 
 # The DAGs' Spark tasks run in the pool consentgate_spark (one slot: one local JVM at a time,
@@ -74,16 +80,16 @@ demo: java $(JARS_STAMP) $(STAMP)
 AIRFLOW_ENV = PATH=$(CURDIR)/$(VENV)/bin:$$PATH CONSENTGATE_CONF=$(CURDIR)/lake/consentgate.yaml \
 	AIRFLOW_HOME=$(CURDIR)/.airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	AIRFLOW__API__HOST=127.0.0.1
-airflow: java $(JARS_STAMP) $(STAMP)
+airflow: java $(JARS_STAMP) $(STAMP) jvm-archive
 	@test -f lake/consentgate.yaml || $(VENV)/bin/consentgate init-demo --lake lake
 	$(AIRFLOW_ENV) $(VENV)/bin/airflow db migrate
 	$(AIRFLOW_ENV) $(VENV)/bin/airflow pools set consentgate_spark 1 "consentgate: one Spark JVM at a time"
 	$(AIRFLOW_ENV) $(VENV)/bin/airflow standalone
 
-bench: java $(JARS_STAMP) $(STAMP)
+bench: java $(JARS_STAMP) $(STAMP) jvm-archive
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-bench-smoke: java $(JARS_STAMP) $(STAMP)
+bench-smoke: java $(JARS_STAMP) $(STAMP) jvm-archive
 	$(PY) bench/run.py --smoke
 
 # Re-resolve requirements.in into requirements.lock (needs the registries).

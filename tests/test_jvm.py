@@ -1,4 +1,5 @@
-"""The driver JVM's stderr, copied to ours with two known lines held back (``consentgate.jvm``).
+"""The driver JVM's stderr, copied to ours with two known lines held back, and a local driver
+JVM's start-up options (``consentgate.jvm``).
 
 The filter is tested on a pipe here; that a real JVM's stderr goes through it (and these lines
 never reach a command's stderr while log4j's do) is ``test_cli``'s purge in a child process.
@@ -7,9 +8,14 @@ never reach a command's stderr while log4j's do) is ``test_cli``'s purge in a ch
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
+from pathlib import Path
 
-from consentgate.jvm import _copy_lines
+from pyspark.sql import SparkSession
+
+from consentgate.jvm import ARCHIVE_PREFIX, _copy_lines, class_archive, local_java_options
+from consentgate.spark import DRIVER_JAVA_OPTIONS, _with_local_java_options, delta_jars
 
 
 def _through_filter(data: bytes) -> bytes:
@@ -57,3 +63,91 @@ def test_only_the_two_known_lines_are_dropped_and_everything_else_passes_in_orde
 def test_a_line_split_across_reads_is_judged_whole() -> None:
     big = b"x" * 70_000 + b"\n"  # longer than one read of the pipe
     assert _through_filter(big + b"WARNING: Using incubator modules: jdk.incubator.vector\n") == big
+
+
+# Start-up of a local driver JVM: the class-data archive.
+
+
+def _fake_delta_jars(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    jar = directory / "delta-spark_4.1_2.13-4.4.0.jar"
+    jar.write_bytes(b"not a real jar")
+    return [jar]
+
+
+def test_without_an_archive_a_local_jvm_gets_no_option(tmp_path: Path) -> None:
+    jars = _fake_delta_jars(tmp_path)
+    assert local_java_options(jars) == ""
+
+
+def test_an_archive_is_named_after_java_spark_and_the_jars_and_used_once_written(
+    tmp_path: Path,
+) -> None:
+    jars = _fake_delta_jars(tmp_path)
+    archive = class_archive(jars)
+    assert archive is not None and archive.parent == tmp_path
+    assert archive.name.startswith(ARCHIVE_PREFIX) and archive.suffix == ".jsa"
+    archive.write_bytes(b"archive")
+    options = local_java_options(jars).split()
+    assert options[0] == f"-XX:SharedArchiveFile={archive}"
+    # another delta-spark build is another archive: the old one is not used for it
+    jars[0].write_bytes(b"another build of the jar")
+    assert class_archive(jars) != archive
+    assert "SharedArchiveFile" not in local_java_options(jars)
+
+
+def test_no_java_means_no_archive(tmp_path: Path) -> None:
+    jars = _fake_delta_jars(tmp_path)
+    assert class_archive(jars, environ={"JAVA_HOME": str(tmp_path / "no-java"), "PATH": ""}) is None
+
+
+def test_a_foreign_or_broken_archive_is_ignored_by_the_jvm_without_a_word(tmp_path: Path) -> None:
+    """The archive is a cache: one the JVM cannot use (another JDK's, a truncated file) must
+    neither stop it nor print anything (a command's output, an Airflow task log)."""
+    jars = _fake_delta_jars(tmp_path)
+    archive = class_archive(jars)
+    assert archive is not None
+    archive.write_bytes(b"\0" * 4096)
+    options = local_java_options(jars).split()
+    assert f"-XX:SharedArchiveFile={archive}" in options
+    done = subprocess.run(
+        ["java", *options, "-XshowSettings:properties", "-version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "cds" not in done.stdout + done.stderr.lower()
+    assert "archive" not in (done.stdout + done.stderr).lower()
+
+
+def test_the_users_java_options_come_after_ours_so_theirs_win(tmp_path: Path) -> None:
+    jars = _fake_delta_jars(tmp_path)
+    settings = {
+        "spark.jars": ",".join(str(j) for j in jars),
+        DRIVER_JAVA_OPTIONS: "-XX:TieredStopAtLevel=4 -Xss4m",
+    }
+    archive = class_archive(jars)
+    assert archive is not None
+    assert _with_local_java_options({"spark.jars": settings["spark.jars"]}) == {}
+    assert (
+        _with_local_java_options(settings)[DRIVER_JAVA_OPTIONS] == "-XX:TieredStopAtLevel=4 -Xss4m"
+    )
+    archive.write_bytes(b"archive")
+    merged = _with_local_java_options(settings)[DRIVER_JAVA_OPTIONS]
+    assert merged == f"{local_java_options(jars)} -XX:TieredStopAtLevel=4 -Xss4m"
+    assert merged.startswith(f"-XX:SharedArchiveFile={archive} ")
+
+
+def test_the_test_sessions_jvm_started_with_the_archive_make_wrote(spark: SparkSession) -> None:
+    """``make test`` writes the archive before the tests (``make jvm-archive``); the session
+    every test uses is a local one, so its JVM must have been started from it."""
+    archive = class_archive(delta_jars())
+    assert archive is not None and archive.is_file(), "run `make jvm-archive`"
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    arguments = list(
+        jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()
+    )
+    assert f"-XX:SharedArchiveFile={archive}" in arguments
+    assert "sharing" in str(jvm.java.lang.System.getProperty("java.vm.info"))

@@ -227,6 +227,9 @@ def test_a_local_session_shuffles_into_two_partitions_per_core(
     defaults = spark_module._local_defaults(master)
     assert defaults["spark.sql.shuffle.partitions"] == partitions
     assert defaults["spark.databricks.delta.snapshotPartitions"] == "2"
+    # no Java source generated per query on a JVM that lives for one command
+    assert defaults["spark.sql.codegen.wholeStage"] == "false"
+    assert defaults["spark.sql.codegen.factoryMode"] == "NO_CODEGEN"
 
 
 @pytest.mark.parametrize("master", [None, "spark://host:7077", "yarn", "k8s://https://h:443"])

@@ -50,7 +50,7 @@ from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from consentgate.errors import ConsentgateError
-from consentgate.jvm import start_gateway
+from consentgate.jvm import local_java_options, start_gateway
 from consentgate.logs import running
 
 log = logging.getLogger(__name__)
@@ -244,7 +244,24 @@ def _local_defaults(master: str | None) -> dict[str, str]:
         "spark.databricks.delta.snapshotPartitions": "2",
         # VACUUM lists a table's directories with this many tasks at most (10000 by default).
         "spark.sql.sources.parallelPartitionDiscovery.parallelism": "4",
+        # No Java source generated and compiled per query: on a fresh JVM compiling it costs
+        # more than it saves on what a local session reads (CLI night with nothing to remove
+        # on the 2,000-asset demo lake: 38.1 s -> 32.6 s; consentgate.jvm, "Start-up").
+        "spark.sql.codegen.wholeStage": "false",
+        "spark.sql.codegen.factoryMode": "NO_CODEGEN",
     }
+
+
+def _with_local_java_options(settings: Mapping[str, str]) -> dict[str, str]:
+    """``spark.driver.extraJavaOptions`` for a new local session: :func:`consentgate.jvm.
+    local_java_options` first, then the user's (config or ``spark-defaults.conf``), which win
+    where they set the same option (the JVM takes the last)."""
+    user = settings.get(DRIVER_JAVA_OPTIONS)
+    if user is None:
+        user = _spark_defaults(spark_conf_dir(os.environ)).get(DRIVER_JAVA_OPTIONS, "")
+    jars = [Path(j) for j in settings.get("spark.jars", "").split(",") if j.endswith(".jar")]
+    merged = f"{local_java_options(jars)} {user}".strip()
+    return {DRIVER_JAVA_OPTIONS: merged} if merged else {}
 
 
 def _local_cores(master: str) -> int:
@@ -319,6 +336,8 @@ def get_spark(
         if "delta-spark_" not in given:
             given = ",".join([*([given] if given else []), *(str(j) for j in delta_jars())])
         settings["spark.jars"] = given
+        if master is not None and master.startswith("local"):
+            settings.update(_with_local_java_options(settings))
         quiet = quiet_jvm_conf(
             settings,
             environ=os.environ,
