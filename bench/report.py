@@ -305,7 +305,7 @@ def _noop(results: list[dict[str, Any]]) -> list[str]:
                 f"{_count(chosen.get('jobs'))} / {_count(chosen.get('tasks'))}",
                 ", ".join(str(x.get("rows_deleted", NA)) for x in r.get("runs", [])),
                 {True: "yes", False: "**no**"}.get(r.get("rows_ok", {}).get("consentgate"), NA),
-                _secs(r.get("next_night", {}).get("seconds")),
+                _secs(r.get("full_night", {}).get("seconds")),
             ]
         )
     if not rows:
@@ -320,10 +320,11 @@ def _noop(results: list[dict[str, Any]]) -> list[str]:
         "benchmark's session; its purge attempts are younger than the erasure window, as after "
         "a real night). `removed` is what the command's JSON says each repeat removed; `rows "
         "ok` also requires the Delta logs to show no data file rewritten. Start-up is the wall "
-        "time outside the command's outer `purge` step. This night decides in full (the "
-        "previous one removed rows, so nothing certified the lake); finding the lake as it "
-        "left it, it certifies it (`consentgate.quiescence`). *Next night* is the same "
-        "command once more on that lake: certified, it decides nothing and starts no JVM.",
+        "time outside the command's outer `purge` step. The previous night certified the lake "
+        "it left (`consentgate.quiescence`: only its own commits changed it), so this night "
+        "decides nothing and starts no JVM. *Decided in full* is the same command on the same "
+        "lake without the certificate, as on a night some input changed without anything to "
+        "remove.",
         "",
         *_table(
             [
@@ -334,7 +335,7 @@ def _noop(results: list[dict[str, Any]]) -> list[str]:
                 "Spark jobs / tasks",
                 "removed",
                 "rows ok",
-                "next night (certified)",
+                "decided in full (no certificate)",
             ],
             rows,
         ),

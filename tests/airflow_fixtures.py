@@ -122,10 +122,9 @@ class Runs:
     gate: Any
     purge: Any
     purge_decisions: list[list[str] | None]
-    #: The next two nights (``consentgate.quiescence``): the first decides in full, finds
-    #: nothing to remove and certifies the lake; the second is answered from the certificate.
+    #: The next night, answered from the quiescence certificate the purge wrote (it changed
+    #: the lake only by its own commits: ``consentgate.quiescence``).
     quiet: Any = None
-    certified: Any = None
     #: What Airflow itself logged at ERROR or above during both runs (its structlog events:
     #: ``event``, ``logger``, ...), e.g. the SDK client's "XCom not found" (issue #24 item 3).
     airflow_errors: list[dict[str, Any]] = field(default_factory=list)
@@ -160,7 +159,6 @@ def gate_then_purge(conf: Path) -> Runs:
             patch.setattr(purge_module, "decide_run", counting_decide_run)
             purge = run_dag("consentgate_nightly_purge", run_conf={"as_of": AS_OF}, dags_dir=DAGS)
         quiet = run_dag("consentgate_nightly_purge", run_conf={"as_of": AS_OF}, dags_dir=DAGS)
-        certified = run_dag("consentgate_nightly_purge", run_conf={"as_of": AS_OF}, dags_dir=DAGS)
     errors = [e for e in logged if e.get("log_level") in ("error", "critical")]
     return Runs(
         conf=conf,
@@ -168,7 +166,6 @@ def gate_then_purge(conf: Path) -> Runs:
         purge=purge,
         purge_decisions=decisions,
         quiet=quiet,
-        certified=certified,
         airflow_errors=errors,
     )
 

@@ -7,6 +7,7 @@ real Delta tables; only the scheduler is replaced by ``dag.test()``'s in-process
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -142,38 +143,42 @@ def test_nightly_purge_decides_consent_once_and_leaves_no_work_tables(
     assert not runs_root.exists() or list(runs_root.iterdir()) == []
 
 
-def test_a_quiet_night_certifies_the_lake_and_the_next_is_answered_without_spark(
+def test_the_purge_certifies_the_lake_it_left_and_the_next_night_needs_no_spark(
     spark: SparkSession, local_runs: Runs
 ) -> None:
-    """The night after the purge finds nothing to remove and certifies the lake in
-    ``audit_summary``; the night after that ends at ``quiescent``: every later task skipped,
+    """The purge removes rows, and since only its own commits changed the lake it certifies
+    it in ``audit_summary``; the next night ends at ``quiescent``: every later task skipped,
     the night recorded in the audit log (each table's receipt and the purge entry, saying
     since when the lake is unchanged), nothing committed to any table."""
     from consentgate import audit, quiescence
     from consentgate.config import load_config
 
     config = load_config(local_runs.conf)
-    quiet, certified = local_runs.quiet, local_runs.certified
-    assert quiet.ok and certified.ok, (quiet.task_states, certified.task_states)
-    summary = quiet.results["audit_summary"]
-    assert summary["rows_deleted"] == 0 and summary["certified"] is True
-    # no certificate yet: the run went on, from the fingerprint it certified against
-    assert len(quiet.results["quiescent.started_from"]) == 64
-    assert "quiescent.night" not in quiet.results
-    assert not quiet.asset_events  # nothing changed
+    purge, quiet = local_runs.purge, local_runs.quiet
+    assert purge.ok and quiet.ok, (purge.task_states, quiet.task_states)
+    summary = purge.results["audit_summary"]
+    assert summary["rows_deleted"] > 0 and summary["certified"] is True
+    # no certificate yet: the run went on, from the start state it certified against
+    # (digests and versions: the fingerprint, one digest per input, versions of the targets)
+    raw = purge.results["quiescent.started_from"]
+    started = raw if isinstance(raw, dict) else json.loads(raw)
+    assert set(started) == {"fingerprint", "inputs", "versions"}
+    assert len(started["fingerprint"]) == 64
+    assert set(started["versions"]) <= set(started["inputs"])
+    assert "quiescent.night" not in purge.results
 
-    assert certified.task_states["validate"] == "success"
-    assert certified.task_states["quiescent"] == "success"
-    assert "quiescent.started_from" not in certified.results
+    assert quiet.task_states["validate"] == "success"
+    assert quiet.task_states["quiescent"] == "success"
+    assert "quiescent.started_from" not in quiet.results
     skipped = {"decide", "purge_dataset", "erase_and_verify", "audit_summary"}
-    assert {t: certified.task_states[t] for t in skipped} == dict.fromkeys(skipped, "skipped")
-    night = certified.results["quiescent.night"]
+    assert {t: quiet.task_states[t] for t in skipped} == dict.fromkeys(skipped, "skipped")
+    night = quiet.results["quiescent.night"]
     certificate = quiescence.load(config)
     assert certificate is not None and certificate["run_id"] == summary["run_id"]
     assert night["unchanged_since"] == certificate["certified_at"]
-    assert set(night["datasets"]) == set(quiet.results["decide"])
+    assert set(night["datasets"]) == set(purge.results["decide"])
     assert all(d["rows_deleted"] == 0 for d in night["datasets"].values())
-    assert not certified.asset_events
+    assert not quiet.asset_events
     entries = audit.events(spark, config)
     runs = {e["run_id"] for e in entries if e["kind"] == "purge"}
     assert night["run_id"] in runs and summary["run_id"] in runs

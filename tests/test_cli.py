@@ -620,14 +620,16 @@ def test_purge_logs_its_steps_on_stderr_without_jvm_noise(
     words = set(done.stderr.replace("=", " ").split())
     assert words.isdisjoint({"a1", "a2", "a3", "e1", "e2", "e3", "u1", "u2", "u9"})
 
-    # The next night finds nothing to remove and certifies the lake (consentgate.quiescence);
-    # the night after that decides nothing and never starts Spark: the same command succeeds
-    # on a machine without java, records the night and says since when the lake is unchanged.
+    # The purge changed the lake only by its own commits, so it certified the lake it left
+    # (consentgate.quiescence): the next nights decide nothing, and the command never starts
+    # Spark: it succeeds on a machine without java, records the night and says since when the
+    # lake is unchanged.
     from consentgate import purge
     from consentgate.config import load_config
 
     second = purge.run_purge(spark, load_config(conf), as_of=dt.datetime(2026, 6, 2, tzinfo=dt.UTC))
     assert second["datasets"]["track_embeddings"]["rows_deleted"] == 0
+    assert second["unchanged_since"]
     (tmp_path / "nojava").mkdir()
     quiet = run_without_java(
         tmp_path / "nojava",

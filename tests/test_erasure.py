@@ -198,11 +198,14 @@ def test_demo_lake_revocations_flow_through_every_derivative(
     assert {"gate", "purge", "erasure"} <= kinds
     assert audit.verify_chain(spark, config)["ok"]
 
-    # Idempotent: a second purge decides again, commits nothing to any table, and, having
-    # found the lake as it left it, certifies it (consentgate.quiescence).
+    # Idempotent: the night changed the lake only by its own commits, so it certified the lake
+    # it left (consentgate.quiescence); without the certificate a second purge decides again
+    # and commits nothing to any table.
     from consentgate import quiescence
 
-    assert quiescence.load(config) is None  # the first night removed rows: no certificate
+    certificate = quiescence.load(config)
+    assert certificate is not None and certificate["run_id"] == result["run_id"]
+    quiescence.discard(config)
     versions = {n: lake.table_version(root / t.path) for n, t in tables.items()}
     again = purge.run_purge(spark, config, as_of=as_of)
     assert "unchanged_since" not in again

@@ -17,6 +17,7 @@ from consentgate import lake, maintenance
 
 WEEK = 168
 OLD = time.time() - (WEEK + 24) * 3600  # older than the window
+META = {"consentgate.operation": "consentgate.erasure", "consentgate.run": "purge-test"}
 
 
 def _table(spark: SparkSession, path: Path) -> tuple[set[str], set[str]]:
@@ -37,7 +38,7 @@ def test_inside_the_window_nothing_runs_and_nothing_is_committed(
     path = tmp_path / "t"
     tombstoned, active = _table(spark, path)
     version = lake.table_version(path)
-    result = maintenance.vacuum(spark, path, retention_hours=WEEK)
+    result = maintenance.vacuum(spark, path, retention_hours=WEEK, commit_metadata=META)
     assert result == maintenance.VacuumResult()
     assert lake.table_version(path) == version  # no VACUUM START/END commits
     assert all((path / rel).exists() for rel in tombstoned | active)
@@ -55,11 +56,15 @@ def test_old_bytes_go_as_orphans_young_tombstones_stay(spark: SparkSession, tmp_
     version = lake.table_version(path)
     size = orphan.stat().st_size
 
-    result = maintenance.vacuum(spark, path, retention_hours=WEEK)
+    result = maintenance.vacuum(spark, path, retention_hours=WEEK, commit_metadata=META)
 
     assert result == maintenance.VacuumResult(orphans=(orphan.name,), bytes_removed=size)
     assert not orphan.exists()
     assert all((path / rel).exists() for rel in tombstoned | active)
+    # VACUUM's own commits name our run (the quiescence certificate tells ours from others')
+    vacuums = [e for e in lake.history(path) if int(e["version"]) > version]
+    assert {e["operation"] for e in vacuums} == {"VACUUM START", "VACUUM END"}
+    assert all(e["consentgate.run"] == "purge-test" for e in vacuums)
     assert lake.table_version(path) > version  # VACUUM ran (START/END)
 
 
@@ -69,13 +74,16 @@ def test_window_zero_removes_tombstoned_files_and_names_them(
     path = tmp_path / "t"
     tombstoned, active = _table(spark, path)
     sizes = sum((path / rel).stat().st_size for rel in tombstoned)
-    result = maintenance.vacuum(spark, path, retention_hours=0)
+    result = maintenance.vacuum(spark, path, retention_hours=0, commit_metadata=META)
     assert set(result.tombstoned) == tombstoned and result.orphans == ()
     assert result.bytes_removed == sizes > 0
     assert not any((path / rel).exists() for rel in tombstoned)
     assert all((path / rel).exists() for rel in active)
     version = lake.table_version(path)
-    assert maintenance.vacuum(spark, path, retention_hours=0) == maintenance.VacuumResult()
+    assert (
+        maintenance.vacuum(spark, path, retention_hours=0, commit_metadata=META)
+        == maintenance.VacuumResult()
+    )
     assert lake.table_version(path) == version
 
 
@@ -95,7 +103,7 @@ def test_the_window_given_is_the_one_vacuum_applies(spark: SparkSession, tmp_pat
     os.utime(orphan, (two_hours_ago, two_hours_ago))
     size = orphan.stat().st_size
 
-    result = maintenance.vacuum(spark, path, retention_hours=1)
+    result = maintenance.vacuum(spark, path, retention_hours=1, commit_metadata=META)
 
     assert not orphan.exists()
     assert result == maintenance.VacuumResult(orphans=(orphan.name,), bytes_removed=size)

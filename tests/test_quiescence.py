@@ -80,9 +80,10 @@ def test_a_quiet_night_is_certified_and_ends_when_a_record_takes_effect(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """r5 grants a1 until a scheduled revocation at A+2d; a1 is to be deleted at A+4d; r6,
-    captured at A+5d, revokes it again. The night that removes writes no certificate, the
-    next (full, nothing to remove) does; nights before A+2d are then certified; the night at
-    A+2d decides again and removes e1, and the certificate after it holds until the deletion."""
+    captured at A+5d, revokes it again. The night that removes certifies the lake it leaves
+    (only its own commits changed it); nights before A+2d are then answered from that; the
+    night at A+2d decides again and removes e1, and the certificate it writes holds until the
+    deletion."""
     config = _config(pristine_small_lake, tmp_path / "lake")
     _append_records(
         spark,
@@ -103,18 +104,18 @@ def test_a_quiet_night_is_certified_and_ends_when_a_record_takes_effect(
 
     removing, steps = _night(spark, config, A, caplog)
     assert removing["datasets"][TABLE]["rows_deleted"] == 2 and "decide" in steps
-    assert quiescence.load(config) is None  # it changed the lake: no proof it is quiet now
+    certificate = quiescence.load(config)  # it changed the lake only by its own commits
+    assert certificate is not None and certificate["run_id"] == removing["run_id"]
 
     # The premise, checked by deciding again in full (a dry run never uses a certificate).
     planned = purge.run_purge(spark, config, as_of=A + dt.timedelta(hours=1), dry_run=True)
     assert planned["datasets"][TABLE]["rows_deleted"] == 0 and "unchanged_since" not in planned
 
     first, steps = _night(spark, config, A + dt.timedelta(hours=1), caplog)
-    assert first["datasets"][TABLE]["rows_deleted"] == 0 and "decide" in steps
-    assert "unchanged_since" not in first
-    certificate = quiescence.load(config)
-    assert certificate is not None and certificate["run_id"] == first["run_id"]
-    assert certificate["as_of"] == "2026-06-01T01:00:00.000000Z"
+    assert first["datasets"][TABLE]["rows_deleted"] == 0 and steps == ["quiescent", "purge"]
+    assert first["unchanged_since"] == certificate["certified_at"]
+    assert quiescence.load(config) == certificate
+    assert certificate["as_of"] == "2026-06-01T00:00:00.000000Z"
     assert certificate["decisions_hold_until"] == _micros(A + dt.timedelta(days=2))  # r5
     assert certificate["erasure_holds_until"] is None  # window 0: everything already erased
     assert certificate["tables"][TABLE]["rows"] == 1
@@ -151,10 +152,10 @@ def test_a_quiet_night_is_certified_and_ends_when_a_record_takes_effect(
     revoked, steps = _night(spark, config, A + dt.timedelta(days=2), caplog)
     assert "decide" in steps and "unchanged_since" not in revoked
     assert revoked["datasets"][TABLE]["rows_deleted"] == 1  # e1: a1 revoked at A+2d
-    assert quiescence.load(config) is None
-    quiet, _ = _night(spark, config, A + dt.timedelta(days=2, hours=1), caplog)
     renewed = quiescence.load(config)
-    assert renewed is not None and renewed["run_id"] == quiet["run_id"]
+    assert renewed is not None and renewed["run_id"] == revoked["run_id"]
+    _, steps = _night(spark, config, A + dt.timedelta(days=2, hours=1), caplog)
+    assert steps == ["quiescent", "purge"], steps
     assert renewed["decisions_hold_until"] == _micros(A + dt.timedelta(days=4))  # a1 deleted
     _, steps = _night(spark, config, A + dt.timedelta(days=3), caplog)
     assert steps == ["quiescent", "purge"], steps
@@ -223,7 +224,7 @@ def test_any_change_to_the_lake_runs_the_full_purge(
     assert "decide" in steps and "unchanged_since" not in changed
 
     # A writer between the night's start and its end: the night does not certify.
-    started_from = quiescence.fingerprint(config)
+    started_from = quiescence.start(config)
     _append_records(
         spark,
         config,
@@ -244,6 +245,25 @@ def test_any_change_to_the_lake_runs_the_full_purge(
     revoked, steps = _night(spark, config, A + dt.timedelta(hours=5), caplog)
     assert "decide" in steps and revoked["datasets"][TABLE]["rows_deleted"] == 1
 
+    # Another writer appends to a purge target during a night: not the night's own commit.
+    started_from = quiescence.start(config)
+    spark.createDataFrame(
+        [("e9", "a1", dt.datetime(2026, 1, 1))],
+        "embedding_id string, asset_id string, derived_at timestamp",
+    ).write.format("delta").mode("append").save(str(path))
+    assert not quiescence.changed_only_by(config, started_from, run_id=revoked["run_id"])
+    assert (
+        quiescence.certify(
+            config,
+            run_id=revoked["run_id"],
+            as_of=A + dt.timedelta(hours=5),
+            receipts=revoked["erasure"]["datasets"],
+            started_from=started_from,
+            decisions_hold_until=None,
+        )
+        is None
+    )
+
 
 def test_the_erasure_window_bounds_the_certificate(
     spark: SparkSession,
@@ -251,17 +271,29 @@ def test_the_erasure_window_bounds_the_certificate(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """With a one-hour window, the removal's files wait for VACUUM and its keys for the
-    proof: the certificate holds until the first of them is due, and not after."""
+    """A night that removes rows certifies the lake it leaves (its own commits are the only
+    change), and the next night is answered from that. With a one-hour window, the
+    removal's files wait for VACUUM and its keys for the proof: the certificate holds until
+    the first of them is due, and not after."""
     config = _config(pristine_small_lake, tmp_path / "lake", erasure={"window_hours": 1})
     before = dt.datetime.now(UTC)
-    removing, _ = _night(spark, config, A, caplog)
+    removing, steps = _night(spark, config, A, caplog)
     after = dt.datetime.now(UTC)
+    assert "decide" in steps and removing["datasets"][TABLE]["rows_deleted"] == 2
     receipt = removing["erasure"]["datasets"][TABLE]
     assert receipt["attempts_pending"] == 1 and receipt["files_removed"] == 0
-    _night(spark, config, A + dt.timedelta(minutes=1), caplog)  # nothing to remove: certifies
     certificate = quiescence.load(config)
-    assert certificate is not None and certificate["erasure_holds_until"] is not None
+    assert certificate is not None and certificate["run_id"] == removing["run_id"]
+    assert certificate["tables"][TABLE]["rows"] == removing["datasets"][TABLE]["rows_after"] == 1
+    assert certificate["tables"][TABLE]["version"] == removing["datasets"][TABLE]["version_after"]
+    assert RAW_IDS.isdisjoint(_strings(certificate))
+    # The premise, checked by deciding again in full (a dry run never uses a certificate).
+    planned = purge.run_purge(spark, config, as_of=A + dt.timedelta(minutes=1), dry_run=True)
+    assert planned["datasets"][TABLE]["rows_deleted"] == 0
+    _, steps = _night(spark, config, A + dt.timedelta(minutes=1), caplog)
+    assert steps == ["quiescent", "purge"], steps
+    assert quiescence.load(config) == certificate
+    assert certificate["erasure_holds_until"] is not None
     holds = dt.datetime.fromisoformat(certificate["erasure_holds_until"].replace("Z", "+00:00"))
     hour = dt.timedelta(hours=1)
     assert before - dt.timedelta(seconds=1) + hour <= holds <= after + hour
@@ -271,5 +303,5 @@ def test_the_erasure_window_bounds_the_certificate(
     late = quiescence.why_not(config, certificate, as_of=A + hour, now=holds)
     assert late is not None and "erasure window" in late
     assert quiescence.why_not(config, certificate, as_of=A + hour, now=holds - MICRO) is None
-    early = quiescence.why_not(config, certificate, as_of=A, now=holds - MICRO)
+    early = quiescence.why_not(config, certificate, as_of=A - MICRO, now=holds - MICRO)
     assert early is not None and "before the certified" in early

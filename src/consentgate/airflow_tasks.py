@@ -1313,12 +1313,14 @@ def _record_purge(
 
         config = load_config(run["conf"])
         started_from = pull_xcom("quiescent", key="started_from")
+        if isinstance(started_from, Mapping):  # the XCom backend gave the JSON text back parsed
+            started_from = json.dumps(dict(started_from), sort_keys=True)
         certifiable = (
             summary["ok"]
             and bool(summary["erasure"].get("ok"))
             and isinstance(started_from, str)
             and bool(started_from)
-            and quiescence.unchanged_since_start(config, started_from)
+            and quiescence.changed_only_by(config, started_from, run_id=str(run["run_id"]))
         )
         summary["audit"] = run_step(
             run,
@@ -1356,8 +1358,8 @@ def _certify(
     started_from: str,
     audited: Mapping[str, Any],
 ) -> bool:
-    """Certify the lake after a run that found it as it left it (in this process, where
-    ``quiescent`` took the fingerprint: the same code, the same view of the files)."""
+    """Certify the lake after a run that alone changed it (in this process, where
+    ``quiescent`` took the start state: the same code, the same view of the files)."""
     from consentgate import quiescence
 
     try:
@@ -1381,8 +1383,9 @@ def purge_quiescent(run: Mapping[str, Any]) -> bool:
     result is pushed as XCom ``night``), else let the run go on.
 
     A run that goes on is a full one: the certificate is discarded and the lake's fingerprint
-    pushed as XCom ``started_from``, from which ``audit_summary`` certifies the lake again if
-    the run finds it as it left it. Dry runs and runs without erasure always go on.
+    pushed as XCom ``started_from`` (:func:`consentgate.quiescence.start`: digests and
+    versions), from which ``audit_summary`` certifies the lake again if nothing but the run
+    changed it. Dry runs and runs without erasure always go on.
 
     Returns:
         Whether the run goes on (``False`` skips every later task: the night is recorded).
@@ -1399,7 +1402,7 @@ def purge_quiescent(run: Mapping[str, Any]) -> bool:
         _push_xcom("night", jsonable(night))
         return False
     quiescence.discard(config)
-    _push_xcom("started_from", quiescence.fingerprint(config))
+    _push_xcom("started_from", quiescence.start(config))
     return True
 
 

@@ -132,7 +132,7 @@ def _vacuum(
             spark, "REORG TABLE {table} APPLY (PURGE)", path, commit_metadata=meta
         )
         reorged = result.metric("numRemovedFiles") if result is not None else 0
-    vacuumed = maintenance.vacuum(spark, path, retention_hours=window_hours)
+    vacuumed = maintenance.vacuum(spark, path, retention_hours=window_hours, commit_metadata=meta)
     _remove_empty_directories(path)
     return {
         "files_removed": len(vacuumed.tombstoned) + len(vacuumed.orphans),

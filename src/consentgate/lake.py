@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -349,6 +349,15 @@ def _session_user_metadata(spark: SparkSession, text: str) -> Any:
             spark.conf.unset(_USER_METADATA_CONF)
         else:
             spark.conf.set(_USER_METADATA_CONF, previous)
+
+
+@contextmanager
+def commits_tagged(spark: SparkSession, commit_metadata: Mapping[str, Any]) -> Iterator[None]:
+    """Every commit the block makes carries ``commit_metadata`` as ``userMetadata`` (with a
+    fresh transaction tag): for Delta commands that commit without a statement of ours
+    (VACUUM's ``VACUUM START``/``VACUUM END``), so that our run is named on each of them."""
+    with _session_user_metadata(spark, _metadata_json(commit_metadata, uuid.uuid4().hex)):
+        yield
 
 
 def _committed(path: str | Path, txn: str, *, search: int = 50) -> CommitResult:

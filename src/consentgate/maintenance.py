@@ -25,8 +25,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import pyarrow.parquet as pq
@@ -49,9 +51,17 @@ class VacuumResult:
     bytes_removed: int = 0
 
 
-def vacuum(spark: SparkSession, path: str | Path, *, retention_hours: float) -> VacuumResult:
+def vacuum(
+    spark: SparkSession,
+    path: str | Path,
+    *,
+    retention_hours: float,
+    commit_metadata: Mapping[str, Any],
+) -> VacuumResult:
     """VACUUM (full) with ``retention_hours``: delete tombstoned, ``_change_data/`` and
     unreferenced files older than that; nothing runs when nothing can go (module docstring).
+    Its ``VACUUM START``/``VACUUM END`` commits carry ``commit_metadata`` (our run: the
+    quiescence certificate tells the night's own commits from others').
 
     Only file names are compared, on the driver's local disk; no Spark job returns them.
     """
@@ -63,7 +73,8 @@ def vacuum(spark: SparkSession, path: str | Path, *, retention_hours: float) -> 
     inactive = inactive_files(root)
     if not any(mtime < cutoff for mtime, _size in inactive.values()):
         return VacuumResult()  # nothing VACUUM could delete: spare its listing and commits
-    DeltaTable.forPath(spark, str(root)).vacuum(hours)
+    with lake.commits_tagged(spark, commit_metadata):
+        DeltaTable.forPath(spark, str(root)).vacuum(hours)
     gone = sorted(rel for rel in inactive if not (root / rel).exists())
     if not gone:
         return VacuumResult()

@@ -1987,7 +1987,7 @@ def run_purge(
         started_from = None
         if not dry_run:
             quiescence.discard(config)
-            started_from = quiescence.fingerprint(config) if certifiable else None
+            started_from = quiescence.start(config) if certifiable else None
         names = list(targets(config))
         datasets, erased, failed = _purge_and_erase(
             session,
@@ -2005,8 +2005,8 @@ def run_purge(
         certified = False
         if not failed and erased.get("ok"):
             try:
-                if started_from is not None and quiescence.unchanged_since_start(
-                    config, started_from
+                if started_from is not None and quiescence.changed_only_by(
+                    config, started_from, run_id=run_name
                 ):
                     written = quiescence.certify(
                         config,

@@ -6,13 +6,17 @@ VACUUM, only to find nothing, as the last night did. A data-platform team could 
 night; consentgate instead proves it may, and says so in the audit log.
 
 **What is certified.** After a full purge (or backfill) whose every table was purged, erased
-and verified, with consentgate's own deciders, and that *found the lake as it left it* (the
-fingerprint below, taken before deciding, equal at the end: nothing removed, nothing erased,
-no other writer meanwhile), the run writes ``<state_dir>/quiescence.json``:
+and verified, with consentgate's own deciders, and during which *nothing but the night itself
+changed the lake* (:func:`changed_only_by`: consent, assets, lineage, registry, configuration
+and code as they were when it started; a purge target or key table changed only by commits of
+this run), the run writes ``<state_dir>/quiescence.json``. A night that removed rows certifies
+too: every row it kept was decided "keep" from the same inputs, and the rows it removed are
+gone, so deciding again at a later ``as_of`` within the bounds below finds nothing. The
+certificate holds:
 
 * ``as_of``: ``T0``, the instant the run decided at;
-* ``fingerprint``: SHA-256 of everything a decision reads — the configuration, consentgate's
-  own code, and the files (relative path, size, modification time, ``_delta_log`` included) of
+* ``fingerprint``: of the lake as the night left it, SHA-256 of everything a decision reads —
+  the configuration, consentgate's own code, and the files (relative path, size, modification time, ``_delta_log`` included) of
   ``consent_records``, ``assets``, ``lineage``, the snapshot registry, every purge target and
   every target's removed-key table. The audit table is not in it: the runs append to it;
 * ``erasure_holds_until``: the first wall-clock instant a full run's erasure would do
@@ -60,6 +64,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import unquote
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -130,24 +135,119 @@ def inputs(config: Config) -> dict[str, Path]:
     return out
 
 
+def _input_digests(config: Config) -> dict[str, str]:
+    """SHA-256 of each input's file listing, by the input's name (:func:`inputs`)."""
+    out: dict[str, str] = {}
+    for name, root in sorted(inputs(config).items()):
+        where = (
+            root.relative_to(config.lake_root) if root.is_relative_to(config.lake_root) else root
+        )
+        digest = hashlib.sha256(f"\0{name}\0{where}\0".encode())
+        for line in _listing(root):
+            digest.update(line.encode() + b"\n")
+        out[name] = digest.hexdigest()
+    return out
+
+
+def _fingerprint_of(config: Config, digests: Mapping[str, str]) -> str:
+    digest = hashlib.sha256()
+    portable = config.model_copy(update={"lake_root": Path(".")})
+    settings = portable.model_dump_json(exclude={"source"})  # where the file is, not what it says
+    digest.update(settings.encode() + b"\0" + _code_digest().encode())
+    for name, value in sorted(digests.items()):
+        digest.update(f"\0{name}\0{value}".encode())
+    return digest.hexdigest()
+
+
 def fingerprint(config: Config) -> str:
     """SHA-256 of the configuration, the code and every input's file listing (module doc).
 
     Paths inside ``lake_root`` count relative to it: a lake copied elsewhere with its files'
     times (``cp -a``, ``rsync -a``) decides exactly as the original, certificate included.
     """
-    digest = hashlib.sha256()
-    portable = config.model_copy(update={"lake_root": Path(".")})
-    settings = portable.model_dump_json(exclude={"source"})  # where the file is, not what it says
-    digest.update(settings.encode() + b"\0" + _code_digest().encode())
-    for name, root in sorted(inputs(config).items()):
-        where = (
-            root.relative_to(config.lake_root) if root.is_relative_to(config.lake_root) else root
-        )
-        digest.update(f"\0{name}\0{where}\0".encode())
-        for line in _listing(root):
-            digest.update(line.encode() + b"\n")
-    return digest.hexdigest()
+    return _fingerprint_of(config, _input_digests(config))
+
+
+#: Inputs a night may change itself: purge targets and their removed-key tables.
+_WRITTEN: Final = ("target/", "keys/")
+
+
+def start(config: Config) -> str:
+    """The lake as a full night starts, for :func:`changed_only_by` at its end: a JSON text
+    (it travels as an XCom between Airflow tasks) of digests and versions, never a path or an
+    id: the :func:`fingerprint`, each input's listing digest, and the Delta version of every
+    table the night may write (``null``: not a table yet).
+
+    The versions are read before the listings: a commit landing in between is then a version
+    after the recorded one, which :func:`changed_only_by` sees, never one counted as already
+    there.
+    """
+    versions = {
+        name: _version(root) for name, root in inputs(config).items() if name.startswith(_WRITTEN)
+    }
+    digests = _input_digests(config)
+    return json.dumps(
+        {"fingerprint": _fingerprint_of(config, digests), "inputs": digests, "versions": versions},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+def _version(root: Path) -> int:
+    """The table's version; -1 when it is not a table yet (a key table a night creates)."""
+    return int(lake.open_table(root).version()) if lake.is_table(root) else -1
+
+
+def changed_only_by(config: Config, started_from: str, *, run_id: str) -> bool:
+    """Whether the lake is the one the night started from (:func:`start`) but for the night's
+    own writes: then deciding again finds nothing, and the night may certify it.
+
+    Consent, assets, lineage, the registry, the configuration and the code must be exactly as
+    they were. A purge target or key table may differ only through commits that carry this run
+    (``consentgate.run`` in ``userMetadata``: the purge's rewrites, the key records, the
+    erasure's REORG), with every active file of its latest version on disk. Files a VACUUM
+    removed leave no commit; removing inactive files changes no decision. Decided: a data file
+    rewritten in place, keeping its path, during a night that rewrote the same table is not
+    detected (Delta never does that; see the module doc for the same limit of the fingerprint).
+    """
+    try:
+        before = json.loads(started_from)
+        digests: dict[str, str] = before["inputs"]
+        versions: dict[str, int] = before["versions"]
+    except (ValueError, KeyError, TypeError):
+        log.info("quiescence: not certified: the night's start state is unreadable")
+        return False
+    now = _input_digests(config)
+    if set(now) != set(digests):
+        return False
+    roots = inputs(config)
+    for name, value in now.items():
+        if value == digests[name]:
+            continue
+        if not name.startswith(_WRITTEN) or not _only_ours_since(
+            roots[name], versions.get(name), run_id
+        ):
+            log.info("quiescence: not certified: %s changed during the night", name)
+            return False
+    return True
+
+
+def _only_ours_since(root: Path, version: int | None, run_id: str) -> bool:
+    """Every commit of ``root`` after ``version`` is ``run_id``'s and its active files exist
+    (all of them, from version 0, for a table the night created)."""
+    if version is None or not lake.is_table(root):
+        return False
+    table = lake.open_table(root)
+    latest = int(table.version())
+    newer = [
+        e for e in lake.history(root, limit=latest - version + 1) if int(e["version"]) > version
+    ]
+    if len(newer) != latest - version:
+        return False
+    if any(e.get("consentgate.run") != run_id for e in newer):
+        return False
+    paths = lake.active_files(table).column("path").to_pylist()
+    return all((root / unquote(p)).is_file() for p in paths)
 
 
 def erasure_holds_until(
@@ -188,20 +288,19 @@ def certify(
     started_from: str,
     decisions_hold_until: int | None,
 ) -> dict[str, Any] | None:
-    """Write the certificate after a successful full night that changed nothing. Spark-free.
+    """Write the certificate after a successful full night. Spark-free.
 
     Args:
         receipts: The night's erasure receipts, every one verified, one per purge target.
-        started_from: :func:`fingerprint` taken before the night decided anything.
+        started_from: :func:`start`, taken before the night decided anything.
         decisions_hold_until: :func:`decision_flips` at ``as_of``, read by the caller's Spark
             session after ``started_from`` (so that a night the certificate covers needs no
             Spark at all).
 
     Returns:
-        What was written, or ``None`` when the lake is not the one the night started from
-        (its own removals or erasure, or another writer meanwhile): only a night that found
-        the lake as it left it proves that deciding again finds nothing. The next quiet night
-        certifies.
+        What was written (its fingerprint is the lake as the night left it), or ``None`` when
+        anything but the night itself changed the lake meanwhile (:func:`changed_only_by`):
+        only then does deciding again find nothing. The next full night certifies.
     """
     from consentgate.purge import target_path, targets
 
@@ -219,8 +318,10 @@ def certify(
         }
         for name in names
     }
-    # Checked after the tables were read: what they say is then what the night started from.
-    if fingerprint(config) != started_from:
+    # The lake as certified, then checked against the night's start: what the tables said
+    # above and this fingerprint are then the lake the night left (a later write is seen).
+    ended_with = fingerprint(config)
+    if not changed_only_by(config, started_from, run_id=run_id):
         log.info("quiescence: not certified: the lake changed during the night")
         return None
     certificate = {
@@ -228,19 +329,13 @@ def certify(
         "run_id": run_id,
         "as_of": iso(as_of),
         "certified_at": iso(certified_at),
-        "fingerprint": started_from,
+        "fingerprint": ended_with,
         "erasure_holds_until": None if holds is None else iso(holds),
         "decisions_hold_until": decisions_hold_until,
         "tables": tables,
     }
     _write(config, certificate)
     return certificate
-
-
-def unchanged_since_start(config: Config, started_from: str) -> bool:
-    """Whether the lake is still the one a night started from (worth certifying: the caller
-    then reads :func:`decision_flips` and calls :func:`certify`)."""
-    return fingerprint(config) == started_from
 
 
 def _write(config: Config, certificate: Mapping[str, Any]) -> None:
