@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 from pathlib import Path
-
-from pyspark.sql import SparkSession
 
 from consentgate.jvm import ARCHIVE_PREFIX, _copy_lines, class_archive, local_java_options
 from consentgate.spark import DRIVER_JAVA_OPTIONS, _with_local_java_options, delta_jars
@@ -139,15 +138,36 @@ def test_the_users_java_options_come_after_ours_so_theirs_win(tmp_path: Path) ->
     assert merged.startswith(f"-XX:SharedArchiveFile={archive} ")
 
 
-def test_the_test_sessions_jvm_started_with_the_archive_make_wrote(spark: SparkSession) -> None:
-    """``make test`` writes the archive before the tests (``make jvm-archive``); the session
-    every test uses is a local one, so its JVM must have been started from it."""
-    archive = class_archive(delta_jars())
-    assert archive is not None and archive.is_file(), "run `make jvm-archive`"
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
-    arguments = list(
-        jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()
+def test_a_new_local_session_starts_its_jvm_with_the_archive(jvm: None, tmp_path: Path) -> None:
+    """The production path: ``get_spark`` for a local master, in a fresh process, hands the
+    archive of its jars directory to the JVM it starts. Here the archive is not one the JVM can
+    use (writing a real one takes two minutes: ``make jvm-archive``), so this also shows such a
+    JVM starting and running a job as if there were none."""
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    for jar in delta_jars():
+        (jars / jar.name).symlink_to(jar)
+    archive = class_archive(sorted(jars.glob("*.jar")))
+    assert archive is not None
+    archive.write_bytes(b"\0" * 4096)
+    script = (
+        "from consentgate.spark import get_spark\n"
+        "s = get_spark(master='local[1]')\n"
+        "print(s.range(3).count())\n"
+        "jvm = s.sparkContext._jvm\n"
+        "args = jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()\n"
+        "print('\\n'.join(list(args)))\n"
     )
-    assert f"-XX:SharedArchiveFile={archive}" in arguments
-    assert "sharing" in str(jvm.java.lang.System.getProperty("java.vm.info"))
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "CONSENTGATE_JARS": str(jars)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == "3"
+    assert f"-XX:SharedArchiveFile={archive}" in lines[1:]
+    assert "cds" not in done.stderr.lower() and "archive" not in done.stderr.lower()
