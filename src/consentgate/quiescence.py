@@ -48,8 +48,9 @@ changed; a dry run must show the plan).
 Decided: file modification times, not contents, are fingerprinted: hashing the data would cost
 what it saves. A writer that replaces a file keeping its path, size and modification time to
 the nanosecond defeats it; Delta never rewrites a file in place, and such a writer also
-defeats Delta's own snapshot. Not yet used by the Airflow nightly DAG (its tasks plan and
-purge per table in separate processes); the CLI and :func:`consentgate.purge.run_purge` use it.
+defeats Delta's own snapshot. The CLI and :func:`consentgate.purge.run_purge` use it, and so
+does the nightly DAG (its ``quiescent`` task answers a covered night; ``audit_summary``
+certifies, from the start state the ``quiescent`` task pushed).
 """
 
 from __future__ import annotations
