@@ -245,6 +245,13 @@ def test_any_change_to_the_lake_runs_the_full_purge(
     revoked, steps = _night(spark, config, A + dt.timedelta(hours=5), caplog)
     assert "decide" in steps and revoked["datasets"][TABLE]["rows_deleted"] == 1
 
+    # The configuration (or the code) differs from the night's start: not what it decided with.
+    started_from = quiescence.start(config)
+    assert quiescence.changed_only_by(config, started_from, run_id=revoked["run_id"])
+    wider = config.erasure.model_copy(update={"window_hours": 5})
+    other = config.model_copy(update={"erasure": wider})
+    assert not quiescence.changed_only_by(other, started_from, run_id=revoked["run_id"])
+
     # Another writer appends to a purge target during a night: not the night's own commit.
     started_from = quiescence.start(config)
     spark.createDataFrame(

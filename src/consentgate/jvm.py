@@ -90,9 +90,10 @@ def _fingerprint(files: Iterable[Path]) -> str:
 
 def class_archive(jars: list[Path], *, environ: Mapping[str, str] = os.environ) -> Path | None:
     """Where the class-data archive for this Java, Spark and ``jars`` (``spark.jars``, Delta's
-    among them) lives: delta-spark's directory, named by a digest of the three (path, size, modification time). A new
-    Java, pyspark or delta-spark is a new name, so an archive is never used for other classes
-    than it was written for (the JVM checks that too). ``None`` when no ``java`` is found.
+    among them) lives: delta-spark's directory, named by a digest of the three (path, size,
+    modification time). A new Java, pyspark or delta-spark is a new name, so an archive is
+    never used for other classes than it was written for (the JVM checks that too). ``None``
+    when no ``java`` or no delta-spark jar is found.
     """
     java = _java_binary(environ)
     delta = [j for j in jars if j.name.startswith("delta-spark_") and j.is_file()]

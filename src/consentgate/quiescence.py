@@ -16,7 +16,8 @@ certificate holds:
 
 * ``as_of``: ``T0``, the instant the run decided at;
 * ``fingerprint``: of the lake as the night left it, SHA-256 of everything a decision reads —
-  the configuration, consentgate's own code, and the files (relative path, size, modification time, ``_delta_log`` included) of
+  the configuration, consentgate's own code, and the files (relative path, size, modification
+  time, ``_delta_log`` included) of
   ``consent_records``, ``assets``, ``lineage``, the snapshot registry, every purge target and
   every target's removed-key table. The audit table is not in it: the runs append to it;
 * ``erasure_holds_until``: the first wall-clock instant a full run's erasure would do
@@ -177,7 +178,7 @@ def start(config: Config) -> str:
     """The lake as a full night starts, for :func:`changed_only_by` at its end: a JSON text
     (it travels as an XCom between Airflow tasks) of digests and versions, never a path or an
     id: the :func:`fingerprint`, each input's listing digest, and the Delta version of every
-    table the night may write (``null``: not a table yet).
+    table the night may write (-1: not a table yet).
 
     The versions are read before the listings: a commit landing in between is then a version
     after the recorded one, which :func:`changed_only_by` sees, never one counted as already
@@ -206,7 +207,7 @@ def changed_only_by(config: Config, started_from: str, *, run_id: str) -> bool:
     Consent, assets, lineage, the registry, the configuration and the code must be exactly as
     they were. A purge target or key table may differ only through commits that carry this run
     (``consentgate.run`` in ``userMetadata``: the purge's rewrites, the key records, the
-    erasure's REORG), with every active file of its latest version on disk. Files a VACUUM
+    erasure's REORG and VACUUM), with every active file of its latest version on disk. Files a VACUUM
     removed leave no commit; removing inactive files changes no decision. Decided: a data file
     rewritten in place, keeping its path, during a night that rewrote the same table is not
     detected (Delta never does that; see the module doc for the same limit of the fingerprint).
@@ -217,6 +218,9 @@ def changed_only_by(config: Config, started_from: str, *, run_id: str) -> bool:
         versions: dict[str, int] = before["versions"]
     except (ValueError, KeyError, TypeError):
         log.info("quiescence: not certified: the night's start state is unreadable")
+        return False
+    if _fingerprint_of(config, digests) != before.get("fingerprint"):
+        log.info("quiescence: not certified: the configuration or the code changed")
         return False
     now = _input_digests(config)
     if set(now) != set(digests):
