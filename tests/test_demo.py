@@ -462,6 +462,17 @@ def test_init_demo_round_trip(
         assert summary.rows[name] == expected[name].count() > 0, name
         assert summary.versions[name] == 0
         assert _fingerprint(written) == _fingerprint(expected[name]), name
+        # Statistics on the time columns only (README's advice): no id bound in the log.
+        table = lake_io.open_table(config.lake_root / demo.table_path(name))
+        timed = [
+            f.name for f in written.schema.fields if f.dataType.typeName() in ("timestamp", "date")
+        ]
+        configuration = table.metadata().configuration
+        assert configuration.get("delta.dataSkippingStatsColumns") == (",".join(timed) or None), (
+            name
+        )
+        stats = lake_io.file_statistics(table).column_names
+        assert {c.split(".", 1)[1] for c in stats if c.startswith("min.")} <= set(timed), name
     assert summary.to_json()["conf_path"] == str(summary.conf_path)
     with pytest.raises(TableError, match="already exists"):
         demo.init_demo(spark, root, assets=120, seed=3)

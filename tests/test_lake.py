@@ -571,3 +571,22 @@ def test_append_rows_commits_without_spark_as_spark_would(
         lake.append_rows([("x", at)], other, path)
     with pytest.raises(TableError, match=re.escape(str(tmp_path / "nope"))):
         lake.append_rows([(1, at)], schema, tmp_path / "nope")
+
+
+def test_time_statistics_name_the_instants_and_nothing_else() -> None:
+    from pyspark.sql.types import DateType, TimestampType
+
+    def schema(*fields: tuple[str, Any]) -> StructType:
+        return StructType([StructField(name, kind) for name, kind in fields])
+
+    timed = schema(
+        ("asset_id", StringType()),
+        ("captured_at", TimestampType()),
+        ("day", DateType()),
+        ("n", LongType()),
+        ("revoked_at", TimestampType()),
+    )
+    assert lake.time_statistics(timed) == {
+        "delta.dataSkippingStatsColumns": "captured_at,day,revoked_at"
+    }
+    assert lake.time_statistics(schema(("asset_id", StringType()), ("n", LongType()))) == {}

@@ -462,7 +462,8 @@ def step_audit_summary(
 
     With ``decisions_bound`` (the run found the lake as it left it: the task certifies it),
     the result also carries ``decisions_hold_until``
-    (:func:`consentgate.quiescence.decision_flips`, one Spark job on this session).
+    (:func:`consentgate.flips.decision_flips`: the Delta log's statistics, at most one Spark
+    job on this session).
     """
     from consentgate import audit
     from consentgate.errors import CheckFailed
@@ -475,7 +476,7 @@ def step_audit_summary(
         raise CheckFailed(f"audit log hash chain is broken: {chain.get('problems')}")
     out: JSON = {"entry_sha256": entry, "chain": chain}
     if decisions_bound:
-        from consentgate.quiescence import decision_flips
+        from consentgate.flips import decision_flips
 
         out["decisions_hold_until"] = decision_flips(spark, config, as_of=_require_instant(as_of))
     return out

@@ -1281,7 +1281,11 @@ def init_demo(spark: SparkSession, lake: Path, *, assets: int = 2000, seed: int 
             path = root / table_path(name)
             with spark_work(spark, "generate") as ran:
                 versions[name] = lake_io.write_table(
-                    df, path, mode="error", commit_metadata={"consentgate.operation": "init-demo"}
+                    df,
+                    path,
+                    mode="error",
+                    commit_metadata={"consentgate.operation": "init-demo"},
+                    configuration=lake_io.time_statistics(df.schema),
                 )
                 inventory = lake_io.table_inventory(path)
             rows[name] = int(inventory["rows"])

@@ -1972,7 +1972,7 @@ def run_purge(
         PurgeFailed: some tables failed (after every other table was purged, erased and the
             run audited); its ``result`` is the return value with ``failed{name: message}``.
     """
-    from consentgate import quiescence
+    from consentgate import flips, quiescence
 
     instant = as_of or now_utc()
     run_name = run_id or new_run_id(kind, at=instant)
@@ -2014,9 +2014,7 @@ def run_purge(
                         as_of=instant,
                         receipts=erased["datasets"],
                         started_from=started_from,
-                        decisions_hold_until=quiescence.decision_flips(
-                            session, config, as_of=instant
-                        ),
+                        decisions_hold_until=flips.decision_flips(session, config, as_of=instant),
                     )
                     certified = written is not None
             except Exception as exc:  # the night is done; the next one just runs in full

@@ -28,7 +28,9 @@ certificate holds:
 * ``decisions_hold_until``: the first ``as_of`` at which a decision could change although no
   input did: the earliest ``captured_at`` or ``revoked_at`` after ``T0`` (a record dated in the
   future, a scheduled revocation), or a retained row reaching its retention, in microseconds
-  since the epoch (``null``: never). One Spark aggregation, in the certifying night's session;
+  since the epoch (``null``: never). Read from the Delta log's file statistics where they
+  answer, else with one Spark aggregation in the certifying night's session
+  (:mod:`consentgate.flips`);
 * per table: rows, files, bytes, version (from the log) and the erasure receipt.
 
 **When it is used.** A ``purge`` (not a dry run, with erasure, with consentgate's deciders)
@@ -68,13 +70,9 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote
 
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
-from pyspark.sql.types import LongType
-
 from consentgate import audit, lake, maintenance
 from consentgate.config import Config
-from consentgate.consent import AS_OF_COLUMNS, as_of_micros
+from consentgate.consent import as_of_micros
 from consentgate.erasure import erasure_audit_payload, purge_attempt_commits
 from consentgate.logs import step
 from consentgate.runtime import iso, now_utc, parse_instant
@@ -365,45 +363,6 @@ def load(config: Config) -> dict[str, Any] | None:
         log.info("quiescence: certificate of another format: running the full purge")
         return None
     return certificate
-
-
-def decision_flips(spark: SparkSession, config: Config, *, as_of: dt.datetime) -> int | None:
-    """Microseconds since the epoch of the first ``as_of`` after ``as_of`` at which a decision
-    could change with no input changing (module doc), or ``None`` when none can; one Spark job.
-
-    Consent compares :data:`consentgate.consent.AS_OF_COLUMNS` with ``T`` inclusively (a
-    record counts from ``captured_at``, a revocation from ``revoked_at``, an asset's deletion
-    from ``deleted_at``), so each such instant after ``as_of`` is a flip, whichever record or
-    asset it belongs to (a bound too early only costs a full night). A row is expired when its
-    ``derived_at`` (in microseconds) is below ``as_of - retention``: a kept row ``m`` flips at
-    ``m + retention + 1``.
-    """
-    from consentgate.lineage import DAY_MICROS, derived_micros
-    from consentgate.purge import target_path, targets
-
-    t0 = as_of_micros(as_of)
-    parts: list[DataFrame] = []
-    for table, columns in AS_OF_COLUMNS.items():
-        rows = lake.read_table(spark, config.table_path(table))
-        parts += [rows.select(F.unix_micros(F.col(c)).alias("flip")) for c in columns]
-    for name, dataset in targets(config).items():
-        if dataset.retention_days is None or dataset.derived_at_column is None:
-            continue
-        rows = lake.read_table(spark, target_path(config, name, dataset))
-        micros = derived_micros(rows, dataset.derived_at_column, table=name)
-        parts.append(
-            rows.select(
-                (micros + F.lit(dataset.retention_days * DAY_MICROS + 1))
-                .cast(LongType())
-                .alias("flip")
-            )
-        )
-    union = parts[0]
-    for part in parts[1:]:
-        union = union.unionByName(part)
-    (row,) = union.where(F.col("flip") > F.lit(t0)).agg(F.min("flip").alias("first")).collect()
-    first = row["first"]
-    return None if first is None else int(first)
 
 
 @dataclass(frozen=True)
