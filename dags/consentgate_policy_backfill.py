@@ -73,7 +73,14 @@ def consentgate_policy_backfill() -> None:
     def backfill(run: dict[str, Any]) -> dict[str, Any]:
         from consentgate import airflow_tasks
 
-        return airflow_tasks.run_step(run, "backfill", as_of=run["as_of"], dry_run=run["dry_run"])
+        return airflow_tasks.run_step(
+            run,
+            "backfill",
+            as_of=run["as_of"],
+            dry_run=run["dry_run"],
+            run_id=run["run_id"],
+            orchestration=airflow_tasks.orchestration(run),
+        )
 
     @task(multiple_outputs=False, outlets=[AssetAlias(PURGED_ALIAS)])
     def report(run: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:

@@ -112,6 +112,46 @@ def test_nightly_purge_removes_rows_from_datasets_and_snapshots(
     assert audit.verify_chain(spark, config)["ok"] is True
 
 
+def test_one_run_id_links_the_dag_run_manifest_and_audit_entries(
+    spark: SparkSession, local_runs: Runs
+) -> None:
+    """Issue #24 item 4: each DAG run's consentgate id is derived from the DAG run
+    (:func:`consentgate.runtime.new_run_id` with its origin), so it is the same in every task,
+    the manifest and its directory, and the audit entries, and the manifest and the entries
+    name the DAG run."""
+    from consentgate import audit
+    from consentgate.config import load_config
+    from consentgate.runtime import dag_run_origin, new_run_id, parse_instant
+
+    config = load_config(local_runs.conf)
+    entries = audit.events(spark, config)
+    for outcome, kind in ((local_runs.gate, "gate"), (local_runs.purge, "purge")):
+        run = outcome.results["validate"]
+        expected = new_run_id(
+            kind,
+            at=parse_instant(run["as_of"]),
+            origin=dag_run_origin(outcome.dag_id, outcome.run_id),
+        )
+        assert run["run_id"] == expected, kind
+        named = {"dag_id": outcome.dag_id, "dag_run_id": outcome.run_id}
+        mine = [e for e in entries if e["run_id"] == expected]
+        assert {e["kind"] for e in mine} >= {kind}, kind
+        if kind == "purge":
+            (entry,) = [e for e in mine if e["kind"] == "purge" and "datasets" in e["payload"]]
+            assert entry["payload"]["orchestration"] == named
+            assert outcome.results["audit_summary"]["run_id"] == expected
+        else:
+            published = outcome.results["verify"]
+            assert published["run_id"] == expected
+            manifest_path = Path(published["manifest_path"])
+            assert manifest_path.parent.name == expected
+            manifest = json.loads(manifest_path.read_text())
+            assert manifest["run_id"] == expected and manifest["orchestration"] == named
+    # The next night (the certificate answered it) is another DAG run, with another id.
+    night = local_runs.quiet.results["validate"]["run_id"]
+    assert night != local_runs.purge.results["validate"]["run_id"]
+
+
 def test_nightly_purge_decides_consent_once_and_leaves_no_work_tables(
     local_runs: Runs,
 ) -> None:
@@ -282,6 +322,7 @@ def test_policy_backfill_dry_run_reports_and_writes_nothing(
     assert outcome.ok, outcome.task_states
     report: dict[str, Any] = outcome.results["report"]
     assert report["dry_run"] is True  # the default
+    assert report["result"]["run_id"] == report["run_id"]  # the DAG run's id (issue #24 item 4)
     datasets = report["result"]["datasets"]
     assert datasets and all(r["rows_deleted"] > 0 for r in datasets.values())
     assert all(r["version_after"] == r["version_before"] for r in datasets.values())

@@ -271,7 +271,8 @@ def test_whole_flows_are_steps_taking_their_dags_params(bag: Any) -> None:
     purge = bag.get_dag("consentgate_nightly_purge")
     assert keywords("purge") == set(purge.params.keys())
     backfill = bag.get_dag("consentgate_policy_backfill")
-    assert keywords("backfill") == set(backfill.params.keys())
+    # and the run context the DAG's validate task fixed (issue #24 item 4: one run id)
+    assert keywords("backfill") == {*backfill.params.keys(), "run_id", "orchestration"}
 
 
 def test_job_main_prints_a_failed_purges_partial_result_and_exits_1(

@@ -215,7 +215,12 @@ def _spark(config: Config) -> SparkSession:
 
 
 def validate(
-    config: Config, *, kind: str, as_of: str | None, dag_schedule: str | None = None
+    config: Config,
+    *,
+    kind: str,
+    as_of: str | None,
+    dag_schedule: str | None = None,
+    origin: str | None = None,
 ) -> JSON:
     """Check the config and every input table's schema before anything reads data.
 
@@ -228,6 +233,8 @@ def validate(
         kind: ``purge``, ``gate`` or ``backfill``; becomes the run id's prefix.
         as_of: Evaluation instant as ISO-8601, or None for now (UTC).
         dag_schedule: The purge DAG's effective schedule, compared with the config's.
+        origin: The DAG run (:func:`consentgate.runtime.dag_run_origin`) the run id is
+            derived from; None gives a random one.
 
     Returns:
         The run context every later task receives: ``kind``, ``run_id``, ``as_of``, ``mode``,
@@ -285,7 +292,7 @@ def validate(
         )
     return {
         "kind": kind,
-        "run_id": new_run_id(kind, at=instant),
+        "run_id": new_run_id(kind, at=instant, origin=origin),
         "as_of": iso(instant),
         # A filled-in run start is "now", not a back-dated instant the gate must refuse.
         "as_of_explicit": as_of is not None,
@@ -453,6 +460,7 @@ def step_audit_summary(
     erasure: Mapping[str, Any],
     failed: Mapping[str, str] | None = None,
     decisions_bound: bool = False,
+    orchestration: Mapping[str, str] | None = None,
 ) -> JSON:
     """Append the run's summary to the audit log, then check the log's hash chain.
 
@@ -469,7 +477,7 @@ def step_audit_summary(
     from consentgate.errors import CheckFailed
     from consentgate.purge import run_payload
 
-    payload = run_payload(as_of, datasets, erasure, failed=failed)
+    payload = run_payload(as_of, datasets, erasure, failed=failed, orchestration=orchestration)
     entry = audit.append_event(spark, config, kind=kind, run_id=run_id, payload=payload)
     chain = jsonable(audit.verify_chain(spark, config))
     if not chain.get("ok"):
@@ -492,11 +500,13 @@ def step_gate_prepare(
     as_of: str,
     as_of_explicit: bool = True,
     run_id: str | None = None,
+    orchestration: Mapping[str, str] | None = None,
 ) -> JSON:
     """Compute the allowlist and fix the gate run's facts; refuses before any snapshot.
 
     ``run_id`` is the DAG run's (from ``validate``): one id in XComs, manifest, audit and
     commits, and a retry of this step takes back its earlier attempt's claim.
+    ``orchestration`` (:func:`orchestration`) goes into the manifest.
     """
     from consentgate.gate import prepare_gate
 
@@ -510,8 +520,18 @@ def step_gate_prepare(
             as_of=_instant(as_of),
             as_of_explicit=as_of_explicit,
             run_id=run_id,
+            orchestration=orchestration,
         )
     )
+
+
+def orchestration(run: Mapping[str, Any]) -> dict[str, str] | None:
+    """The DAG run a run context belongs to, as manifests and audit entries record it:
+    ``{"dag_id", "dag_run_id"}``, or None outside Airflow."""
+    dag_id, dag_run_id = run.get("dag_id"), run.get("dag_run_id")
+    if not dag_id or not dag_run_id:
+        return None
+    return {"dag_id": str(dag_id), "dag_run_id": str(dag_run_id)}
 
 
 def step_gate_snapshot(spark: SparkSession, config: Config, *, run: JSON, dataset: str) -> JSON:
@@ -541,8 +561,19 @@ def step_gate_verify(spark: SparkSession, config: Config, *, manifest_path: str)
     return report  # type: ignore[no-any-return]
 
 
-def step_backfill(spark: SparkSession, config: Config, *, as_of: str, dry_run: bool) -> JSON:
+def step_backfill(
+    spark: SparkSession,
+    config: Config,
+    *,
+    as_of: str,
+    dry_run: bool,
+    run_id: str | None = None,
+    orchestration: Mapping[str, str] | None = None,
+) -> JSON:
     """Re-evaluate under the current policy, purge what no longer complies, report impact.
+
+    ``run_id`` is the DAG run's (from ``validate``), the backfill's id in its audit entry and
+    commits; ``orchestration`` (:func:`orchestration`) names the DAG run in the entry.
 
     A backfill in which some tables failed is returned (``ok`` false, ``failed{}``, ``error``)
     rather than raised: the report task must still announce the tables it changed, then it
@@ -551,7 +582,14 @@ def step_backfill(spark: SparkSession, config: Config, *, as_of: str, dry_run: b
     from consentgate.purge import PurgeFailed, run_backfill
 
     try:
-        result = run_backfill(spark, config, as_of=_instant(as_of), dry_run=dry_run)
+        result = run_backfill(
+            spark,
+            config,
+            as_of=_instant(as_of),
+            dry_run=dry_run,
+            run_id=run_id,
+            orchestration=orchestration,
+        )
     except PurgeFailed as exc:
         result = {**exc.result, "ok": False, "error": str(exc)}
     return jsonable(result)  # type: ignore[no-any-return]
@@ -944,25 +982,33 @@ def start_run(
     """First task of every DAG run: find and validate the config, fix the run's instant and id.
 
     Returns:
-        The run context (see :func:`validate`) plus ``conf``, ``dry_run``, ``dag_run_id`` and
-        ``extra``; every later task takes it as its first argument.
+        The run context (see :func:`validate`, its ``run_id`` derived from the DAG run) plus
+        ``conf``, ``dry_run``, ``dag_id``, ``dag_run_id`` and ``extra``; every later task
+        takes it as its first argument.
     """
     from airflow.sdk import get_current_context
 
+    from consentgate.runtime import dag_run_origin
+
+    dag_run = get_current_context().get("dag_run")
+    dag_id, dag_run_id = getattr(dag_run, "dag_id", None), getattr(dag_run, "run_id", None)
+    origin = dag_run_origin(dag_id, dag_run_id) if dag_id and dag_run_id else None
     try:
         path = conf_path()
         config = load_config(path)
-        run = validate(config, kind=kind, as_of=as_of, dag_schedule=dag_schedule)
+        run = validate(config, kind=kind, as_of=as_of, dag_schedule=dag_schedule, origin=origin)
     except ConsentgateError as exc:
         raise _fail_fast(exc) from exc
-    context = get_current_context()
-    dag_run = context.get("dag_run")
     run.update(
         conf=str(path),
         dry_run=bool(dry_run),
-        dag_run_id=getattr(dag_run, "run_id", None),
+        dag_id=dag_id,
+        dag_run_id=dag_run_id,
         **dict(extra or {}),
     )
+    # The line that links the DAG run to the id every later step line, manifest and audit
+    # entry of this run carries (derived from it: :func:`consentgate.runtime.new_run_id`).
+    log.info("run %s is DAG run %s of %s", run["run_id"], dag_run_id, dag_id)
     return run
 
 
@@ -1048,6 +1094,7 @@ def gate_prepare(run: Mapping[str, Any]) -> list[str]:
         as_of=run["as_of"],
         as_of_explicit=bool(run.get("as_of_explicit", True)),
         run_id=run["run_id"],
+        orchestration=orchestration(run),
     )
     _push_xcom("gate", gate)
     return [str(name) for name in gate["datasets"]]
@@ -1333,6 +1380,7 @@ def _record_purge(
             erasure=summary["erasure"],
             failed=summary["failed"],
             decisions_bound=certifiable,
+            orchestration=orchestration(run),
         )
         summary["certified"] = certifiable and _certify(
             config, run, summary, str(started_from), summary["audit"]
@@ -1398,7 +1446,12 @@ def purge_quiescent(run: Mapping[str, Any]) -> bool:
         _push_xcom("started_from", "")  # nothing to certify from (audit_summary reads it)
         return True
     config = load_config(run["conf"])
-    night = quiet_purge(config, as_of=_require_instant(str(run["as_of"])), run_id=run["run_id"])
+    night = quiet_purge(
+        config,
+        as_of=_require_instant(str(run["as_of"])),
+        run_id=run["run_id"],
+        orchestration=orchestration(run),
+    )
     if night is not None:
         _push_xcom("night", jsonable(night))
         return False

@@ -397,6 +397,7 @@ def prepare_gate(
     as_of: dt.datetime | str | None = None,
     as_of_explicit: bool | None = None,
     run_id: str | None = None,
+    orchestration: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate consent, store the allowlist, and refuse early; returns the run (JSON-able).
 
@@ -417,6 +418,8 @@ def prepare_gate(
             run's id, so one run has one id in its tasks, manifest, audit and commits, and a
             retried attempt of this step takes back the claim its earlier attempt left (see
             :func:`claim_model_version`).
+        orchestration: The orchestrator's run (Airflow: ``dag_id``, ``dag_run_id``), recorded
+            in the manifest as ``orchestration`` so the manifest names the DAG run it came from.
 
     Returns:
         The run: ids, instant, pinned table versions, allowlist facts, evaluation counts. The
@@ -502,6 +505,7 @@ def prepare_gate(
         raise
     return {
         "run_id": run_id,
+        **({"orchestration": dict(orchestration)} if orchestration else {}),
         "use_case": use_case,
         "model_version": model_version,
         "as_of": iso(instant),
@@ -753,6 +757,7 @@ def build_manifest(
     return {
         "format": FORMAT,
         "run_id": run["run_id"],
+        **({"orchestration": run["orchestration"]} if run.get("orchestration") else {}),
         "use_case": use_case,
         "model_version": run["model_version"],
         "evaluated_at": run["as_of"],

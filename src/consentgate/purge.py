@@ -1874,10 +1874,12 @@ def run_payload(
     erasure: Mapping[str, Any],
     *,
     failed: Mapping[str, str] | None = None,
+    orchestration: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """A run's audit entry, wherever it ran (:func:`run_purge`, the nightly DAG's
     ``audit_summary``): per table what it removed and its versions, each table's erasure
-    result, and ``failed`` (ids redacted) naming the tables that failed, if any."""
+    result, ``failed`` (ids redacted) naming the tables that failed, if any, and the
+    orchestrator's run (``orchestration``: Airflow's ``dag_id``, ``dag_run_id``) if any."""
     summary = {
         name: {
             k: result.get(k)
@@ -1894,10 +1896,18 @@ def run_payload(
     }
     if failed:
         payload["failed"] = {name: redact_uuids(why) for name, why in failed.items()}
+    if orchestration:
+        payload["orchestration"] = dict(orchestration)
     return payload
 
 
-def quiet_purge(config: Config, *, as_of: dt.datetime, run_id: str) -> dict[str, Any] | None:
+def quiet_purge(
+    config: Config,
+    *,
+    as_of: dt.datetime,
+    run_id: str,
+    orchestration: Mapping[str, str] | None = None,
+) -> dict[str, Any] | None:
     """The night as the quiescence certificate answers it (:mod:`consentgate.quiescence`), or
     ``None`` when it must run in full. No Spark: the audit entries go in with delta-rs."""
     from consentgate import quiescence
@@ -1906,7 +1916,7 @@ def quiet_purge(config: Config, *, as_of: dt.datetime, run_id: str) -> dict[str,
     night = quiescence.quiet_night(config, as_of=as_of, run_id=run_id)
     if night is None:
         return None
-    payload = run_payload(iso(as_of), night.datasets, night.erasure)
+    payload = run_payload(iso(as_of), night.datasets, night.erasure, orchestration=orchestration)
     payload["unchanged_since"] = night.unchanged_since
     try:
         audit.append_events(None, config, [*night.events, audit.Event("purge", run_id, payload)])
@@ -1949,6 +1959,7 @@ def run_purge(
     run_id: str | None = None,
     kind: str = "purge",
     deciders: Mapping[str, Decider] | None = None,
+    orchestration: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The whole nightly purge: every table, then erasure and its verification.
 
@@ -1979,7 +1990,7 @@ def run_purge(
     # The certificate covers consentgate's own decisions of a full night (module doc there).
     certifiable = not dry_run and erase and not deciders and kind in ("purge", "backfill")
     if certifiable and kind == "purge":
-        quiet = quiet_purge(config, as_of=instant, run_id=run_name)
+        quiet = quiet_purge(config, as_of=instant, run_id=run_name, orchestration=orchestration)
         if quiet is not None:
             return quiet
     session = spark if isinstance(spark, SparkSession) else spark()
@@ -2000,7 +2011,9 @@ def run_purge(
             deciders=deciders or {},
         )
         if not dry_run:
-            payload = run_payload(iso(instant), datasets, erased, failed=failed)
+            payload = run_payload(
+                iso(instant), datasets, erased, failed=failed, orchestration=orchestration
+            )
             audit.append_event(session, config, kind=kind, run_id=run_name, payload=payload)
         certified = False
         if not failed and erased.get("ok"):
@@ -2067,9 +2080,14 @@ def run_backfill(
     as_of: dt.datetime | None = None,
     dry_run: bool = False,
     deciders: Mapping[str, Decider] | None = None,
+    run_id: str | None = None,
+    orchestration: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Re-evaluate everything under the current (changed) policy, purge what no longer
     complies, and report which trained models are affected (``impact``).
+
+    ``run_id`` and ``orchestration`` as for :func:`run_purge` (an orchestrator passes its
+    run's id and names its run).
 
     The impact is computed before the purge so that it describes the snapshots as they were
     when the policy changed (the purge then cleans those snapshots too).
@@ -2082,7 +2100,14 @@ def run_backfill(
     step(log, "impact", runs=len(impact["runs"]), runs_checked=impact["runs_checked"], work=ran)
     try:
         result = run_purge(
-            spark, config, as_of=instant, dry_run=dry_run, kind="backfill", deciders=deciders
+            spark,
+            config,
+            as_of=instant,
+            dry_run=dry_run,
+            kind="backfill",
+            deciders=deciders,
+            run_id=run_id,
+            orchestration=orchestration,
         )
     except PurgeFailed as exc:
         exc.result["impact"] = impact

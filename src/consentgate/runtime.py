@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import platform
 import uuid
 from importlib import metadata
@@ -35,10 +36,25 @@ def iso(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def new_run_id(kind: str, *, at: dt.datetime | None = None) -> str:
-    """A sortable, unique run id such as ``gate-20261126T021500Z-1a2b3c4d``."""
+def new_run_id(kind: str, *, at: dt.datetime | None = None, origin: str | None = None) -> str:
+    """A sortable, unique run id such as ``gate-20261126T021500Z-1a2b3c4d``.
+
+    The suffix is random, or, for a run started by an orchestrator, the first 8 hex digits of
+    SHA-256 of ``origin`` (for Airflow ``<dag_id>/<dag_run_id>``, :func:`dag_run_origin`): the
+    same DAG run always gets the same id, so a retried first task does not start another run,
+    and anyone holding the DAG run id can recompute the id its manifest and audit entries carry
+    (issue #24 item 4). A DAG run id itself (``manual__2026-12-06T13:57:09.123+00:00``) is no
+    directory name: the id keeps one shape for every run.
+    """
     stamp = (at or now_utc()).astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"{kind}-{stamp}-{uuid.uuid4().hex[:8]}"
+    if origin is None:
+        return f"{kind}-{stamp}-{uuid.uuid4().hex[:8]}"
+    return f"{kind}-{stamp}-{hashlib.sha256(origin.encode()).hexdigest()[:8]}"
+
+
+def dag_run_origin(dag_id: str, dag_run_id: str) -> str:
+    """The ``origin`` of :func:`new_run_id` for an Airflow DAG run."""
+    return f"{dag_id}/{dag_run_id}"
 
 
 def versions() -> dict[str, str]:
