@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum
 JARS := .jars
 JARS_STAMP := $(JARS)/.fetched-$(shell cat jvm/pom.xml | cksum | cut -d' ' -f1)
 
-.PHONY: venv jars jvm-archive all test test-fast test-cluster lint typecheck demo airflow bench bench-smoke lock clean java mvn
+.PHONY: venv jars jvm-archive all test test-fast test-cluster test-airflow lint typecheck demo airflow bench bench-smoke lock clean java mvn
 
 all: test
 
@@ -73,16 +73,27 @@ test-fast: $(STAMP)
 test-cluster: java $(JARS_STAMP) $(STAMP) jvm-archive
 	$(VENV)/bin/pytest -m cluster $(PYTEST_ARGS)
 
+# `make airflow` itself, as a user starts it (tests/test_make_airflow.py): not in `make test`
+# (it writes the 2,000-asset demo lake and runs the purge DAG through the scheduler, minutes).
+test-airflow: $(STAMP)
+	$(VENV)/bin/pytest --airflow-server -m airflow_server -p no:cacheprovider $(PYTEST_ARGS)
+
 demo: java $(JARS_STAMP) $(STAMP) jvm-archive
 	$(VENV)/bin/consentgate demo
 
 # The DAGs' Spark tasks run in the pool consentgate_spark (one slot: one local JVM at a time,
 # see consentgate.airflow_tasks.spark_pool); it is created before the scheduler starts.
-AIRFLOW_ENV = PATH=$(CURDIR)/$(VENV)/bin:$$PATH CONSENTGATE_CONF=$(CURDIR)/lake/consentgate.yaml \
-	AIRFLOW_HOME=$(CURDIR)/.airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
-	AIRFLOW__API__HOST=127.0.0.1
+# AIRFLOW_DIR (Airflow's home), DEMO_LAKE (the lake, written once) and AIRFLOW_PORT (the API
+# server and UI, on 127.0.0.1) let a second instance run beside the first.
+AIRFLOW_DIR ?= $(CURDIR)/.airflow
+DEMO_LAKE ?= $(CURDIR)/lake
+AIRFLOW_PORT ?= 8080
+AIRFLOW_ENV = PATH=$(CURDIR)/$(VENV)/bin:$$PATH CONSENTGATE_CONF=$(DEMO_LAKE)/consentgate.yaml \
+	AIRFLOW_HOME=$(AIRFLOW_DIR) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
+	AIRFLOW__API__BASE_URL=http://127.0.0.1:$(AIRFLOW_PORT)
 airflow: java $(JARS_STAMP) $(STAMP) jvm-archive
-	@test -f lake/consentgate.yaml || $(VENV)/bin/consentgate init-demo --lake lake
+	@test -f $(DEMO_LAKE)/consentgate.yaml || $(VENV)/bin/consentgate init-demo --lake $(DEMO_LAKE)
 	$(AIRFLOW_ENV) $(VENV)/bin/airflow db migrate
 	$(AIRFLOW_ENV) $(VENV)/bin/airflow pools set consentgate_spark 1 "consentgate: one Spark JVM at a time"
 	$(AIRFLOW_ENV) $(VENV)/bin/airflow standalone

@@ -83,9 +83,21 @@ NO_SPARK_HOME = "/nonexistent/fast-tier-test-started-spark(give-it-the-spark-fix
 _AIRFLOW_HOME = pytest.StashKey[Path]()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--airflow-server",
+        action="store_true",
+        help="also run the tests marked airflow_server (`make airflow` as a user starts it; "
+        "minutes; `make test-airflow`)",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     from consentgate.story import airflow_environment
 
+    config.addinivalue_line(
+        "markers", "airflow_server: starts `make airflow`; runs only with --airflow-server"
+    )
     config.addinivalue_line("markers", "heavy: uses a JVM or Airflow's DB (set by conftest)")
     config.addinivalue_line("markers", "fast: no JVM, no Airflow DB (set by conftest)")
     config.addinivalue_line("markers", "fresh_jvm: the module starts in a JVM of its own")
@@ -110,6 +122,12 @@ def airflow_home_dir(config: pytest.Config) -> Path:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--airflow-server"):
+        # `make test` leaves `make airflow`'s own test out (minutes; `make test-airflow`).
+        server = [i for i in items if i.get_closest_marker("airflow_server")]
+        if server:
+            config.hook.pytest_deselected(items=server)
+            items[:] = [i for i in items if not i.get_closest_marker("airflow_server")]
     shared: set[str] = set()
     for item in items:
         names = set(getattr(item, "fixturenames", ()))

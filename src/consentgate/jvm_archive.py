@@ -14,8 +14,9 @@ archives there are removed (each is about 200 MB).
 
 Decided: the archive is a cache, never a dependency. Without one, or with one the JVM
 refuses, every command runs as before, only slower; nothing reads it but the JVM. It is
-written by an explicit step (``make jvm-archive``, which ``make test``, ``make demo``,
-``make airflow`` and ``make bench`` run after installing) rather than by the first command
+written by an explicit step (``make jvm-archive``, which ``make demo``, ``make airflow``,
+``make bench`` and ``make test-cluster`` run after installing; not ``make test``, whose few
+JVM starts never paid back its two minutes) rather than by the first command
 that finds none, so that no user's purge pays a minute for it or races another over it.
 """
 
