@@ -226,7 +226,8 @@ def own_outcome(
         return "policy_version_not_accepted"
     jurisdiction = record.jurisdiction if record.jurisdiction is not None else asset.jurisdiction
     if config.jurisdictions is not None:
-        if jurisdiction is None:
+        # A code without the syntax of one (issue #23 item 6) is no better than none.
+        if jurisdiction is None or not config.jurisdictions.readable(jurisdiction):
             return "jurisdiction_unknown"
         if not permits(config, jurisdiction):
             return "jurisdiction_blocked"

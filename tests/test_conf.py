@@ -170,3 +170,39 @@ def test_jurisdiction_codes_must_be_canonical(
     assert parse_config(data, base_dir=tmp_path, check_paths=False).use_cases[
         "recommendation"
     ].jurisdictions == JurisdictionRules(deny=("EU", "BR"))
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        ({"deny": ["EU."]}, "'EU.' does not match the jurisdiction pattern"),
+        ({"allow": ["USA"]}, "'USA' does not match the jurisdiction pattern"),
+        ({"allow": ["US"], "pattern": "[A-Z]{3}"}, "'US' does not match"),
+        ({"deny": ["EU"], "pattern": "[A-Z"}, "is not a regular expression"),
+        ({"deny": ["EU"], "pattern": "[A-Z]*"}, "matches the empty code"),
+    ],
+)
+def test_jurisdiction_codes_must_read_as_codes(
+    tmp_path: Path, rules: dict[str, Any], message: str
+) -> None:
+    """Issue #23 item 6: the use case's code syntax (``pattern``, default ISO 3166-1 alpha-2
+    with an optional ISO 3166-2 subdivision) must be a regular expression that no empty code
+    matches, and the config's own codes must match it."""
+    data = _valid()
+    data["use_cases"]["recommendation"]["jurisdictions"] = rules
+    (line,) = _problems(data, tmp_path)
+    assert line.startswith("use_cases.recommendation.jurisdictions"), line
+    assert message in line
+    data["use_cases"]["recommendation"]["jurisdictions"] = {
+        "allow": ["USA", "CAN"],
+        "pattern": "[A-Z]{3}",
+    }
+    rules_read = (
+        parse_config(data, base_dir=tmp_path, check_paths=False)
+        .use_cases["recommendation"]
+        .jurisdictions
+    )
+    assert rules_read is not None and rules_read.permits("USA") and not rules_read.permits("US")
+    default = JurisdictionRules(deny=("EU",))
+    assert default.readable("US-CA") and default.readable("EU")
+    assert not any(default.readable(c) for c in ("EU\u200b", "E U", "EU.", "USA", "US-"))

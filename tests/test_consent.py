@@ -207,6 +207,13 @@ CONFIGS: dict[str, dict[str, UseCaseConfig]] = {
             jurisdictions=JurisdictionRules.model_construct(allow=("us",), deny=None),
         ),
     },
+    # Codes of another syntax (``pattern``): ISO 3166-1 alpha-3.
+    "alpha-3": {
+        "iso3": UseCaseConfig(
+            accepted_policy_versions=("v1",),
+            jurisdictions=JurisdictionRules(allow=("USA",), pattern="[A-Z]{3}"),
+        ),
+    },
 }
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -729,6 +736,21 @@ RULES_6_8 = [
             (REC, None, None, "granted"),
         ]
     ],
+    # Issue #23 item 6: a code that does not read as one (config.JURISDICTION_PATTERN) is
+    # unknown, and a record's unreadable code is not replaced by its asset's.
+    *[
+        _jurisdiction_case(f"jurisdiction-syntax/{label}", uc, record_j, asset_j, reason)
+        for label, uc, record_j, asset_j, reason in [
+            ("zero-width-space", GEN, "EU\u200b", "US", "jurisdiction_unknown"),
+            ("inner-space", GEN, "E U", "US", "jurisdiction_unknown"),
+            ("trailing-dot", GEN, "EU.", "US", "jurisdiction_unknown"),
+            ("asset-unreadable", GEN, None, "EU.", "jurisdiction_unknown"),
+            ("three-letters", MOD, "USA", "US", "jurisdiction_unknown"),
+            ("subdivision", GEN, "US-CA", None, "granted"),
+            ("subdivision-not-allowed", MOD, "US-CA", None, "jurisdiction_blocked"),
+            ("without-rules-not-consulted", REC, "EU.", None, "granted"),
+        ]
+    ],
     # A grant carries its terms: every column of the decision.
     Case(
         "grant-carries-its-terms",
@@ -971,6 +993,22 @@ RULE_2 = [
             rec("r6", asset="a1\u200b"),  # not whitespace: another, unknown asset
         ),
         ignored=counts(unknown_use_case=1, asset_unknown=1, not_owner=1),
+    ),
+    Case(
+        "jurisdiction-rules/the-use-cases-own-code-syntax",
+        records=(
+            rec("r1", asset="a1", use_case="iso3", jurisdiction="USA"),
+            rec("r2", asset="a2", use_case="iso3", jurisdiction="US"),
+            rec("r3", asset="a3", use_case="iso3", jurisdiction="CAN"),
+        ),
+        assets=tuple(asset(a) for a in ("a1", "a2", "a3")),
+        config="alpha-3",
+        selected=(
+            ("a1", "iso3", "granted", "r1"),
+            ("a2", "iso3", "jurisdiction_unknown", "r2"),
+            ("a3", "iso3", "jurisdiction_blocked", "r3"),
+        ),
+        matches_model=True,
     ),
     Case(
         "jurisdiction-rules/deny-codes-canonicalised-allow-codes-not",

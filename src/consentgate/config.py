@@ -15,6 +15,7 @@ unless it is absolute.
 from __future__ import annotations
 
 import difflib
+import re
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -47,11 +48,36 @@ class TablesConfig(_Strict):
     lineage: str = "lineage"
 
 
+#: The syntax of a jurisdiction code unless a use case sets its own ``pattern``: ISO 3166-1
+#: alpha-2 (``EU`` and the other reserved codes included), optionally with an ISO 3166-2
+#: subdivision (``US-CA``).
+JURISDICTION_PATTERN = "[A-Z]{2}(-[A-Z0-9]{1,3})?"
+
+
 class JurisdictionRules(_Strict):
-    """Either an allow list or a deny list of jurisdiction codes, never both."""
+    """Either an allow list or a deny list of jurisdiction codes, never both, and the syntax
+    of a code (``pattern``, a regular expression the whole canonical code must match).
+
+    Decided (issue #23 item 6): a code that does not match is *unknown*, not a code: under
+    ``deny: [EU]``, ``EU\u200b``, ``E U`` or ``EU.`` would otherwise pass as "not EU" and grant.
+    The pattern is matched by Java (Spark) and Python (here): keep to classes, repetitions,
+    groups and alternation, which both read alike.
+    """
 
     allow: tuple[str, ...] | None = None
     deny: tuple[str, ...] | None = None
+    pattern: str = JURISDICTION_PATTERN
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        if not pattern or re.fullmatch(pattern, ""):
+            raise ValueError(f"{pattern!r} matches the empty code")
+        return pattern
 
     @field_validator("allow", "deny")
     @classmethod
@@ -77,11 +103,20 @@ class JurisdictionRules(_Strict):
     def _one_of(self) -> JurisdictionRules:
         if (self.allow is None) == (self.deny is None):
             raise ValueError("give exactly one of 'allow' or 'deny'")
+        for code in (*(self.allow or ()), *(self.deny or ())):
+            if not self.readable(code):
+                raise ValueError(
+                    f"{code!r} does not match the jurisdiction pattern {self.pattern!r}"
+                )
         return self
 
+    def readable(self, jurisdiction: str) -> bool:
+        """Whether a canonical code has the syntax of a code (``pattern``)."""
+        return re.fullmatch(self.pattern, jurisdiction) is not None
+
     def permits(self, jurisdiction: str | None) -> bool:
-        """Whether a (non-null) jurisdiction passes these rules."""
-        if jurisdiction is None:
+        """Whether a (non-null) jurisdiction is readable and passes these rules."""
+        if jurisdiction is None or not self.readable(jurisdiction):
             return False
         if self.allow is not None:
             return jurisdiction in self.allow

@@ -57,6 +57,13 @@ Canonical values (rule 2), decided here:
 * Config values are compared as written (a use-case key, accepted version or allow-listed code
   that is not canonical matches nothing, so it can only deny), except deny-list codes, which
   are canonicalised: a deny entry restricts whatever its spelling.
+* A jurisdiction must also *read as a code*: once canonical, the whole value matches the use
+  case's ``jurisdictions.pattern`` (default :data:`consentgate.config.JURISDICTION_PATTERN`:
+  ISO 3166-1 alpha-2, optionally ``-`` and an ISO 3166-2 subdivision). One that does not
+  (``EU\u200b``, ``E U``, ``EU.``: nothing to trim, so canonical, yet not a code) counts as
+  unknown, and under the use case's rules the decision is ``jurisdiction_unknown``. A record's
+  unreadable code is not replaced by its asset's: the record said something we cannot read.
+  Without rules the jurisdiction is not consulted (issue #23 item 6).
 """
 
 from __future__ import annotations
@@ -364,6 +371,21 @@ def _has_jurisdiction_rules(use_case: Column, use_cases: Mapping[str, UseCaseCon
     )
 
 
+def _jurisdiction_unreadable(
+    use_case: Column, jurisdiction: Column, use_cases: Mapping[str, UseCaseConfig]
+) -> Column:
+    """Whether a non-null canonical jurisdiction fails ``use_case``'s code syntax
+    (:attr:`JurisdictionRules.pattern`, matched whole); false when it has no rules."""
+    conditions: dict[str, Column] = {}
+    for name, cfg in use_cases.items():
+        rules = cfg.jurisdictions
+        # ^(?:p)\z: the whole value (Java's $ would also match before a final line break).
+        conditions[name] = (
+            F.lit(False) if rules is None else ~jurisdiction.rlike(f"^(?:{rules.pattern})\\z")
+        )
+    return F.coalesce(_by_use_case(use_case, conditions, F.lit(False)), F.lit(True))
+
+
 def _jurisdiction_allowed(
     use_case: Column, jurisdiction: Column, use_cases: Mapping[str, UseCaseConfig]
 ) -> Column:
@@ -538,7 +560,11 @@ def effective_consent(
             F.lit(_RANK["policy_version_not_accepted"]),
         )
         .when(
-            has_rules & effective_jurisdiction.isNull(),
+            has_rules
+            & (
+                effective_jurisdiction.isNull()
+                | _jurisdiction_unreadable(F.col("use_case"), effective_jurisdiction, use_cases)
+            ),
             F.lit(_RANK["jurisdiction_unknown"]),
         )
         .when(
