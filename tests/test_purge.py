@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from pyspark.sql import functions as F
 from consentgate import audit, lake, purge
 from consentgate.config import Config, parse_config
 from consentgate.errors import ConsentgateError
+from consentgate.redact import redact_partitions
 
 UTC = dt.UTC
 AS_OF = dt.datetime(2026, 6, 1, tzinfo=UTC)
@@ -163,6 +165,19 @@ def test_dry_run_writes_nothing(spark: SparkSession, tmp_path: Path) -> None:
     assert sorted(p for p in path.rglob("*") if p.is_file()) == on_disk
     assert lake.table_version(path) == 0
     assert not audit.audit_path(config).exists()
+
+
+def test_a_plan_shows_no_partition_value(spark: SparkSession, tmp_path: Path) -> None:
+    """Issue #23 item 5: a table partitioned by its asset id would print one raw id per file
+    into a dry run's plan (CLI JSON, Airflow XComs); the plan digests partition values."""
+    config = make_config(tmp_path / "lake")
+    path = build(spark, config, partition_by=("asset_id",))
+    result = purge_emb(spark, config, dry_run=True)
+    files = result["plan"]["files"]
+    assert files and all(re.match(r"asset_id=sha256:[0-9a-f]{12}/part-", f) for f in files)
+    on_disk = {p.relative_to(path).as_posix() for p in path.rglob("*.parquet")}
+    assert set(files) <= {redact_partitions(p) for p in on_disk}
+    assert "asset-" not in json.dumps(result)
 
 
 def test_null_keys_are_removed_when_decided(spark: SparkSession, tmp_path: Path) -> None:

@@ -81,7 +81,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import time
@@ -107,6 +106,7 @@ from consentgate.errors import (
 )
 from consentgate.lake import LogTable
 from consentgate.logs import step
+from consentgate.redact import redact_partitions, redact_uuids
 from consentgate.runtime import iso, new_run_id, now_utc, parse_instant
 from consentgate.spark import spark_work
 
@@ -215,19 +215,6 @@ class DecisionMissing(ConsentgateError):
     exit_code = 1
 
 
-#: What the audit log refuses as a possible raw id (see :mod:`consentgate.audit`).
-_UUID: Final = re.compile(
-    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-)
-
-
-def redact_uuids(text: str) -> str:
-    """``text`` with every UUID-shaped part replaced by ``<uuid>``: how a failure message goes
-    into the audit log, which refuses anything that could be a raw id (a data file's name
-    holds a UUID; the message shown and logged keeps it, so the file can be found)."""
-    return _UUID.sub("<uuid>", text)
-
-
 def table_failure(name: str, exc: BaseException, *, doing: str) -> Exception:
     """What to record, raise and show for table ``name`` whose ``doing`` raised ``exc``.
 
@@ -297,7 +284,8 @@ class DatasetPlan:
             "bytes_total": self.bytes_total,
             "files_affected": len(self.files),
             "bytes_affected": self.bytes_affected,
-            "files": [f.path for f in self.files],
+            # Partition values digested: a table partitioned by an id column (issue #23 item 5).
+            "files": [redact_partitions(f.path) for f in self.files],
         }
 
 
