@@ -407,7 +407,8 @@ def _summarise(
         reasons[reason] = reasons.get(reason, 0) + count
     unknown = sorted(set(per_file) - set(sizes))
     if unknown:
-        raise TableError(f"dataset {name}: rows located in files not in the log: {unknown[:3]}")
+        shown = [redact_partitions(f) for f in unknown[:3]]  # no partition value (issue #23)
+        raise TableError(f"dataset {name}: rows located in files not in the log: {shown}")
     return DatasetPlan(
         name=name,
         path=str(path),
