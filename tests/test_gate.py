@@ -371,6 +371,40 @@ def test_back_dated_as_of_is_refused(spark: SparkSession, tmp_path: Path) -> Non
     assert [e.model_version for e in registry.read_entries(config)] == ["m-at"]
 
 
+def test_a_future_as_of_is_refused_before_anything_is_taken(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Issue #23 item 7: at a future instant a grant dated before it would outweigh today's
+    revocation: refused (exit 2) before the claim is taken, nothing written, whoever chose the
+    instant; a few seconds ahead (another machine's clock) is accepted."""
+    from consentgate.runtime import now_utc
+
+    config = load_config(write_small_lake(spark, tmp_path / "small"))
+    later = now_utc() + gate.FUTURE_SKEW + dt.timedelta(minutes=1)
+    for explicit in (True, False):
+        with pytest.raises(AsOfRefused, match="later than now") as info:
+            gate.prepare_gate(
+                spark,
+                config,
+                use_case=USE_CASE,
+                model_version="m-future",
+                as_of=later,
+                as_of_explicit=explicit,
+            )
+        assert info.value.exit_code == 2
+    assert not gate.claim_path(config, "m-future").exists()
+    assert registry.read_entries(config) == []
+    done = gate.run_gate(
+        spark,
+        config,
+        use_case=USE_CASE,
+        model_version="m-now",
+        as_of=now_utc() + dt.timedelta(seconds=30),
+    )
+    assert [e.model_version for e in registry.read_entries(config)] == ["m-now"]
+    assert done["allowlist_assets"] >= 1
+
+
 # --------------------------------------------------------------------------------------------
 # Two gates for one model version (issue #12 item 6)
 

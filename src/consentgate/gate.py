@@ -341,6 +341,32 @@ def _refuse_existing(config: Config, model_version: str) -> None:
         )
 
 
+#: How far ahead of this machine's clock a gate's instant may be: clocks of the machines that
+#: write consent records and run the gate disagree by seconds, not by this much.
+FUTURE_SKEW: Final = dt.timedelta(minutes=5)
+
+
+def _refuse_future(instant: dt.datetime) -> None:
+    """Refuse an instant later than now (plus :data:`FUTURE_SKEW`), before anything is taken.
+
+    Decided (issue #23 item 7): evaluated at a future ``T``, a grant dated between now and
+    ``T`` would outweigh a revocation recorded today (the latest record before ``T`` decides),
+    so a snapshot cut now could include an asset its owner has withdrawn. A future instant is
+    never needed: a training run is gated when it starts.
+
+    Raises:
+        AsOfRefused: (exit 2) naming the instant and now; nothing is written.
+    """
+    now = now_utc()
+    if instant > now + FUTURE_SKEW:
+        raise AsOfRefused(
+            f"--as-of {iso(instant)}: refused, it is later than now ({iso(now)}) by more than "
+            f"{int(FUTURE_SKEW.total_seconds() // 60)} minutes; a grant dated before it would "
+            "outweigh a revocation recorded today. Omit --as-of to evaluate now; nothing was "
+            "written"
+        )
+
+
 def _refuse_back_dated(sources: evaluate.Sources, instant: dt.datetime) -> None:
     """Refuse an explicit instant earlier than changes the source tables already record.
 
@@ -428,8 +454,8 @@ def prepare_gate(
 
     Raises:
         ConsentgateError: (exit 2) unknown use case or dataset, or a dataset of another use case.
-        AsOfRefused: (exit 2) ``as_of`` is earlier than changes the source tables record;
-            nothing is written.
+        AsOfRefused: (exit 2) ``as_of`` is earlier than changes the source tables record, or
+            later than now by more than :data:`FUTURE_SKEW`; nothing is written.
         CheckFailed: (exit 1) the model version has snapshots, or the allowlist is empty or
             below ``gate.min_allowlist_assets``; nothing is published.
         ConflictError: (exit 1) another gate run holds the model version's claim; nothing is
@@ -439,6 +465,7 @@ def prepare_gate(
     names = _resolve_datasets(config, use_case, datasets)
     _refuse_published(config, model_version)  # the common refusal, before taking anything
     instant = parse_instant(as_of) if isinstance(as_of, str) else (as_of or now_utc())
+    _refuse_future(instant)
     run_id = run_id or new_run_id("gate")
     started = time.monotonic()
     claim_model_version(config, model_version=model_version, run_id=run_id)
