@@ -112,6 +112,10 @@ def test_dates_are_midnight_utc_and_other_types_are_read() -> None:
         3, "max.c", pa.array(["2027"])
     )
     assert flips.from_statistics(strings, SOURCE, after=T) is None
+    local = _files([T + MS], [T + MS]).set_column(
+        2, "min.c", pa.array([T + MS], pa.int64()).cast(pa.timestamp("us"))
+    )
+    assert flips.from_statistics(local, SOURCE, after=T) is None  # timestamp_ntz: not ours
 
 
 def _lake(pristine: Path, root: Path) -> Any:

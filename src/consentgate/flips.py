@@ -147,9 +147,10 @@ def from_statistics(files: pa.Table, source: Flips, *, after: int) -> Answer | N
 
 def _micros(column: pa.ChunkedArray) -> list[int | None] | None:
     """A statistics column as microseconds since the epoch (a date as its midnight UTC), or
-    ``None`` for another type (Spark then reads it and names the wrong type)."""
+    ``None`` for another type (Spark then reads it and names the wrong type). A timestamp
+    without a time zone is Spark's ``timestamp_ntz``, which the rows' path refuses: so here."""
     kind = column.type
-    if pa.types.is_timestamp(kind):
+    if pa.types.is_timestamp(kind) and kind.tz is not None:
         values = pc.cast(column, pa.timestamp("us", tz=kind.tz)).cast(pa.int64())
         return [None if v is None else int(v) for v in values.to_pylist()]
     if pa.types.is_date(kind):
