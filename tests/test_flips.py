@@ -138,7 +138,7 @@ def _with_time_statistics(spark: SparkSession, config: Any) -> None:
         path = (
             config.table_path(table)
             if table in ("consent_records", "assets")
-            else config.resolve(config.datasets[table].path)
+            else config.dataset_path(table)
         )
         lake.set_properties(
             spark,

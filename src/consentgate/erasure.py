@@ -357,9 +357,10 @@ def verify_erased(
             "details in the Spark log)"
         ) from None
     root = path.resolve().as_posix().rstrip("/") + "/"
-    relative = sorted({unquote(h.split(root, 1)[1]) if root in h else h for h in hits})
     # Partition values digested: a table partitioned by an id column (issue #23 item 5).
-    relative = sorted({redact_partitions(p) for p in relative})
+    relative = sorted(
+        {redact_partitions(unquote(h.split(root, 1)[1]) if root in h else h) for h in hits}
+    )
     return {
         "files_scanned": len(files),
         "rows_scanned": int(rows_scanned),

@@ -40,10 +40,10 @@ def new_run_id(kind: str, *, at: dt.datetime | None = None, origin: str | None =
     """A sortable, unique run id such as ``gate-20261126T021500Z-1a2b3c4d``.
 
     The suffix is random, or, for a run started by an orchestrator, the first 8 hex digits of
-    SHA-256 of ``origin`` (for Airflow ``<dag_id>/<dag_run_id>``, :func:`dag_run_origin`): the
-    same DAG run always gets the same id, so a retried first task does not start another run,
-    and anyone holding the DAG run id can recompute the id its manifest and audit entries carry
-    (issue #24 item 4). A DAG run id itself (``manual__2026-12-06T13:57:09.123+00:00``) is no
+    SHA-256 of ``origin`` (for Airflow ``<dag_id>/<dag_run_id>``, :func:`dag_run_origin`): with
+    the run's instant, anyone holding the DAG run id can recompute the id its manifest and
+    audit entries carry (issue #24 item 4). A retried first task keeps the suffix; its stamp
+    changes only if the instant was filled in as "now" again. A DAG run id itself (``manual__2026-12-06T13:57:09.123+00:00``) is no
     directory name: the id keeps one shape for every run.
     """
     stamp = (at or now_utc()).astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
