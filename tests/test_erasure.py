@@ -14,7 +14,7 @@ from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from consentgate import audit, erasure, errors, lake, purge
+from consentgate import audit, erasure, erasure_proof, errors, lake, maintenance, purge, verifier
 from consentgate.config import Config, ErasureConfig, load_config
 from tests.demo_expectations import (
     DEMO_RULES,
@@ -44,7 +44,7 @@ def test_window_zero_erases_and_verifies(spark: SparkSession, tmp_path: Path) ->
     assert receipt["bytes_removed"] > 0
     assert receipt["keys_checked"] == 9
     assert not any((path / rel).exists() for rel in tombstoned)
-    assert receipt["files_scanned"] == len(erasure.physical_parquet_files(path))
+    assert receipt["files_scanned"] == len(erasure_proof.physical_parquet_files(path))
     logged = audit.events(spark, config, kind="erasure")[-1]["payload"]
     assert logged["result"] == "verified" and logged["keys_checked"] == 9
     # Idempotent: nothing left to vacuum, nothing committed.
@@ -58,12 +58,12 @@ def test_inside_window_nothing_is_erased(spark: SparkSession, tmp_path: Path) ->
     config = make_config(tmp_path / "lake", window_hours=168)
     path = build(spark, config)
     purge_emb(spark, config)
-    before = erasure.physical_parquet_files(path)
+    before = erasure_proof.physical_parquet_files(path)
     receipt = erasure.erase_and_verify(spark, config, run_id="e")["datasets"]["emb"]
     assert receipt["files_removed"] == 0
     assert receipt["attempts_pending"] == 1 and receipt["keys_checked"] == 0
     assert receipt["result"] == "verified"
-    assert erasure.physical_parquet_files(path) == before
+    assert erasure_proof.physical_parquet_files(path) == before
 
 
 def test_verification_catches_a_surviving_copy(spark: SparkSession, tmp_path: Path) -> None:
@@ -228,6 +228,111 @@ def test_demo_lake_revocations_flow_through_every_derivative(
     assert verified["erased"], "purged snapshot files must be listed as erased"
     recorded = json.loads(Path(gated["manifest_path"]).read_text())["snapshots"]
     assert {e["dataset"] for e in verified["erased"]} <= set(recorded)
+
+
+def test_our_own_merge_text_is_not_a_removed_key(spark: SparkSession, tmp_path: Path) -> None:
+    """Issue #22 item 4: a bigint-keyed table of ours (no statistics) with row 256 purged.
+    The purge's MERGE predicate says ``sha2(..., 256)`` and ``'k:'``: read as text it held the
+    removed key, the log was "cleaned" (history deleted) and the check could not pass. Parsed,
+    our own commits name no id: the table verifies and keeps its history."""
+    config = make_config(tmp_path / "lake", window_hours=0)
+    path = config.dataset_path("emb")
+    frame = spark.range(250, 262).select(
+        F.col("id"), F.concat(F.lit("asset-"), (F.col("id") % 3).cast("string")).alias("asset_id")
+    )
+    lake.write_table(frame.repartition(2), path)
+
+    def drop_256(rows: Any) -> Any:
+        return rows.where(F.col("id") == 256).select("id", F.lit("revoked").alias("reason"))
+
+    done = purge.purge_dataset(spark, config, "emb", as_of=AS_OF, run_id="p", decide=drop_256)
+    assert done["rows_deleted"] == 1
+    receipt = erasure.erase_and_verify(spark, config, run_id="e")["datasets"]["emb"]
+    assert receipt["result"] == "verified", receipt
+    assert receipt["keys_checked"] == 1 and receipt["files_removed"] > 0
+    assert receipt["log_cleaned"] is False
+    assert lake.read_table(spark, path, version=0).count() == 12  # time travel still works
+    assert 256 not in {r["id"] for r in lake.read_table(spark, path).collect()}
+
+
+def test_a_window_beyond_the_tables_log_retention_is_no_proof(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Issue #22 item 1: Delta deletes commits older than ``delta.logRetentionDuration``;
+    with a longer erasure window the record of a purge could go before its erasure is due,
+    and the check would have nothing to prove. The receipt fails, naming the table."""
+    config = make_config(tmp_path / "lake", window_hours=168)
+    path = build(spark, config)
+    short = {
+        "delta.logRetentionDuration": "interval 3 days",
+        "delta.deletedFileRetentionDuration": "interval 2 days",  # Delta: not above the log's
+    }
+    lake.set_properties(spark, path, short, commit_metadata={})
+    purge_emb(spark, config)
+    receipt = erasure.erase_and_verify(spark, config, run_id="e")["datasets"]["emb"]
+    assert receipt["result"] == "failed" and receipt["attempts_pending"] == 1
+    (problem,) = receipt["problems"]
+    assert "dataset emb" in problem and str(path) in problem and "72 hours" in problem, problem
+    # Below the retention, the same table is fine (nothing due yet, nothing to prove).
+    lake.set_properties(
+        spark, path, {"delta.logRetentionDuration": "interval 8 days"}, commit_metadata={}
+    )
+    receipt = erasure.erase_and_verify(spark, config, run_id="e2")["datasets"]["emb"]
+    assert receipt["result"] == "verified" and receipt["problems"] == []
+
+
+def test_erasure_waits_for_the_tables_lock(spark: SparkSession, tmp_path: Path) -> None:
+    """Issue #22 item 7: erasure takes the lock a purge or backfill of the table holds, so
+    no removal commits between its REORG, VACUUM and log cleanup."""
+    import threading
+
+    config = make_config(tmp_path / "lake", window_hours=0)
+    path = build(spark, config)
+    purge_emb(spark, config)
+    version = lake.table_version(path)
+    done: dict[str, Any] = {}
+    erasing = threading.Thread(
+        target=lambda: done.update(erasure.erase_and_verify(spark, config, run_id="e"))
+    )
+    with purge.table_lock(config, "emb"):  # as a purge of the table holds it
+        erasing.start()
+        erasing.join(timeout=3)
+        assert erasing.is_alive() and not done  # waiting, not erasing
+        assert lake.table_version(path) == version
+    erasing.join(timeout=300)
+    assert done["datasets"]["emb"]["result"] == "verified"
+    assert lake.table_version(path) > version  # its VACUUM committed once the lock was free
+
+
+def test_deletion_vectors_are_purged_on_the_purge_night(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Issue #22 item 5: on a deletion-vector table the REORG runs the night the purge
+    commits, not once its window has passed: the files holding the hidden rows are
+    tombstoned at once, so the window's VACUUM deletes them (waiting tombstoned them only
+    after the window, and took a second one)."""
+    from tests.test_purge import rows
+
+    config = make_config(tmp_path / "lake", window_hours=1)
+    path = config.dataset_path("emb")
+    dv = {"delta.enableDeletionVectors": "true"}
+    lake.write_table(rows(spark, range(40), files=4), path, configuration=dv)
+    assert purge_emb(spark, config)["deletion_vectors_added"] > 0
+    hiding = set(verifier.deletion_vector_masks(lake.open_table(path)))
+    assert hiding
+    started = dt.datetime.now(dt.UTC).timestamp() * 1000 - 1000
+
+    receipt = erasure.erase_and_verify(spark, config, run_id="e")["datasets"]["emb"]
+    assert receipt["attempts_pending"] == 1 and receipt["attempts_erased"] == 0
+    assert receipt["files_reorganised"] == len(hiding)
+    assert receipt["files_removed"] == 0 and receipt["result"] == "verified"  # not due yet
+    assert verifier.deletion_vector_masks(lake.open_table(path)) == {}  # no row hidden now
+    tombstones = maintenance.tombstones(path)
+    assert all(tombstones.get(rel, 0) >= started for rel in hiding), (hiding, tombstones)
+    # The next night inside the window: nothing to rewrite, nothing committed.
+    version = lake.table_version(path)
+    again = erasure.erase_and_verify(spark, config, run_id="e2")["datasets"]["emb"]
+    assert again["files_reorganised"] == 0 and lake.table_version(path) == version
 
 
 def test_committed_purge_without_keys_is_no_proof(spark: SparkSession, tmp_path: Path) -> None:

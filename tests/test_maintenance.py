@@ -108,3 +108,16 @@ def test_the_window_given_is_the_one_vacuum_applies(spark: SparkSession, tmp_pat
     assert not orphan.exists()
     assert result == maintenance.VacuumResult(orphans=(orphan.name,), bytes_removed=size)
     assert all((path / rel).exists() for rel in active)
+
+
+def test_interval_hours_reads_delta_intervals() -> None:
+    assert maintenance.interval_hours("interval 30 days") == 720
+    assert maintenance.interval_hours("INTERVAL 1 week 12 hours") == 180
+    assert maintenance.interval_hours("90 minutes") == 1.5
+    for bad in ("", "interval", "30", "interval 30 fortnights", "interval x days"):
+        try:
+            maintenance.interval_hours(bad)
+        except ValueError as exc:
+            assert repr(bad) in str(exc)
+        else:
+            raise AssertionError(f"{bad!r} was read as an interval")

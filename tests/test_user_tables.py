@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +65,19 @@ BATCHES: tuple[tuple[tuple[str, str, str], ...], ...] = (
     ),
 )
 SURVIVORS = {"emb-a1-1", "emb-a1-2"}
+#: Assets none of whose rows survive (a1 keeps two): their ids must leave the table too.
+REMOVED_ASSETS = {"a2", "a3"}
 REMOVED = {"emb-a1-0", "emb-a2-1", "emb-a2-2", "emb-a3-1"}
 REASONS = {"no_consent_record": 1, "retention_expired": 1, "revoked": 2}
+#: String keys are 36-character UUIDs, as platforms key their rows: longer than the 32
+#: characters delta-spark keeps of a string statistic, so the log holds truncated keys.
+UUID_KEYS = {
+    k: str(uuid.uuid5(uuid.NAMESPACE_URL, f"consentgate-test:{k}"))
+    for k, _, _ in [row for batch in BATCHES for row in batch]
+}
+#: A removed key is found where a stored value contains it, or shares this many characters
+#: of its start with it (issue #22's independent scan: a truncated bound is a leak).
+PREFIX_HIT = 16
 #: The same rows keyed by a bigint (values far from any size, count or version in the log).
 BIGINT_KEYS = {
     "emb-a1-0": 7000000010,
@@ -87,10 +99,13 @@ class Case:
     generated_column: bool = False
     partitioned: bool = False
     bigint_key: bool = False
+    #: Statistics on the asset and time columns only (``delta.dataSkippingStatsColumns``): the
+    #: log names removed assets but no key, so only the asset check can find them.
+    asset_stats_only: bool = False
 
     def key_text(self, key: str) -> str:
         """A key as it reads back, as text."""
-        return str(BIGINT_KEYS[key]) if self.bigint_key else key
+        return str(BIGINT_KEYS[key]) if self.bigint_key else UUID_KEYS[key]
 
     def key_texts(self, keys: Iterable[str]) -> set[str]:
         return {self.key_text(k) for k in keys}
@@ -119,6 +134,7 @@ CASES = [
     Case("everything", **EVERYTHING),
     Case("everything_partitioned", partitioned=True, **EVERYTHING),
     Case("bigint_key", bigint_key=True),
+    Case("asset_stats_only", asset_stats_only=True),
 ]
 
 
@@ -139,6 +155,8 @@ def create_user_table(spark: SparkSession, path: Path, case: Case) -> None:
         properties["delta.columnMapping.mode"] = "name"
     if case.change_data_feed:
         properties["delta.enableChangeDataFeed"] = "true"
+    if case.asset_stats_only:
+        properties["delta.dataSkippingStatsColumns"] = "asset_id,derived_at"
     ddl = f"CREATE TABLE {table} ({', '.join(columns)}) USING DELTA"
     if case.partitioned:
         ddl += " PARTITIONED BY (asset_id)"
@@ -179,7 +197,9 @@ def physical_name(path: Path, column: str) -> str:
 def _found_in(value: object, wanted: set[str], *, exact: bool) -> list[str]:
     """JSON paths (``a.b[0].c=value``) of the wanted values inside a decoded JSON value or a
     checkpoint row; strings that hold JSON (an action's ``stats``) are opened too. ``exact``
-    matches whole values (short asset ids), otherwise substrings (a predicate's text)."""
+    matches whole values (short asset ids), otherwise substrings (a predicate's text) and
+    values that share :data:`PREFIX_HIT` or more leading characters with a wanted one
+    (``~value``: a truncated statistic)."""
     if isinstance(value, dict):
         items = [(f".{k}", v) for k, v in value.items()]
     elif isinstance(value, list | tuple):
@@ -191,7 +211,13 @@ def _found_in(value: object, wanted: set[str], *, exact: bool) -> list[str]:
             except ValueError:
                 pass
         text = str(value)
-        return [f"={w}" for w in sorted(wanted) if (text == w if exact else w in text)]
+        if exact:
+            return [f"={w}" for w in sorted(wanted) if text == w]
+        return [f"={w}" for w in sorted(wanted) if w in text] + [
+            f"~{w}"
+            for w in sorted(wanted)
+            if w not in text and len(text) >= PREFIX_HIT and text[:PREFIX_HIT] == w[:PREFIX_HIT]
+        ]
     return [f"{step}{hit}" for step, item in items for hit in _found_in(item, wanted, exact=exact)]
 
 
@@ -209,7 +235,9 @@ def _log_hits(file: Path, wanted: set[str], *, exact: bool) -> list[str]:
     try:
         lines = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
     except ValueError:  # Hadoop's binary .crc sidecars
-        return [f"(bytes) {w}" for w in sorted(wanted) if not exact and w.encode() in data]
+        return [
+            f"(bytes) {w}" for w in sorted(wanted) if not exact and w[:PREFIX_HIT].encode() in data
+        ]
     return [
         f"(line {n}) {hit.lstrip('.')}"
         for n, line in enumerate(lines, 1)
@@ -240,7 +268,9 @@ def leaks(root: Path, physical_key: str, removed: set[str]) -> list[str]:
             )
         else:
             data = file.read_bytes()
-            found.extend(f"{rel} (bytes) {k}" for k in sorted(removed) if k.encode() in data)
+            found.extend(
+                f"{rel} (bytes) {k}" for k in sorted(removed) if k[:PREFIX_HIT].encode() in data
+            )
     return found
 
 
@@ -299,6 +329,7 @@ def _created(spark: SparkSession, path: Path, case: Case) -> dict[str, Any]:
         "partition_columns": list(lake.partition_columns(log)),
         "keys_created": keys_of(spark, path),
         "leaks_created": leaks(path, physical, case.key_texts(REMOVED)),
+        "asset_names_created": asset_leaks(path, REMOVED_ASSETS),
     }
 
 
@@ -329,7 +360,7 @@ def _erased(spark: SparkSession, path: Path, case: Case, physical: str) -> dict[
         "leaks_after_erasure": leaks(path, physical, case.key_texts(REMOVED)),
         "keys_after_erasure": keys_of(spark, path),
         "inventory_rows_after_erasure": lake.table_inventory(path)["rows"],
-        "asset_names_after_erasure": asset_leaks(path, {"a2", "a3"}),
+        "asset_names_after_erasure": asset_leaks(path, REMOVED_ASSETS),
     }
 
 
@@ -449,8 +480,16 @@ def test_user_table_is_gated_purged_and_erased(story: Story, case: Case) -> None
     assert facts["generated"] == case.generated_column
     assert facts["partition_columns"] == (["asset_id"] if case.partitioned else [])
     assert facts["keys_created"] == survivors | removed
-    # delta-spark's default statistics put the removed keys into the log.
-    assert any(hit.startswith("_delta_log/") for hit in facts["leaks_created"])
+    # delta-spark's default statistics put the removed keys into the log, a string key cut to
+    # its first 32 characters (what the erasure's check must still recognise); with
+    # statistics on the asset column only, the removed assets' ids and no key.
+    assert any(hit.startswith("_delta_log/") for hit in facts["asset_names_created"])
+    in_log = [hit for hit in facts["leaks_created"] if hit.startswith("_delta_log/")]
+    assert in_log == [] if case.asset_stats_only else in_log
+    if not case.bigint_key and not case.asset_stats_only:
+        assert any(
+            hit.startswith("_delta_log/") and "~" in hit for hit in facts["leaks_created"]
+        ), facts["leaks_created"]
 
     # The gate's snapshot of this table holds the survivors only.
     assert facts["snapshot_keys"] == survivors
@@ -482,6 +521,7 @@ def test_user_table_is_gated_purged_and_erased(story: Story, case: Case) -> None
     assert receipt["result"] == "verified", (receipt["files_with_removed_keys"], remaining)
     assert receipt["attempts_erased"] == 1 and receipt["attempts_pending"] == 0
     assert receipt["keys_checked"] == len(REMOVED)
+    assert receipt["assets_checked"] == len(REMOVED_ASSETS)
     assert receipt["files_removed"] > 0
     if case.deletion_vectors:
         assert receipt["files_reorganised"] > 0

@@ -7,23 +7,24 @@ deletion vector, in ``_change_data/`` files when change data feed is on, and in 
 ``erasure.window_hours``. After the window everything must go. Per table this module, all
 through delta-spark:
 
-1. **REORG TABLE ... APPLY (PURGE)** when the table has deletion vectors and a committed purge
-   is older than the window: files carrying deletion vectors are rewritten without the hidden
-   rows (idempotent: no commit when no file has a vector).
+1. **REORG TABLE ... APPLY (PURGE)** as soon as a purge has committed on a table whose
+   files carry deletion vectors (the purge's own night, not once the window has passed):
+   the files are rewritten without the hidden rows and the originals tombstoned *now*, so
+   that step 2 deletes them when the window ends. Waiting for the window first, as before,
+   tombstoned them only then and took a second window (issue #22 item 5). Time travel within
+   the window still works: the older versions' files stay on disk until VACUUM. Nothing runs
+   when no active file has a vector (read from the log, without Spark).
 2. **VACUUM** (full) with ``retention = window``: tombstoned files, ``_change_data/`` files and
    unreferenced files (orphans of a killed writer) older than the window leave the disk. When
    no file could go (every file active or younger than the window), VACUUM is not run at all:
    no listing, no commit (:mod:`consentgate.maintenance`).
-3. **Verifies**: every Parquet file physically present under the table (data files and
-   ``_change_data/``; by the key's *physical* column name, so column mapping is honoured) and
-   every file under ``_delta_log/`` (JSON commits, checkpoints, ``.crc``: partition values,
-   statistics and operation parameters) and every ``name=value`` directory name are hashed the
-   way :func:`consentgate.purge.key_digest` hashes keys and joined — in Spark, never collected —
-   with the hashed removed keys of every committed purge attempt older than the window. Any
-   match fails the receipt, naming the file (never the key). Attempts still inside the window
-   are reported as pending. No evidence is not proof: when committed purges are due but no
-   removed key of theirs can be read (the key table is missing or unreadable, or holds nothing
-   for some of them), the receipt fails and says why.
+3. **Verifies** (:func:`consentgate.erasure_proof.verify_erased`): no Parquet file on disk,
+   no row value of the Delta log (parsed, truncated statistics included) and no directory
+   name holds a key removed by a committed purge older than the window, nor the id of an
+   asset no row of the table keeps. Any match fails the receipt, naming the file (never the
+   key). Attempts still inside the window are reported as pending. No evidence is not proof:
+   when committed purges are due but their removed keys cannot be read, the receipt fails
+   and says why.
 4. **Log cleanup, when the log still holds a removed key** (statistics or partition values of a
    table consentgate did not create): ``delta.deletedFileRetentionDuration`` is set to the
    window (so the checkpoint does not carry the erased files' tombstones forward), a
@@ -35,12 +36,23 @@ through delta-spark:
    in one append (:func:`consentgate.audit.append_events`) once every table is done; also when
    a table raises or the run is interrupted, so a receipt is never lost.
 
+Each table's steps 1-4 hold the table's lock (:func:`consentgate.purge.table_lock`), the
+one its purges and backfills take: no removal commits between the REORG and the log cleanup.
+
 With ``window_hours: 0`` the purge and the erasure happen in one run; delta-spark's log cleanup
 works at minute granularity, so log files written in the current minute survive until the next
 run (and are reported by the check, never silently passed).
 
-Known limit: the check looks for the removed rows' *keys*; an asset id that is a partition
-value of a table keyed otherwise is removed with the log cleanup, but not checked by digest.
+**The window is bounded by the log's retention** (issue #22 item 1): which purges to prove
+is read from the table's Delta history, which Delta deletes after
+``delta.logRetentionDuration`` (30 days by default). A table whose retention is not longer
+than ``erasure.window_hours`` fails its receipt, naming the table and both durations
+(:func:`_window_problem`); tables that keep their log (``delta.enableExpiredLogCleanup=false``,
+our snapshots) have no bound.
+
+Known limits (issue #22, open): which purges to prove is still read from the table's history
+(bounded above); a purge recorded in the key table whose commit is no longer in the history
+is not yet a failure of its own. Window 0 turns Delta's retention check off for the session.
 """
 
 from __future__ import annotations
@@ -52,51 +64,23 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
-from pyspark.sql.types import StructField, StructType
+from pyspark.sql import SparkSession
 
-from consentgate import audit, lake, maintenance
+from consentgate import audit, lake, maintenance, verifier
 from consentgate.config import Config
-from consentgate.errors import TableError, foreign_cause
+from consentgate.erasure_proof import verify_erased
 from consentgate.logs import step
 from consentgate.purge import (
     OPERATION,
-    key_digest,
-    key_table_path,
+    table_lock,
     target_path,
     targets,
 )
-from consentgate.redact import redact_partitions
 from consentgate.runtime import iso, new_run_id, now_utc
 from consentgate.spark import spark_work
 
 log = logging.getLogger(__name__)
-
-
-def physical_parquet_files(root: Path) -> list[str]:
-    """Every ``*.parquet`` file under a table directory outside the Delta log (data files and
-    ``_change_data/``), relative to the table."""
-    return [rel for rel in _physical_files(root) if rel.endswith(".parquet")]
-
-
-def _physical_files(root: Path) -> list[str]:
-    """Every file under a table directory outside ``_delta_log``, relative, sorted."""
-    out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = Path(dirpath).relative_to(root)
-        if not rel_dir.parts:
-            dirnames[:] = [d for d in dirnames if d != maintenance.LOG_DIR]
-        out.extend((rel_dir / filename).as_posix() for filename in filenames)
-    return sorted(out)
-
-
-def _log_files(root: Path) -> list[Path]:
-    """Every file under ``_delta_log`` (commits, checkpoints, ``.crc``, sidecars)."""
-    log = root / maintenance.LOG_DIR
-    return sorted(p for p in log.rglob("*") if p.is_file()) if log.is_dir() else []
 
 
 def purge_attempt_commits(path: Path) -> list[tuple[str, int]]:
@@ -128,7 +112,7 @@ def _vacuum(
     meta = {"consentgate.operation": "consentgate.erasure", "consentgate.run": run_id}
     table = lake.open_table(path)
     reorged = 0
-    if reorg and "deletionVectors" in (table.protocol().reader_features or ()):
+    if reorg and verifier.deletion_vector_masks(table):  # some active file has a vector
         result = lake.run_sql(
             spark, "REORG TABLE {table} APPLY (PURGE)", path, commit_metadata=meta
         )
@@ -173,202 +157,26 @@ def _remove_empty_directories(root: Path) -> None:
             here.rmdir()
 
 
-#: The parts of a log action that can hold a row's values: partition values, per-column
-#: statistics, and operation parameters (another writer's ``DELETE`` predicate, say).
-_VALUE_SECTIONS = r'"(?:partitionValues|minValues|maxValues|operationParameters)":(\{[^}]*\})'
-
-
-def _hashed_tokens(frame: DataFrame, column: str) -> DataFrame:
-    """What a log file could leak of a key, hashed as keys are, one row per token with
-    ``file``: every quoted string ('single' or "double"), and every number, inside the
-    sections of :data:`_VALUE_SECTIONS`. Elsewhere (sizes, counts, metrics, timestamps) there
-    are no row values, and matching there would only give false alarms on numeric keys."""
-    text = F.regexp_replace(F.col(column), r"\\\"", '"')
-    sections = F.concat_ws(" ", F.regexp_extract_all(text, F.lit(_VALUE_SECTIONS), 1))
-    doubled = F.regexp_extract_all(sections, F.lit(r'"([^"]*)"'), 1)
-    single = F.regexp_extract_all(sections, F.lit(r"'([^']*)'"), 1)
-    numbers = F.regexp_extract_all(sections, F.lit(r"[:,\[]\s*(-?[0-9]+)"), 1)
-    token = F.explode(F.array_union(F.array_union(doubled, single), numbers)).alias("token")
-    exploded = frame.select("file", token)
-    return exploded.select("file", key_digest(F.col("token")).alias("key_sha256"))
-
-
-def _log_scan(spark: SparkSession, path: Path) -> DataFrame | None:
-    """``file, key_sha256`` of every token in the log's files and the directory names."""
-    files = _log_files(path)
-    parts: list[DataFrame] = []
-    texts = [str(p) for p in files if not p.name.endswith(".parquet")]
-    if texts:
-        raw = spark.read.text(texts).select(
-            F.col("_metadata.file_path").alias("file"), F.col("value")
+def _window_problem(name: str, path: Path, window: int) -> str | None:
+    """Why this table's erasure cannot be proven for ``window`` hours, if it cannot: Delta
+    deletes commits older than the table's ``delta.logRetentionDuration`` at its next
+    checkpoint, and with them the record of which purges to prove (issue #22 item 1). The
+    window must be shorter than that; a table that keeps its log forever has no bound."""
+    try:
+        retention = maintenance.log_retention_hours(lake.open_table(path))
+    except ValueError as exc:
+        return (
+            f"dataset {name}: the log retention of table {path} cannot be read ({exc}); "
+            "whether its purges stay on record for the erasure window is unknown"
         )
-        parts.append(_hashed_tokens(raw, "value"))
-    checkpoints = [str(p) for p in files if p.name.endswith(".parquet")]
-    if checkpoints:
-        raw = spark.read.parquet(*checkpoints)
-        parts.append(
-            _hashed_tokens(
-                raw.select(
-                    F.col("_metadata.file_path").alias("file"),
-                    F.to_json(F.struct(*[F.col(f"`{c}`") for c in raw.columns])).alias("value"),
-                ),
-                "value",
-            )
-        )
-    directories = sorted(
-        {
-            (rel_dir, part.split("=", 1)[1])
-            for rel in _physical_files(path)
-            for rel_dir in [rel.rsplit("/", 1)[0]]
-            if "/" in rel
-            for part in rel_dir.split("/")
-            if "=" in part
-        }
-    )
-    if directories:
-        raw = spark.createDataFrame(
-            [(str(path / d), unquote(v)) for d, v in directories], "file string, value string"
-        )
-        parts.append(raw.select("file", key_digest(F.col("value")).alias("key_sha256")))
-    if not parts:
+    if retention is None or window < retention:
         return None
-    out = parts[0]
-    for part in parts[1:]:
-        out = out.unionByName(part)
-    return out
-
-
-def verify_erased(
-    spark: SparkSession,
-    config: Config,
-    name: str,
-    path: Path,
-    *,
-    key: str,
-    attempts: Sequence[str],
-) -> dict[str, Any]:
-    """Prove that nothing under ``path`` holds a key removed by ``attempts``: no Parquet file
-    on disk (data and ``_change_data/``), no file of the Delta log, no directory name.
-
-    Every attempt in ``attempts`` is a committed purge, and a purge records its hashed keys
-    before it commits (:func:`consentgate.purge.purge_table`): an attempt without keys in the
-    key table means the evidence is gone, and the check would prove nothing about its rows.
-
-    Returns:
-        ``files_scanned, rows_scanned, log_files_scanned, keys_checked,
-        files_with_removed_keys[]`` (paths relative to the table, partition values digested:
-        :func:`consentgate.redact.redact_partitions`; never a key) and
-        ``problems[]``: why the check could not be made (no evidence for committed purges).
-
-    Raises:
-        TableError: a file cannot be read (named).
-    """
-    table = lake.open_table(path)
-    schema = lake.spark_schema(table)
-    if key not in schema.fieldNames():
-        raise TableError(f"dataset {name}: key column {key!r} is not in table {path}")
-    field = schema[key]
-    physical = str(field.metadata.get("delta.columnMapping.physicalName", key))
-    stored_in_files = key not in lake.partition_columns(table)
-    keys_path = key_table_path(config, name)
-    files = physical_parquet_files(path)
-    logs = _log_files(path)
-    empty: dict[str, Any] = {
-        "files_scanned": len(files),
-        "rows_scanned": 0,
-        "log_files_scanned": len(logs),
-        "keys_checked": 0,
-        "files_with_removed_keys": [],
-        "problems": [],
-    }
-    if not attempts:
-        return empty
-
-    def no_evidence(why: str) -> dict[str, Any]:
-        return {
-            **empty,
-            "problems": [
-                f"dataset {name}: {len(set(attempts))} committed purge attempt(s) are due for "
-                f"erasure but {why}; nothing to check the table against, so its erasure is "
-                "not proven"
-            ],
-        }
-
-    if not lake.is_table(keys_path):
-        return no_evidence(f"the removed-key table {keys_path} is missing")
-    # Which attempts have keys, and how many keys: one aggregation (one pass over the key
-    # table) rather than a distinct-collect and a count of its own each.
-    try:
-        keys = lake.read_table(spark, keys_path).where(F.col("attempt").isin(sorted(set(attempts))))
-        evidence = keys.agg(
-            F.collect_set("attempt").alias("attempts"),
-            F.count_distinct("key_sha256").alias("keys"),
-        ).first()
-    except Exception as exc:  # an unreadable key table is missing evidence, not a crash
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return no_evidence(f"the removed-key table {keys_path} cannot be read ({first})")
-    with_keys = {str(a) for a in evidence["attempts"]} if evidence is not None else set()
-    missing = len(set(attempts) - with_keys)
-    if missing:
-        return no_evidence(f"the removed-key table {keys_path} holds no key for {missing} of them")
-    keys_checked = int(evidence["keys"]) if evidence is not None else 0
-    if keys_checked == 0:
-        return no_evidence(f"the removed-key table {keys_path} holds no key for them")
-    # Every scan (the Parquet files' keys, the log's tokens, the directory names) in one
-    # union, joined once with the removed keys; the same pass counts the rows read from the
-    # Parquet files (``_row``) and collects the files where a removed key turned up.
-    try:
-        scans: list[DataFrame] = []
-        if files and stored_in_files:
-            read_schema = StructType([StructField(physical, field.dataType, True)])
-            on_disk = (
-                spark.read.schema(read_schema)
-                .parquet(*[str(path / rel) for rel in files])
-                .select(
-                    F.col("_metadata.file_path").alias("file"),
-                    key_digest(F.col(f"`{physical}`")).alias("key_sha256"),
-                )
-            )
-            scans.append(on_disk.withColumn("_row", F.lit(1)))
-        in_log = _log_scan(spark, path)
-        if in_log is not None:
-            scans.append(in_log.withColumn("_row", F.lit(0)))
-        hits: list[str] = []
-        rows_scanned = 0
-        if scans:
-            scan = scans[0]
-            for other in scans[1:]:
-                scan = scan.unionByName(other)
-            removed = keys.select("key_sha256").distinct().withColumn("_removed", F.lit(True))
-            found = (
-                scan.join(F.broadcast(removed), "key_sha256", "left")
-                .agg(
-                    F.sum("_row").alias("rows"),
-                    F.collect_set(F.when(F.col("_removed"), F.col("file"))).alias("files"),
-                )
-                .first()
-            )
-            if found is not None:
-                rows_scanned = int(found["rows"] or 0)
-                hits = [str(f) for f in found["files"]]
-    except Exception as exc:
-        raise TableError(
-            f"dataset {name}: cannot read the files on disk ({foreign_cause(exc)}; "
-            "details in the Spark log)"
-        ) from None
-    root = path.resolve().as_posix().rstrip("/") + "/"
-    # Partition values digested: a table partitioned by an id column (issue #23 item 5).
-    relative = sorted(
-        {redact_partitions(unquote(h.split(root, 1)[1]) if root in h else h) for h in hits}
+    return (
+        f"dataset {name}: erasure.window_hours={window} is not below the log retention of table "
+        f"{path} (delta.logRetentionDuration, {retention:g} hours): Delta may delete the commits "
+        "of purges still inside the window, and the erasure could no longer tell which removals "
+        "to prove; lower erasure.window_hours or raise the table's delta.logRetentionDuration"
     )
-    return {
-        "files_scanned": len(files),
-        "rows_scanned": int(rows_scanned),
-        "log_files_scanned": len(logs),
-        "keys_checked": int(keys_checked),
-        "files_with_removed_keys": relative,
-        "problems": [],
-    }
 
 
 def _erase(
@@ -382,21 +190,38 @@ def _erase(
     attempts_pending, files_with_removed_keys[], problems[], result`` (``verified`` or
     ``failed``: a removed key found, or no removed key to check committed purges against).
     """
-    with spark_work(spark, "erase") as ran:
+    with table_lock(config, name), spark_work(spark, "erase") as ran:
         dataset = targets(config)[name]
         path = target_path(config, name, dataset)
         window = config.erasure.window_hours
         instant = now or now_utc()
+        bound = _window_problem(name, path, window)
         old, pending = _erasable_attempts(path, cutoff=instant - dt.timedelta(hours=window))
-        vacuumed = _vacuum(spark, path, window_hours=window, run_id=run_id, reorg=bool(old))
-        checked = verify_erased(spark, config, name, path, key=dataset.key, attempts=old)
+        vacuumed = _vacuum(
+            spark, path, window_hours=window, run_id=run_id, reorg=bool(old or pending)
+        )
+
+        def check() -> dict[str, Any]:
+            return verify_erased(
+                spark,
+                config,
+                name,
+                path,
+                key=dataset.key,
+                asset_column=dataset.asset_column,
+                attempts=old,
+            )
+
+        checked = check()
         log_cleaned = False
         if any(f.startswith(maintenance.LOG_DIR + "/") for f in checked["files_with_removed_keys"]):
             # Removed keys are still in the log (statistics or partition values of a table we did
             # not create): clean the log, then prove again.
             _clean_log(spark, path, window_hours=window, run_id=run_id)
             log_cleaned = True
-            checked = verify_erased(spark, config, name, path, key=dataset.key, attempts=old)
+            checked = check()
+        if bound is not None:
+            checked["problems"] = [bound, *checked["problems"]]
         ok = not checked["files_with_removed_keys"] and not checked["problems"]
         receipt: dict[str, Any] = {
             "dataset": name,

@@ -160,3 +160,55 @@ def _removed_in_parquet(file: Path) -> list[tuple[str, int]]:
         for r in column.to_pylist()
         if r is not None and r.get("path") is not None
     ]
+
+
+#: Delta's default ``delta.logRetentionDuration``: commits older than this go at a checkpoint.
+DEFAULT_LOG_RETENTION_HOURS = 30 * 24.0
+_INTERVAL_UNITS: Mapping[str, float] = {
+    "week": 168.0,
+    "day": 24.0,
+    "hour": 1.0,
+    "minute": 1 / 60,
+    "second": 1 / 3600,
+    "millisecond": 1 / 3_600_000,
+    "microsecond": 1 / 3_600_000_000,
+}
+
+
+def interval_hours(text: str) -> float:
+    """Hours of a Delta interval property (``interval 30 days``, ``2 weeks 1 day``, ``72
+    hours``): pairs of a number and a unit (singular or plural), ``interval`` optional.
+
+    Raises:
+        ValueError: the text is not such an interval (its text is in the message).
+    """
+    words = text.strip().lower().split()
+    if words[:1] == ["interval"]:
+        words = words[1:]
+    if not words or len(words) % 2:
+        raise ValueError(f"not an interval: {text!r}")
+    hours = 0.0
+    for number, unit in zip(words[::2], words[1::2], strict=True):
+        factor = _INTERVAL_UNITS.get(unit.removesuffix("s"))
+        try:
+            value = float(number)
+        except ValueError:
+            factor = None
+        if factor is None:
+            raise ValueError(f"not an interval: {text!r}")
+        hours += value * factor
+    return hours
+
+
+def log_retention_hours(table: lake.LogTable) -> float | None:
+    """How long Delta keeps this table's commits (``delta.logRetentionDuration``), in hours;
+    None when it never deletes them (``delta.enableExpiredLogCleanup=false``).
+
+    Raises:
+        ValueError: the property is not an interval.
+    """
+    conf = table.metadata().configuration
+    if str(conf.get("delta.enableExpiredLogCleanup", "true")).lower() == "false":
+        return None
+    raw = conf.get("delta.logRetentionDuration")
+    return DEFAULT_LOG_RETENTION_HOURS if raw is None else interval_hours(str(raw))

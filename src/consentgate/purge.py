@@ -93,12 +93,19 @@ from typing import Any, Final
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import StringType, StructField, StructType, TimestampType
+from pyspark.sql.types import (
+    IntegerType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
 
 from consentgate import audit, lake
 from consentgate.config import Config, DatasetConfig
 from consentgate.errors import (
     CheckFailed,
+    ConfigError,
     ConflictError,
     ConsentgateError,
     TableError,
@@ -140,7 +147,28 @@ _META_DATASET: Final = "consentgate.dataset"
 #: Columns of a located removal: the removed row's key digest (:func:`key_digest`), its data
 #: file (relative to the table, as in the log) and the reason. One row per removed row.
 KEY_SHA: Final = "key_sha256"
-LOCATED_COLUMNS: Final = (KEY_SHA, "_file", "reason")
+#: The SHA-256 of a removed key's first :data:`PREFIX_CHARS` characters (null when the key is
+#: no longer than that), and that length: what a truncated string statistic of the key in a
+#: Delta log is compared with (:func:`prefix_digest`, :mod:`consentgate.erasure`).
+PREFIX_SHA: Final = "prefix_sha256"
+PREFIX_CHARS: Final = "prefix_chars"
+#: The removed row's asset id (its dataset's ``asset_column``, as stored), hashed whole and
+#: by its prefix like the key; null for a table traced through lineage. Erasure proves that
+#: an asset no row of the table keeps is gone from the table's files and log (issue #22).
+ASSET_SHA: Final = "asset_sha256"
+ASSET_PREFIX_SHA: Final = "asset_prefix_sha256"
+LOCATED_COLUMNS: Final = (
+    KEY_SHA,
+    PREFIX_SHA,
+    PREFIX_CHARS,
+    ASSET_SHA,
+    ASSET_PREFIX_SHA,
+    "_file",
+    "reason",
+)
+#: How many characters of a string delta-spark keeps in a min/max statistic (default 32).
+STATS_PREFIX_CONF: Final = "spark.databricks.io.skipping.stringPrefixLength"
+_STATS_PREFIX_DEFAULT: Final = 32
 #: Lineage walks give up after this many edges (lineage.source_assets' default).
 _MAX_HOPS: Final = 32
 #: The synthetic root node of the run's single lineage walk, and the separator between a
@@ -151,8 +179,9 @@ _SEP: Final = "\x00"
 #: non-null key has :data:`_SEP`): null keys of two tables stay apart, and apart from keys.
 _NULL_KEY: Final = "\x01"
 _PLAN_FILE: Final = "plan.json"
-#: ``plan.json``'s format: 2 since every table's located rows share one work table.
-_PLAN_FORMAT: Final = 2
+#: ``plan.json``'s format: 2 since every table's located rows share one work table, 3 since
+#: they carry their keys' prefix digests (:data:`PREFIX_SHA`).
+_PLAN_FORMAT: Final = 3
 #: A run's work tables (under :func:`run_dir`): its consent, and every decided table's
 #: located rows tagged with :data:`WORK_ID`.
 _CONSENT_TABLE: Final = "consent"
@@ -171,6 +200,11 @@ KEY_TABLE_SCHEMA: Final = StructType(
         StructField("attempt", StringType(), False),
         StructField("run_id", StringType(), False),
         StructField("recorded_at", TimestampType(), False),
+        # Added for issue #22 (truncated statistics); null in rows recorded before.
+        StructField(PREFIX_SHA, StringType(), True),
+        StructField(PREFIX_CHARS, IntegerType(), True),
+        StructField(ASSET_SHA, StringType(), True),
+        StructField(ASSET_PREFIX_SHA, StringType(), True),
     ]
 )
 
@@ -349,7 +383,70 @@ def key_digest(column: Column) -> Column:
     return F.sha2(text, 256)
 
 
-def _located(rows: DataFrame, removals: DataFrame, key: str, *, unique: bool = False) -> DataFrame:
+def stats_prefix_chars(spark: SparkSession) -> int:
+    """The session's :data:`STATS_PREFIX_CONF`: the length at which delta-spark truncates a
+    string statistic, so the length of the key prefix the key table records.
+
+    Raises:
+        ConfigError: the setting is not a positive integer.
+    """
+    raw = spark.conf.get(STATS_PREFIX_CONF, str(_STATS_PREFIX_DEFAULT))
+    try:
+        chars = int(str(raw))
+    except ValueError:
+        chars = 0
+    if chars <= 0:
+        raise ConfigError(f"Spark setting {STATS_PREFIX_CONF}={raw!r} is not a positive integer")
+    return chars
+
+
+def prefix_digest(column: Column, chars: int) -> Column:
+    """SHA-256 of ``"k:"`` and a key's first ``chars`` characters, hashed like
+    :func:`key_digest`; null when the key (as text) is not longer than that, or null.
+
+    delta-spark keeps only a prefix of a long string in a file's min/max statistics (a
+    36-character UUID key becomes its first 32 characters, or those and one more character
+    for a maximum): the whole key's digest never matches it, this one does.
+    """
+    text = column.cast("string")
+    return F.when(
+        F.length(text) > F.lit(chars),
+        F.sha2(F.concat(F.lit("k:"), F.substring(text, 1, chars)), 256),
+    )
+
+
+def _digests(column: Column, spark: SparkSession, *, asset: Column | None) -> list[Column]:
+    """:data:`KEY_SHA`, :data:`PREFIX_SHA` and :data:`PREFIX_CHARS` of a located row's key,
+    and :data:`ASSET_SHA`, :data:`ASSET_PREFIX_SHA` of its raw asset id (``asset``, null for
+    a table without an asset column)."""
+    chars = stats_prefix_chars(spark)
+    if asset is None:
+        asset = F.lit(None).cast(StringType())
+    present = F.when(asset.isNotNull(), key_digest(asset))
+    return [
+        key_digest(column).alias(KEY_SHA),
+        prefix_digest(column, chars).alias(PREFIX_SHA),
+        F.lit(chars).cast(IntegerType()).alias(PREFIX_CHARS),
+        present.alias(ASSET_SHA),
+        prefix_digest(asset, chars).alias(ASSET_PREFIX_SHA),
+    ]
+
+
+def _asset_of(rows: DataFrame, asset_column: str | None) -> Column | None:
+    """The raw asset id column of ``rows`` as text, if the table names one and has it."""
+    if asset_column is None or asset_column not in rows.columns:
+        return None
+    return F.col(asset_column).cast(StringType())
+
+
+def _located(
+    rows: DataFrame,
+    removals: DataFrame,
+    key: str,
+    *,
+    asset_column: str | None,
+    unique: bool = False,
+) -> DataFrame:
     """:data:`LOCATED_COLUMNS` of every row of ``rows`` (which carry ``_file``) to remove.
 
     ``removals`` is a decider's output (the key, any name and type, then ``reason``); a key
@@ -361,16 +458,24 @@ def _located(rows: DataFrame, removals: DataFrame, key: str, *, unique: bool = F
     one_reason = removals.select(_as_key(F.col(first)).alias("_purge_key"), F.col("reason"))
     if not unique:
         one_reason = one_reason.groupBy("_purge_key").agg(F.min("reason").alias("reason"))
-    picked = rows.select(key, "_file")
+    asset = _asset_of(rows, asset_column)
+    picked = rows.select(key, "_file", *([] if asset is None else [asset.alias("_asset")]))
     joined = picked.join(one_reason, _as_key(picked[key]).eqNullSafe(one_reason["_purge_key"]))
-    return joined.select(key_digest(F.col(key)).alias(KEY_SHA), "_file", "reason")
+    return joined.select(
+        *_digests(F.col(key), rows.sparkSession, asset=None if asset is None else F.col("_asset")),
+        "_file",
+        "reason",
+    )
 
 
-def _located_hashed(rows: DataFrame, removals: DataFrame, key: str) -> DataFrame:
+def _located_hashed(
+    rows: DataFrame, removals: DataFrame, key: str, *, asset_column: str | None
+) -> DataFrame:
     """Like :func:`_located`, but ``removals`` are already hashed (``key_sha256, reason``):
     used for the few rows of files added since a decision, matched against earlier ones."""
     one_reason = removals.groupBy(KEY_SHA).agg(F.min("reason").alias("reason"))
-    picked = rows.select(key_digest(F.col(key)).alias(KEY_SHA), "_file")
+    asset = _asset_of(rows, asset_column)
+    picked = rows.select(*_digests(F.col(key), rows.sparkSession, asset=asset), "_file")
     return picked.join(one_reason, KEY_SHA).select(*LOCATED_COLUMNS)
 
 
@@ -431,7 +536,13 @@ def _open_checked(name: str, path: Path, key: str, *, version: int | None = None
 
 
 def plan_table(
-    spark: SparkSession, name: str, path: Path, *, key: str, decide: Decider
+    spark: SparkSession,
+    name: str,
+    path: Path,
+    *,
+    key: str,
+    asset_column: str | None,
+    decide: Decider,
 ) -> tuple[DatasetPlan, DataFrame]:
     """Plan the purge of one table at its latest version with an explicit decider.
 
@@ -444,7 +555,7 @@ def plan_table(
     """
     table = _open_checked(name, path, key)
     rows = lake.read_table(spark, path, version=int(table.version()), with_file=True)
-    located = _located(rows, decide(rows.drop("_file")), key).persist()
+    located = _located(rows, decide(rows.drop("_file")), key, asset_column=asset_column).persist()
     return _summarise(name, path, table, located), located
 
 
@@ -591,7 +702,7 @@ def _decide_rows(
         dataset=name,
     )
     removed = decisions.where(~F.col("keep")).select("key", "reason")
-    return _located(rows, removed, dataset.key, unique=True)
+    return _located(rows, removed, dataset.key, asset_column=dataset.asset_column, unique=True)
 
 
 def _direct_sources(
@@ -610,11 +721,11 @@ def _direct_sources(
     )
 
 
-def _all_removed(rows: DataFrame, key: str) -> DataFrame:
+def _all_removed(rows: DataFrame, key: str, *, asset_column: str | None) -> DataFrame:
     """Every row of ``rows`` (which carry ``_file``), located, as :data:`USE_CASE_NOT_CONFIGURED`:
     what a table whose use case is no longer configured loses (nothing grants it)."""
     return rows.select(
-        key_digest(F.col(key)).alias(KEY_SHA),
+        *_digests(F.col(key), rows.sparkSession, asset=_asset_of(rows, asset_column)),
         "_file",
         F.lit(USE_CASE_NOT_CONFIGURED).alias("reason"),
     )
@@ -648,7 +759,8 @@ def _decision_columns(i: int, name: str, one: _Pinned, *, as_of: dt.datetime) ->
     (string), ``_file``, ``expired`` (:func:`lineage.expiry` with the table's own retention),
     ``use_case``, ``_direct`` (the table names its asset), ``asset`` (canonical asset id, null
     when the row's is missing or not an id, or for a lineage-traced table) and ``_lineage``
-    (the table's lineage dataset)."""
+    (the table's lineage dataset), ``_raw_asset`` (the asset id as stored, for the key
+    table's record of what erasure must prove gone)."""
     from consentgate import lineage
     from consentgate.consent import canonical_id
     from consentgate.registry import lineage_dataset
@@ -664,10 +776,11 @@ def _decision_columns(i: int, name: str, one: _Pinned, *, as_of: dt.datetime) ->
         dataset=name,
     )
     if dataset.asset_column is None:
-        asset = F.lit(None).cast(StringType())
+        asset = raw_asset = F.lit(None).cast(StringType())
     else:
         lineage.require_column(one.rows, dataset.asset_column, table=traced_as)
-        asset = canonical_id(F.col(dataset.asset_column).cast(StringType()))
+        raw_asset = F.col(dataset.asset_column).cast(StringType())
+        asset = canonical_id(raw_asset)
     table = F.lit(str(i))
     return one.rows.select(
         F.lit(i).alias("_table"),
@@ -680,6 +793,7 @@ def _decision_columns(i: int, name: str, one: _Pinned, *, as_of: dt.datetime) ->
         F.lit(dataset.use_case).alias("use_case"),
         F.lit(dataset.asset_column is not None).alias("_direct"),
         asset.alias("asset"),
+        raw_asset.alias("_raw_asset"),
         F.lit(traced_as).alias("_lineage"),
     )
 
@@ -770,7 +884,7 @@ def _decide_together(
             columns.append(_decision_columns(i, name, one, as_of=as_of))
             traced = traced or one.dataset.asset_column is None
         else:
-            located = _all_removed(one.rows, one.dataset.key)
+            located = _all_removed(one.rows, one.dataset.key, asset_column=one.dataset.asset_column)
             parts.append(located.select(F.lit(i).alias("_table"), *LOCATED_COLUMNS))
     if columns:
         assert consent is not None and edges is not None  # read whenever one is configured
@@ -787,7 +901,7 @@ def _decide_together(
                 F.first("_lineage").alias("_lineage"),
                 F.max("expired").alias("expired"),
                 # one entry per row: a key's rows all go, each from its own file
-                F.collect_list("_file").alias("files"),
+                F.collect_list(F.struct("_file", "_raw_asset")).alias("_rows"),
                 F.collect_set("asset").alias("assets"),
                 F.max(F.col("asset").isNull()).alias("missing_asset"),
             )
@@ -801,10 +915,12 @@ def _decide_together(
         )
         removed = decided.where(~F.col("keep")).select(F.col("key").alias("_tkey"), "reason")
         parts.append(
-            per_key.join(removed, "_tkey").select(
+            per_key.join(removed, "_tkey")
+            .select("_table", "key", F.explode("_rows").alias("_row"), "reason")
+            .select(
                 "_table",
-                key_digest(F.col("key")).alias(KEY_SHA),
-                F.explode("files").alias("_file"),
+                *_digests(F.col("key"), per_key.sparkSession, asset=F.col("_row._raw_asset")),
+                F.col("_row._file").alias("_file"),
                 "reason",
             )
         )
@@ -971,7 +1087,7 @@ def _relocate(
         rows = lake.read_table(spark, path, version=int(table.version()), with_file=True)
         rows = rows.where(F.col("_file").isin(*added))
         if not _configured(config, dataset):
-            new = _all_removed(rows, dataset.key)
+            new = _all_removed(rows, dataset.key, asset_column=dataset.asset_column)
         else:
             assert run.consent is not None  # a run that decided this table evaluated consent
             edges = lake.read_table(spark, config.table_path("lineage"))
@@ -982,7 +1098,9 @@ def _relocate(
                 rows, sources, run.consent, name=name, dataset=dataset, as_of=run.as_of
             ).select(KEY_SHA, "reason")
             earlier = decided.located.select(KEY_SHA, "reason")
-            new = _located_hashed(rows, fresh.unionByName(earlier), dataset.key)
+            new = _located_hashed(
+                rows, fresh.unionByName(earlier), dataset.key, asset_column=dataset.asset_column
+            )
         located = new if located is None else located.unionByName(new)
     if located is None:
         located = decided.located.where(F.lit(False))
@@ -1273,6 +1391,7 @@ def plan_purge(
                         name,
                         target_path(config, name, dataset),
                         key=dataset.key,
+                        asset_column=dataset.asset_column,
                         decide=custom[name],
                     )
                 except Exception as exc:
@@ -1314,8 +1433,26 @@ def _record_keys(
         F.lit(attempt).alias("attempt"),
         F.lit(run_id).alias("run_id"),
         F.lit(now_utc()).cast("timestamp").alias("recorded_at"),
+        F.col(PREFIX_SHA),
+        F.col(PREFIX_CHARS),
+        F.col(ASSET_SHA),
+        F.col(ASSET_PREFIX_SHA),
     ).distinct()
     path = key_table_path(config, name)
+    if lake.is_table(path):
+        have = set(lake.spark_schema(lake.open_table(path)).names)
+        missing = [f for f in KEY_TABLE_SCHEMA.fields if f.name not in have]
+        if missing:
+            # A key table recorded before the prefix and asset digests (issue #22): the
+            # columns are added in one commit; rows recorded before keep nulls there (their
+            # keys are compared whole, their assets not at all).
+            columns = ", ".join(f"{f.name} {f.dataType.simpleString().upper()}" for f in missing)
+            lake.run_sql(
+                spark,
+                f"ALTER TABLE {{table}} ADD COLUMNS ({columns})",
+                path,
+                commit_metadata={_META_RUN: run_id, _META_ATTEMPT: attempt},
+            )
     lake.write_table(
         frame,
         path,
@@ -1347,8 +1484,11 @@ def _policy(config: Config, dataset: DatasetConfig) -> str:
 
 
 @contextmanager
-def _table_lock(config: Config, name: str) -> Iterator[None]:
-    """One purge per table at a time (released by the kernel if the process dies)."""
+def table_lock(config: Config, name: str) -> Iterator[None]:
+    """One purge, backfill or erasure of a table at a time (released by the kernel if the
+    process dies): an erasure's REORG, VACUUM and log cleanup see no purge commit between
+    them (issue #22 item 7), and a running attempt is never mistaken for a crashed one.
+    Not re-entrant: a process holding it must not take it again."""
     locks = config.state_dir / "locks"
     locks.mkdir(parents=True, exist_ok=True)
     with open(locks / (key_table_path(config, name).name + ".lock"), "a+") as handle:
@@ -1436,7 +1576,9 @@ def _purge_passes(
     passes = 0
     while True:
         if decide is not None:
-            plan, located = plan_table(spark, name, path, key=key, decide=decide)
+            plan, located = plan_table(
+                spark, name, path, key=key, asset_column=dataset.asset_column, decide=decide
+            )
             owned.append(located)
         else:
             assert decided is not None and run is not None
@@ -1751,7 +1893,7 @@ def purge_dataset(
                     run_id=run_name,
                     dry_run=True,
                 )
-            with _table_lock(config, name):
+            with table_lock(config, name):
                 recovered = reconcile(spark, config, name, target_path(config, name, dataset))
                 result = purge_table(
                     spark,
