@@ -36,7 +36,12 @@ decision is gone: it fails saying so); a table already purged commits nothing mo
 
 **Schedule**: env `CONSENTGATE_PURGE_SCHEDULE` (default `0 2 * * *`, UTC), read when the file
 is parsed because a DAG file must not read the config then; `validate` warns when it differs
-from the config's `airflow.purge_schedule`.
+from the config's `airflow.purge_schedule`. **Or when revocations land**: an event on the
+Asset `consentgate/consent_records` (URI from env `CONSENTGATE_CONSENT_ASSET_URI`) starts a
+run too — the platform's consent service posts one through the REST API
+(`POST /api/v2/assets/events`) or a producer task names the Asset in its `outlets`. A burst of
+events is one run (`max_active_runs=1`; Airflow queues one run, not one per event), and that
+run removes everything pending. Each costs what a night with removals costs.
 
 **Params**: `as_of` (ISO-8601, default: run start), `dry_run` (report only), `erase`.
 
@@ -61,7 +66,7 @@ from typing import Any
 
 from airflow.sdk import AssetAlias, Param, TriggerRule, dag, task
 
-from consentgate.airflow_tasks import PURGED_ALIAS, default_args, purge_schedule, spark_pool
+from consentgate.airflow_tasks import PURGED_ALIAS, default_args, purge_timetable, spark_pool
 
 DEFAULT_ARGS = default_args(retries=2, retry_delay=dt.timedelta(minutes=5))
 #: Every task that starts Spark runs in this pool (one slot: one JVM at a time).
@@ -70,7 +75,7 @@ SPARK_POOL = spark_pool()
 
 @dag(
     dag_id="consentgate_nightly_purge",
-    schedule=purge_schedule(),
+    schedule=purge_timetable(),
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,

@@ -33,6 +33,7 @@ def load_bag(monkeypatch: pytest.MonkeyPatch, **env: str) -> Any:
     monkeypatch.delenv(airflow_tasks.RETRIES_ENV, raising=False)
     monkeypatch.delenv(airflow_tasks.SCHEDULE_ENV, raising=False)
     monkeypatch.delenv(airflow_tasks.POOL_ENV, raising=False)
+    monkeypatch.delenv(airflow_tasks.CONSENT_ASSET_ENV, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return DagBag(dag_folder=str(DAGS), include_examples=False)
@@ -76,7 +77,7 @@ def test_dags_are_documented_tagged_and_retry(bag: Any, dag_id: str) -> None:
 
 def test_nightly_purge_shape(bag: Any) -> None:
     dag = bag.get_dag("consentgate_nightly_purge")
-    assert dag.timetable.summary == "0 2 * * *"
+    assert dag.timetable.summary == "Asset or 0 2 * * *"  # cron, or consent records landing
     assert set(dag.params.keys()) == {"as_of", "dry_run", "erase"}
     assert dag.max_active_runs == 1
     # issue #21: consent is decided once, by `decide`; no evaluate task (nothing read it)
@@ -141,11 +142,28 @@ def test_purge_summary_names_tables_whose_task_failed() -> None:
     assert skipped["ok"] is True
 
 
-def test_purge_schedule_comes_from_the_environment(
+def test_purge_runs_on_its_cron_or_when_consent_records_land(
     airflow_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bag = load_bag(monkeypatch, **{airflow_tasks.SCHEDULE_ENV: "30 3 * * 1-5"})
-    assert bag.get_dag("consentgate_nightly_purge").timetable.summary == "30 3 * * 1-5"
+    """The cron comes from the environment; an event on the consent table's Asset (URI from
+    the environment) starts a run too, and runs never overlap (events coalesce)."""
+    from airflow.timetables.assets import AssetOrTimeSchedule
+
+    uri = "s3://lake/consent_records"
+    bag = load_bag(
+        monkeypatch,
+        **{airflow_tasks.SCHEDULE_ENV: "30 3 * * 1-5", airflow_tasks.CONSENT_ASSET_ENV: uri},
+    )
+    dag = bag.get_dag("consentgate_nightly_purge")
+    assert isinstance(dag.timetable, AssetOrTimeSchedule)
+    assert dag.timetable.timetable.summary == "30 3 * * 1-5"
+    asset = dag.timetable.asset_condition
+    assert (asset.name, asset.uri) == (airflow_tasks.CONSENT_ASSET_NAME, uri)
+    assert dag.max_active_runs == 1
+    monkeypatch.delenv(airflow_tasks.CONSENT_ASSET_ENV)
+    default = load_bag(monkeypatch).get_dag("consentgate_nightly_purge").timetable
+    assert default.asset_condition.uri == airflow_tasks.CONSENT_ASSET_NAME
+    assert default.timetable.summary == airflow_tasks.DEFAULT_PURGE_SCHEDULE
 
 
 #: The tasks of each DAG that start a JVM (a local SparkSession, or a spark-submit driver).

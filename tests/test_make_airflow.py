@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from consentgate import airflow_tasks
 from tests.airflow_fixtures import free_port
 
 pytestmark = [pytest.mark.airflow_server, pytest.mark.slow]
@@ -170,3 +171,21 @@ def test_make_airflow_serves_and_runs_the_nightly_purge(server: Server) -> None:
     assert purged[0]["tasks"]["erase_and_verify"] == "success"
     for quiet in (r for r in runs if r is not purged[0]):  # answered by the certificate
         assert quiet["tasks"]["quiescent"] == "success" and quiet["tasks"]["decide"] == "skipped"
+
+    # Revocations landed: the consent service announces them on the consent table's Asset
+    # (issue #25 item 2), and the scheduler starts a purge run for that event, not the cron.
+    (asset,) = server.request(
+        "GET", f"/api/v2/assets?name_pattern={airflow_tasks.CONSENT_ASSET_NAME}"
+    )["assets"]
+    server.request("POST", "/api/v2/assets/events", {"asset_id": asset["id"]})
+    deadline = time.monotonic() + RUN_WITHIN
+    while True:
+        listed = server.request("GET", f"/api/v2/dags/{DAG}/dagRuns")["dag_runs"]
+        by_event = [r for r in listed if r["run_type"] == "asset_triggered"]
+        if by_event:
+            break
+        assert time.monotonic() < deadline, "no run for the consent Asset's event"
+        time.sleep(2)
+    (event_run,) = by_event
+    done = _finished(server, event_run["dag_run_id"])
+    assert done["state"] == "success", done["tasks"]

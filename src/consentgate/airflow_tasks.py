@@ -101,6 +101,12 @@ CONF_ENV: Final = "CONSENTGATE_CONF"
 SCHEDULE_ENV: Final = "CONSENTGATE_PURGE_SCHEDULE"
 #: The nightly purge's schedule when :data:`SCHEDULE_ENV` is not set (02:00 UTC).
 DEFAULT_PURGE_SCHEDULE: Final = "0 2 * * *"
+#: The Asset a producer updates when consent records land (revocations above all): the purge
+#: DAG runs on its events as well as on its cron schedule (:func:`purge_timetable`).
+CONSENT_ASSET_NAME: Final = "consentgate/consent_records"
+#: Environment variable with that Asset's URI (e.g. ``s3://lake/consent_records``), read when
+#: the DAG file is parsed; without it the URI is the name.
+CONSENT_ASSET_ENV: Final = "CONSENTGATE_CONSENT_ASSET_URI"
 #: Where ``jobs/*.py`` live when not next to the package's source tree.
 JOBS_DIR_ENV: Final = "CONSENTGATE_JOBS_DIR"
 #: Where the shipped package zip is cached.
@@ -134,6 +140,36 @@ def purge_schedule() -> str:
     Called when the DAG file is parsed, so it reads the environment only (no file I/O).
     """
     return os.environ.get(SCHEDULE_ENV, "").strip() or DEFAULT_PURGE_SCHEDULE
+
+
+def consent_asset() -> Any:
+    """The Asset for the consent table: ``consentgate/consent_records``, URI from env
+    ``CONSENTGATE_CONSENT_ASSET_URI`` (or the name). Parse time: environment only."""
+    from airflow.sdk import Asset
+
+    uri = os.environ.get(CONSENT_ASSET_ENV, "").strip() or CONSENT_ASSET_NAME
+    return Asset(name=CONSENT_ASSET_NAME, uri=uri)
+
+
+def purge_timetable() -> Any:
+    """The purge DAG's schedule: its cron (:func:`purge_schedule`, UTC) **or** an event on
+    the consent table's Asset (:func:`consent_asset`), whichever comes first.
+
+    A producer — the platform's consent service through Airflow's REST API (``POST
+    /api/v2/assets/events``), or a task with the Asset among its ``outlets`` — announces new
+    records, and the purge runs within a scheduler loop instead of at night. Events coalesce:
+    the DAG has ``max_active_runs=1``, and Airflow queues one run per DAG whatever the number
+    of events meanwhile; each run decides everything pending at its instant. Each such run
+    costs what a night with removals costs (the consent table changed, so no quiescence
+    certificate answers it); with no producer the schedule is the cron alone.
+    """
+    from airflow.timetables.assets import AssetOrTimeSchedule
+    from airflow.timetables.trigger import CronTriggerTimetable
+
+    return AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(purge_schedule(), timezone="UTC"),
+        assets=consent_asset(),
+    )
 
 
 def spark_pool() -> str:
