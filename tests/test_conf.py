@@ -206,3 +206,47 @@ def test_jurisdiction_codes_must_read_as_codes(
     default = JurisdictionRules(deny=("EU",))
     assert default.readable("US-CA") and default.readable("EU")
     assert not any(default.readable(c) for c in ("EU\u200b", "E U", "EU.", "USA", "US-"))
+
+
+# --------------------------------------------------------------------------------------------
+# Every path stays inside the lake root (issue #23 item 4)
+
+
+def test_paths_that_leave_the_lake_root_are_refused_naming_their_key(tmp_path: Path) -> None:
+    root = tmp_path / "lake"
+    (root / "derived").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (root / "derived" / "linked").symlink_to(elsewhere, target_is_directory=True)
+    data = _valid()
+    data["lake_root"] = str(root)
+    data["tables"] = {"lineage": str(elsewhere / "lineage")}  # absolute, outside
+    base = data["datasets"]["track_embeddings"]
+    data["datasets"] = {
+        "up": {**base, "path": "../elsewhere/up"},
+        "linked": {**base, "path": "derived/linked"},
+        "inside": {**base, "path": str(root / "derived" / "inside")},  # absolute, inside
+    }
+    problems = _problems(data, tmp_path)
+    escaping = [p for p in problems if "outside lake_root" in p]
+    assert {p.split(":", 1)[0].strip() for p in escaping} == {
+        "tables.lineage",
+        "datasets.up.path",
+        "datasets.linked.path",
+    }, problems
+    linked = next(p for p in escaping if "datasets.linked.path" in p)
+    assert f"resolves to {elsewhere.resolve()}" in linked
+
+
+def test_a_registry_path_outside_the_lake_is_refused_when_resolved(tmp_path: Path) -> None:
+    """Snapshot paths come from the registry, not the config: every table path is resolved
+    through Config.resolve, which refuses one that leaves the lake (a tampered entry would
+    otherwise point the purge and VACUUM at any directory)."""
+    root = tmp_path / "lake"
+    root.mkdir()
+    data = _valid()
+    data["lake_root"] = str(root)
+    config = parse_config(data, base_dir=tmp_path, check_paths=False)
+    assert config.resolve("_consentgate/snapshots/m1/x") == root / "_consentgate/snapshots/m1/x"
+    with pytest.raises(ConfigError, match=r"^registry entry snapshot/m1/x: .* outside lake_root"):
+        config.resolve("../../etc", key="registry entry snapshot/m1/x")

@@ -287,6 +287,24 @@ def test_tamper_manifest_field(spark: SparkSession, gated: Gated, tmp_path: Path
     assert any(str(manifest) in p and "does not match its content" in p for p in problems)
 
 
+def test_tamper_snapshot_path_outside_the_lake(
+    spark: SparkSession, gated: Gated, tmp_path: Path
+) -> None:
+    """Issue #23 item 4: a manifest whose snapshot path leaves the lake is reported as such,
+    and nothing outside the lake is read."""
+    _, manifest = _copy(gated, tmp_path)
+    data = json.loads(manifest.read_bytes())
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    data["snapshots"]["track_embeddings"]["path"] = "../" * 8 + str(outside).lstrip("/")
+    manifest.write_text(json.dumps(data))
+    problems = _problems(manifest)
+    assert any(
+        p.startswith("dataset track_embeddings:") and "outside lake_root" in p for p in problems
+    ), problems
+    assert not any("track_embeddings" in p and "missing" in p for p in problems)
+
+
 def test_tamper_registry_order(spark: SparkSession, gated: Gated, tmp_path: Path) -> None:
     copy, manifest = _copy(gated, tmp_path)
     path = registry.registry_path_at(copy)
@@ -299,6 +317,13 @@ def test_tamper_registry_order(spark: SparkSession, gated: Gated, tmp_path: Path
     write_deltalake(str(path), reordered)
     problems = _problems(manifest)
     assert any("registry" in p and "previous" in p for p in problems)
+    # The purge refuses to take its snapshot targets from the altered registry (issue #23
+    # item 2): a dropped or redirected entry would silently leave a snapshot unpurged.
+    from consentgate import purge
+
+    moved = gated.config.model_copy(update={"lake_root": copy})
+    with pytest.raises(CheckFailed, match=r"registry .* hash chain does not verify"):
+        purge.targets(moved)
 
 
 def test_refused_gate_publishes_nothing(spark: SparkSession, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
 from pyspark.sql import SparkSession
 
 from consentgate import lake, maintenance
@@ -85,6 +86,25 @@ def test_window_zero_removes_tombstoned_files_and_names_them(
         == maintenance.VacuumResult()
     )
     assert lake.table_version(path) == version
+
+
+def test_delta_retention_check_is_off_only_inside_our_vacuum(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Issue #22 item 6: the session keeps Delta's safety check (another VACUUM run in it
+    with a short retention is refused); only the erasure's own VACUUM turns it off, for
+    that call."""
+    from delta.tables import DeltaTable
+
+    path = tmp_path / "t"
+    tombstoned, _active = _table(spark, path)
+    assert spark.conf.get(maintenance.RETENTION_CHECK_CONF, "true") == "true"
+    with pytest.raises(Exception, match="retention"):
+        DeltaTable.forPath(spark, str(path)).vacuum(0)
+    assert all((path / rel).exists() for rel in tombstoned)
+    result = maintenance.vacuum(spark, path, retention_hours=0, commit_metadata=META)
+    assert set(result.tombstoned) == tombstoned
+    assert spark.conf.get(maintenance.RETENTION_CHECK_CONF, "true") == "true"
 
 
 def test_the_window_given_is_the_one_vacuum_applies(spark: SparkSession, tmp_path: Path) -> None:

@@ -210,18 +210,28 @@ class Config(_Strict):
                 raise config_error(problems)
         return self
 
-    def resolve(self, path: str) -> Path:
-        """Resolve a table or dataset path against ``lake_root``."""
+    def resolve(self, path: str, *, key: str | None = None) -> Path:
+        """Resolve a table or dataset path against ``lake_root``; it must stay inside it.
+
+        Raises:
+            ConfigError: the path (symlinks followed) leaves the lake root, named by ``key``
+                (the config key or registry entry it came from) — a registry entry or a
+                config must never point a purge or a VACUUM at another directory.
+        """
         candidate = Path(path)
-        return candidate if candidate.is_absolute() else self.lake_root / candidate
+        full = candidate if candidate.is_absolute() else self.lake_root / candidate
+        escaped = outside_root(self.lake_root, full)
+        if escaped is not None:
+            raise ConfigError(f"{key or 'path'}: {escaped}")
+        return full
 
     def table_path(self, table: Literal["consent_records", "assets", "lineage"]) -> Path:
         """Absolute path of one of the three source tables."""
-        return self.resolve(getattr(self.tables, table))
+        return self.resolve(getattr(self.tables, table), key=f"tables.{table}")
 
     def dataset_path(self, name: str) -> Path:
         """Absolute path of a configured dataset."""
-        return self.resolve(self.datasets[name].path)
+        return self.resolve(self.datasets[name].path, key=f"datasets.{name}.path")
 
     @property
     def state_dir(self) -> Path:
@@ -358,6 +368,38 @@ def _missing_paths(
     return problems
 
 
+def outside_root(root: Path, path: Path) -> str | None:
+    """Why ``path`` is not inside ``root`` once both are resolved (symlinks followed, ``..``
+    collapsed), or None when it is (issue #23 item 4)."""
+    base = root.resolve()
+    resolved = path.resolve()
+    if resolved == base or resolved.is_relative_to(base):
+        return None
+    via = "" if path.absolute() == resolved else f" (it resolves to {resolved})"
+    return f"{path} is outside lake_root {root}{via}; every table must live under the lake root"
+
+
+def _escaping_paths(
+    lake_root: Any, tables: Mapping[str, Any], dataset_paths: Mapping[Any, Any]
+) -> list[str]:
+    """Problems for configured paths that leave the lake root (values of the wrong type are
+    skipped: validation reports those)."""
+    if not isinstance(lake_root, Path):
+        return []
+    keyed = [(f"tables.{name}", tables.get(name)) for name in TablesConfig.model_fields]
+    keyed += [(f"datasets.{name}.path", path) for name, path in dataset_paths.items()]
+    problems: list[str] = []
+    for key, value in keyed:
+        if isinstance(value, str):
+            relative = Path(value)
+            why = outside_root(
+                lake_root, relative if relative.is_absolute() else lake_root / relative
+            )
+            if why is not None:
+                problems.append(f"{key}: {why}")
+    return problems
+
+
 def _raw_problems(data: Mapping[str, Any], *, check_paths: bool) -> list[str]:
     """Cross-key problems found on the raw mapping, so that they are reported even when
     validation of unrelated keys fails."""
@@ -367,13 +409,13 @@ def _raw_problems(data: Mapping[str, Any], *, check_paths: bool) -> list[str]:
     problems = _undeclared_use_cases(
         {n: d.get("use_case") for n, d in entries.items()}, data.get("use_cases")
     )
+    tables = data.get("tables", {})
+    defaults = TablesConfig().model_dump()
+    known = {**defaults, **tables} if isinstance(tables, Mapping) else {}
+    paths = {n: d.get("path") for n, d in entries.items()}
+    problems += _escaping_paths(data.get("lake_root"), known, paths)
     if check_paths:
-        tables = data.get("tables", {})
-        defaults = TablesConfig().model_dump()
-        known = {**defaults, **tables} if isinstance(tables, Mapping) else {}
-        problems += _missing_paths(
-            data.get("lake_root"), known, {n: d.get("path") for n, d in entries.items()}
-        )
+        problems += _missing_paths(data.get("lake_root"), known, paths)
     return problems
 
 

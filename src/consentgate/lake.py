@@ -79,6 +79,7 @@ __all__ = [
     "relative_file",
     "require_schema",
     "run_sql",
+    "session_setting",
     "set_properties",
     "spark_schema",
     "table_inventory",
@@ -368,16 +369,24 @@ def _metadata_json(metadata: Mapping[str, Any] | None, txn: str) -> str:
 
 
 @contextmanager
-def _session_user_metadata(spark: SparkSession, text: str) -> Any:
-    previous = spark.conf.get(_USER_METADATA_CONF, None)
-    spark.conf.set(_USER_METADATA_CONF, text)
+def _session_user_metadata(spark: SparkSession, text: str) -> Iterator[None]:
+    with session_setting(spark, _USER_METADATA_CONF, text):
+        yield
+
+
+@contextmanager
+def session_setting(spark: SparkSession, key: str, value: str) -> Iterator[None]:
+    """The session's ``key`` set to ``value`` inside the block, as it was after it (unset
+    when it was unset)."""
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, value)
     try:
         yield
     finally:
         if previous is None:
-            spark.conf.unset(_USER_METADATA_CONF)
+            spark.conf.unset(key)
         else:
-            spark.conf.set(_USER_METADATA_CONF, previous)
+            spark.conf.set(key, previous)
 
 
 @contextmanager

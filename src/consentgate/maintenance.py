@@ -36,6 +36,8 @@ from pyspark.sql import SparkSession
 
 from consentgate import lake
 
+#: Delta's safety check refusing a VACUUM retention under 7 days (issue #22 item 6).
+RETENTION_CHECK_CONF = "spark.databricks.delta.retentionDurationCheck.enabled"
 #: The Delta log's directory under a table (also what :mod:`consentgate.erasure` skips and scans).
 LOG_DIR = "_delta_log"
 
@@ -73,7 +75,13 @@ def vacuum(
     inactive = inactive_files(root)
     if not any(mtime < cutoff for mtime, _size in inactive.values()):
         return VacuumResult()  # nothing VACUUM could delete: spare its listing and commits
-    with lake.commits_tagged(spark, commit_metadata):
+    # Delta refuses a retention under its 7-day default unless its safety check is off; it is
+    # turned off for this one call (the erasure window is the contract and is checked by
+    # erasure), never for the session, so no other VACUUM run in it escapes the check.
+    with (
+        lake.commits_tagged(spark, commit_metadata),
+        lake.session_setting(spark, RETENTION_CHECK_CONF, "false"),
+    ):
         DeltaTable.forPath(spark, str(root)).vacuum(hours)
     gone = sorted(rel for rel in inactive if not (root / rel).exists())
     if not gone:

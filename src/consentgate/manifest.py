@@ -42,6 +42,7 @@ from consentgate.canonical import (
     manifest_digest,
     sha256_file,
 )
+from consentgate.config import outside_root
 from consentgate.errors import CheckFailed, ConsentgateError
 from consentgate.logs import step
 from consentgate.state import STATE_DIR
@@ -513,6 +514,19 @@ def _check_snapshots(
     root: Path, snapshots: Mapping[str, Any], checked: dict[str, Any]
 ) -> list[str]:
     problems: list[str] = []
+    # A path that leaves the lake (``..``, an absolute path, a symlink) is tampering: it is
+    # reported and never read (issue #23 item 4).
+    escaping = {
+        name: why
+        for name, snap in snapshots.items()
+        for why in [
+            outside_root(root, root / snap["path"]),
+            *(outside_root(root, root / snap["path"] / f["path"]) for f in snap["files"]),
+        ]
+        if why is not None
+    }
+    problems += [f"dataset {name}: {why}" for name, why in sorted(escaping.items())]
+    snapshots = {n: s for n, s in snapshots.items() if n not in escaping}
     wanted: list[tuple[str, Path]] = []
     for name, snap in sorted(snapshots.items()):
         table_dir = root / snap["path"]
@@ -619,6 +633,9 @@ def _check_allowlist(root: Path, manifest: Mapping[str, Any]) -> list[str]:
     allowlist = manifest["allowlist"]
     table_dir = root / allowlist["table"]["path"]
     where = f"allowlist {table_dir}"
+    escaped = outside_root(root, table_dir)
+    if escaped is not None:
+        return [f"allowlist: {escaped}"]
     # A manifest from before allowlist.scheme was recorded is scheme 1; it keeps verifying.
     scheme = allowlist.get("scheme", verifier.LEGACY_ALLOWLIST_SCHEME)
     if scheme not in (verifier.ALLOWLIST_SCHEME, verifier.LEGACY_ALLOWLIST_SCHEME):

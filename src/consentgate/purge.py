@@ -362,8 +362,10 @@ def targets(config: Config) -> dict[str, DatasetConfig]:
 
 
 def target_path(config: Config, name: str, dataset: DatasetConfig) -> Path:
-    """Absolute path of a target table."""
-    return config.resolve(dataset.path)
+    """Absolute path of a target table (a configured dataset, or a registered snapshot whose
+    registry entry must not point outside the lake: :meth:`Config.resolve`)."""
+    key = f"datasets.{name}.path" if name in config.datasets else f"registry entry {name}"
+    return config.resolve(dataset.path, key=key)
 
 
 # --------------------------------------------------------------------------------------------

@@ -298,9 +298,23 @@ def snapshot_datasets(config: Config) -> dict[str, DatasetConfig]:
     cleaned like any other derivative (the manifest stays as the record of what was used).
     A snapshot whose rows reach assets only through lineage has no ``asset_column``: look its
     sources up under :func:`lineage_dataset` of its name.
+
+    Raises:
+        CheckFailed: the registry's hash chain does not verify (issue #23 item 2): an entry
+            removed or altered would silently drop or redirect a snapshot from every purge.
     """
+    entries = read_entries(config)
+    problems = check_chain(entries)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise CheckFailed(
+            f"registry {registry_path(config)}: its hash chain does not verify: "
+            f"{problems[0]}{more}; which training snapshots the purge must cover is not "
+            "guessed from a registry that was altered (restore it from its Delta history, "
+            "then run again)"
+        )
     out: dict[str, DatasetConfig] = {}
-    for entry in read_entries(config):
+    for entry in entries:
         for snap in entry.snapshots:
             out[snap.name] = snap.dataset_config(config)
     return out

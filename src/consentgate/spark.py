@@ -75,9 +75,6 @@ REQUIRED_CONF: dict[str, str] = {
     # Spark's output committer writes _SUCCESS markers; Delta does not need them.
     "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
     "spark.sql.sources.partitionOverwriteMode": "static",
-    # VACUUM below Delta's 7-day default is the erasure window's business (erasure.py checks
-    # the window itself), so Delta's own safety check would only refuse a configured window.
-    "spark.databricks.delta.retentionDurationCheck.enabled": "false",
     # delta-spark 4 ignores VACUUM's retention argument unless it is 0 and keeps the table's
     # delta.deletedFileRetentionDuration (7 days unless set) instead, printing "WARN
     # VacuumCommand: Vacuum with retention threshold other than 0 hours is ignored" for every
