@@ -378,13 +378,26 @@ def test_back_dated_as_of_is_refused(spark: SparkSession, tmp_path: Path) -> Non
             model_version="m-back",
             as_of="2026-01-02T12:00:00Z",
         )
-    # An orchestrator's filled-in run start is not the caller's choice: never refused.
+    # An orchestrator's filled-in run start (issue #23 item 7): changes recorded since it mean
+    # the instant is stale (a retried evaluate long after validate), refused with its own
+    # message; at the latest change it is accepted.
+    with pytest.raises(AsOfRefused) as stale:
+        gate.prepare_gate(
+            spark,
+            config,
+            use_case=USE_CASE,
+            model_version="m-implicit",
+            as_of=T0 + dt.timedelta(hours=12),
+            as_of_explicit=False,
+        )
+    assert "fixed when the run started" in str(stale.value) and "2 change(s)" in str(stale.value)
+    assert "--as-of" not in str(stale.value)
     prepared = gate.prepare_gate(
         spark,
         config,
         use_case=USE_CASE,
         model_version="m-implicit",
-        as_of=T0 + dt.timedelta(hours=12),
+        as_of=T0 + dt.timedelta(days=2),
         as_of_explicit=False,
     )
     assert prepared["model_version"] == "m-implicit"

@@ -367,13 +367,22 @@ def _refuse_future(instant: dt.datetime) -> None:
         )
 
 
-def _refuse_back_dated(sources: evaluate.Sources, instant: dt.datetime) -> None:
-    """Refuse an explicit instant earlier than changes the source tables already record.
+def _refuse_back_dated(
+    sources: evaluate.Sources, instant: dt.datetime, *, explicit: bool, now: dt.datetime
+) -> None:
+    """Refuse an explicit instant earlier than changes the source tables already record, and
+    a filled-in one that changes recorded since have overtaken.
 
     DESIGN.md: an explicit ``--as-of`` earlier than any ``captured_at`` or ``revoked_at`` in
     ``consent_records`` or any ``deleted_at`` in ``assets`` is refused, so that no snapshot is
     cut that ignores a known withdrawal. Later grants count too: a record captured after ``T``
     may be a revocation or a denial, and which is which is the evaluation's business.
+
+    An instant the caller did not choose (an orchestrator's ``validate`` fixed it when the run
+    started) is checked too (issue #23 item 7): a record captured after it, or a revocation or
+    deletion that took effect between it and ``now``, means the run's instant is stale (a
+    retried ``evaluate`` an hour later) and its snapshot would ignore a withdrawal already
+    known. Changes scheduled after ``now`` do not count for it: the purge takes them when due.
 
     One aggregate over the tables at the versions the run pinned (the ones it would evaluate);
     only two counts reach the driver, never a row or an id.
@@ -384,12 +393,17 @@ def _refuse_back_dated(sources: evaluate.Sources, instant: dt.datetime) -> None:
     from consentgate.consent import instant_literal
 
     t = instant_literal(instant)
-    later_records = sources.records.where(
-        (F.col("captured_at") > t) | (F.col("revoked_at") > t)
-    ).select(F.lit(True).alias("_cg_record"))
-    later_deletions = sources.assets.where(F.col("deleted_at") > t).select(
-        F.lit(False).alias("_cg_record")
+    if explicit:
+        revoked = F.col("revoked_at") > t
+        deleted = F.col("deleted_at") > t
+    else:
+        until = instant_literal(now)
+        revoked = (F.col("revoked_at") > t) & (F.col("revoked_at") <= until)
+        deleted = (F.col("deleted_at") > t) & (F.col("deleted_at") <= until)
+    later_records = sources.records.where((F.col("captured_at") > t) | revoked).select(
+        F.lit(True).alias("_cg_record")
     )
+    later_deletions = sources.assets.where(deleted).select(F.lit(False).alias("_cg_record"))
     counts = (
         later_records.unionByName(later_deletions)
         .agg(
@@ -403,11 +417,21 @@ def _refuse_back_dated(sources: evaluate.Sources, instant: dt.datetime) -> None:
     if records + deletions == 0:
         return
     versions = sources.versions
+    changes = (
+        f"{records} consent record(s) captured or revoked after it in consent_records version "
+        f"{versions['consent_records']}, {deletions} asset deletion(s) after it in assets "
+        f"version {versions['assets']}"
+    )
+    if not explicit:
+        raise AsOfRefused(
+            f"the run's instant {iso(instant)}, fixed when the run started, is earlier than "
+            f"{records + deletions} change(s) recorded since ({changes}); a snapshot may not "
+            "ignore a known withdrawal. Start a new run, which takes a new instant; nothing "
+            "was written"
+        )
     raise AsOfRefused(
         f"--as-of {iso(instant)}: refused, it would ignore {records + deletions} later "
-        f"change(s) already recorded ({records} consent record(s) captured or revoked after it "
-        f"in consent_records version {versions['consent_records']}, {deletions} asset "
-        f"deletion(s) after it in assets version {versions['assets']}); a snapshot may not "
+        f"change(s) already recorded ({changes}); a snapshot may not "
         "ignore a known withdrawal. Give an instant at or after the latest change, or omit "
         "--as-of to evaluate now; nothing was written"
     )
@@ -480,8 +504,7 @@ def prepare_gate(
         with spark_work(spark, "decide") as ran:
             sources = evaluate.load_sources(spark, config)
             explicit = (as_of is not None) if as_of_explicit is None else as_of_explicit
-            if explicit:
-                _refuse_back_dated(sources, instant)
+            _refuse_back_dated(sources, instant, explicit=explicit, now=now_utc())
             dataset_versions = {n: lake.table_version(config.dataset_path(n)) for n in names}
             decisions = evaluate.decisions(spark, config, sources, use_case=use_case, as_of=instant)
             decisions_version = lake.write_table(
