@@ -41,6 +41,7 @@ from tests.lakes import copy_small_lake, write_small_lake
 
 pytestmark = pytest.mark.slow
 
+MICRO = dt.timedelta(microseconds=1)
 USE_CASE = "recommendation"
 DATASETS = ["stem_embeddings", "track_embeddings"]
 AFTER = DEMO_NOW + dt.timedelta(days=2)
@@ -392,6 +393,17 @@ def test_back_dated_as_of_is_refused(spark: SparkSession, tmp_path: Path) -> Non
         )
     assert "fixed when the run started" in str(stale.value) and "2 change(s)" in str(stale.value)
     assert "--as-of" not in str(stale.value)
+    # Within the grace, what is recorded after the run's start is after its evaluation: not
+    # even read (a platform recording consent every second would otherwise refuse every gate).
+    from consentgate import evaluate
+
+    start = T0 + dt.timedelta(hours=12)
+    sources = evaluate.load_sources(spark, config)
+    gate._refuse_back_dated(sources, start, explicit=False, now=start + gate.FILLED_IN_GRACE)
+    with pytest.raises(AsOfRefused, match="fixed when the run started"):
+        gate._refuse_back_dated(
+            sources, start, explicit=False, now=start + gate.FILLED_IN_GRACE + MICRO
+        )
     prepared = gate.prepare_gate(
         spark,
         config,

@@ -344,6 +344,10 @@ def _refuse_existing(config: Config, model_version: str) -> None:
 #: How far ahead of this machine's clock a gate's instant may be: clocks of the machines that
 #: write consent records and run the gate disagree by seconds, not by this much.
 FUTURE_SKEW: Final = dt.timedelta(minutes=5)
+#: How long an instant the caller did not choose (a run's start) serves unchecked: the gap
+#: between an orchestrator's ``validate`` and its ``evaluate`` in a healthy run. Older, it is
+#: checked against the changes recorded since (:func:`_refuse_back_dated`).
+FILLED_IN_GRACE: Final = dt.timedelta(minutes=5)
 
 
 def _refuse_future(instant: dt.datetime) -> None:
@@ -379,10 +383,14 @@ def _refuse_back_dated(
     may be a revocation or a denial, and which is which is the evaluation's business.
 
     An instant the caller did not choose (an orchestrator's ``validate`` fixed it when the run
-    started) is checked too (issue #23 item 7): a record captured after it, or a revocation or
-    deletion that took effect between it and ``now``, means the run's instant is stale (a
-    retried ``evaluate`` an hour later) and its snapshot would ignore a withdrawal already
-    known. Changes scheduled after ``now`` do not count for it: the purge takes them when due.
+    started) is checked too once it is older than :data:`FILLED_IN_GRACE` (issue #23 item 7):
+    then a record captured after it, or a revocation or deletion that took effect between it
+    and ``now``, means the run's instant is stale (a retried ``evaluate`` an hour after
+    ``validate``) and its snapshot would ignore a withdrawal known for that long. Within the
+    grace, what is recorded after the instant is after the evaluation, as for every run (on a
+    platform that records consent every second, any check without a grace would refuse every
+    gate), and nothing is read. Changes scheduled after ``now`` do not count: the purge takes
+    them when due.
 
     One aggregate over the tables at the versions the run pinned (the ones it would evaluate);
     only two counts reach the driver, never a row or an id.
@@ -392,6 +400,8 @@ def _refuse_back_dated(
     """
     from consentgate.consent import instant_literal
 
+    if not explicit and now - instant <= FILLED_IN_GRACE:
+        return
     t = instant_literal(instant)
     if explicit:
         revoked = F.col("revoked_at") > t
@@ -463,7 +473,9 @@ def prepare_gate(
         as_of_explicit: Whether ``as_of`` is the caller's own choice (default: whenever it is
             given). An orchestrator that fills in its run's start instant passes False: that
             instant is "now" for the run, and consent captured a second later must not
-            refuse it (it is simply after the evaluation, as for every run).
+            refuse it (it is simply after the evaluation, as for every run) — unless the
+            instant is older than :data:`FILLED_IN_GRACE` and changes were recorded since
+            (a retried step long after the run started): refused.
         run_id: The run's id (default: a new ``gate-...`` id). An orchestrator passes its own
             run's id, so one run has one id in its tasks, manifest, audit and commits, and a
             retried attempt of this step takes back the claim its earlier attempt left (see
