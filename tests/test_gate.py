@@ -382,36 +382,32 @@ def test_back_dated_as_of_is_refused(spark: SparkSession, tmp_path: Path) -> Non
     # An orchestrator's filled-in run start (issue #23 item 7): changes recorded since it mean
     # the instant is stale (a retried evaluate long after validate), refused with its own
     # message; at the latest change it is accepted.
-    with pytest.raises(AsOfRefused) as stale:
-        gate.prepare_gate(
+    from consentgate import evaluate
+
+    def filled_in(at: dt.datetime) -> dict[str, Any]:
+        return gate.prepare_gate(
             spark,
             config,
             use_case=USE_CASE,
             model_version="m-implicit",
-            as_of=T0 + dt.timedelta(hours=12),
+            as_of=at,
             as_of_explicit=False,
         )
+
+    start = T0 + dt.timedelta(hours=12)
+    with pytest.raises(AsOfRefused) as stale:
+        filled_in(start)
     assert "fixed when the run started" in str(stale.value) and "2 change(s)" in str(stale.value)
     assert "--as-of" not in str(stale.value)
     # Within the grace, what is recorded after the run's start is after its evaluation: not
     # even read (a platform recording consent every second would otherwise refuse every gate).
-    from consentgate import evaluate
-
-    start = T0 + dt.timedelta(hours=12)
     sources = evaluate.load_sources(spark, config)
     gate._refuse_back_dated(sources, start, explicit=False, now=start + gate.FILLED_IN_GRACE)
     with pytest.raises(AsOfRefused, match="fixed when the run started"):
         gate._refuse_back_dated(
             sources, start, explicit=False, now=start + gate.FILLED_IN_GRACE + MICRO
         )
-    prepared = gate.prepare_gate(
-        spark,
-        config,
-        use_case=USE_CASE,
-        model_version="m-implicit",
-        as_of=T0 + dt.timedelta(days=2),
-        as_of_explicit=False,
-    )
+    prepared = filled_in(T0 + dt.timedelta(days=2))
     assert prepared["model_version"] == "m-implicit"
     # At the latest recorded change nothing is ignored: the gate runs.
     done = gate.run_gate(

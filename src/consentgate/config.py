@@ -218,8 +218,7 @@ class Config(_Strict):
                 (the config key or registry entry it came from) — a registry entry or a
                 config must never point a purge or a VACUUM at another directory.
         """
-        candidate = Path(path)
-        full = candidate if candidate.is_absolute() else self.lake_root / candidate
+        full = _under(self.lake_root, path)
         escaped = outside_root(self.lake_root, full)
         if escaped is not None:
             raise ConfigError(f"{key or 'path'}: {escaped}")
@@ -343,26 +342,36 @@ def _undeclared_use_cases(dataset_use_cases: Mapping[Any, Any], use_cases: Any) 
     return problems
 
 
+def _under(root: Path, value: str) -> Path:
+    """A configured path: absolute as given, otherwise under ``root``."""
+    candidate = Path(value)
+    return candidate if candidate.is_absolute() else root / candidate
+
+
+def _configured_paths(
+    tables: Mapping[str, Any], dataset_paths: Mapping[Any, Any]
+) -> list[tuple[str, str]]:
+    """``(key, path)`` of every table and dataset path given as a string (values of the wrong
+    type are skipped: validation reports those)."""
+    keyed = [(f"tables.{name}", tables.get(name)) for name in TablesConfig.model_fields]
+    keyed += [(f"datasets.{name}.path", path) for name, path in dataset_paths.items()]
+    return [(key, value) for key, value in keyed if isinstance(value, str)]
+
+
 def _missing_paths(
     lake_root: Any, tables: Mapping[str, Any], dataset_paths: Mapping[Any, Any]
 ) -> list[str]:
-    """Problems for configured paths that do not exist (values of the wrong type are skipped:
-    validation reports those)."""
+    """Problems for configured paths that do not exist."""
     if not isinstance(lake_root, Path):
         return []
     problems: list[str] = []
     root_exists = lake_root.is_dir()
     if not root_exists:
         problems.append(f"lake_root: directory {lake_root} does not exist")
-    keyed = [(f"tables.{name}", tables.get(name)) for name in TablesConfig.model_fields]
-    keyed += [(f"datasets.{name}.path", path) for name, path in dataset_paths.items()]
-    for key, value in keyed:
-        if not isinstance(value, str):
-            continue
-        relative = Path(value)
-        if not relative.is_absolute() and not root_exists:
+    for key, value in _configured_paths(tables, dataset_paths):
+        if not Path(value).is_absolute() and not root_exists:
             continue  # already reported as lake_root
-        path = relative if relative.is_absolute() else lake_root / relative
+        path = _under(lake_root, value)
         if not path.exists():
             problems.append(f"{key}: path {path} does not exist")
     return problems
@@ -382,22 +391,15 @@ def outside_root(root: Path, path: Path) -> str | None:
 def _escaping_paths(
     lake_root: Any, tables: Mapping[str, Any], dataset_paths: Mapping[Any, Any]
 ) -> list[str]:
-    """Problems for configured paths that leave the lake root (values of the wrong type are
-    skipped: validation reports those)."""
+    """Problems for configured paths that leave the lake root."""
     if not isinstance(lake_root, Path):
         return []
-    keyed = [(f"tables.{name}", tables.get(name)) for name in TablesConfig.model_fields]
-    keyed += [(f"datasets.{name}.path", path) for name, path in dataset_paths.items()]
-    problems: list[str] = []
-    for key, value in keyed:
-        if isinstance(value, str):
-            relative = Path(value)
-            why = outside_root(
-                lake_root, relative if relative.is_absolute() else lake_root / relative
-            )
-            if why is not None:
-                problems.append(f"{key}: {why}")
-    return problems
+    return [
+        f"{key}: {why}"
+        for key, value in _configured_paths(tables, dataset_paths)
+        for why in [outside_root(lake_root, _under(lake_root, value))]
+        if why is not None
+    ]
 
 
 def _raw_problems(data: Mapping[str, Any], *, check_paths: bool) -> list[str]:

@@ -52,7 +52,9 @@ our snapshots) have no bound.
 
 Known limits (issue #22, open): which purges to prove is still read from the table's history
 (bounded above); a purge recorded in the key table whose commit is no longer in the history
-is not yet a failure of its own. Window 0 turns Delta's retention check off for the session.
+is not yet a failure of its own. With window 0, VACUUM can still delete another writer's
+uncommitted files and the files a running gate reads at its pinned version (Delta's retention
+check is off only for the erasure's own VACUUM call: :func:`consentgate.maintenance.vacuum`).
 """
 
 from __future__ import annotations

@@ -56,6 +56,7 @@ from consentgate.purge import (
     PREFIX_SHA,
     key_digest,
     key_table_path,
+    prefix_hash,
 )
 from consentgate.redact import redact_partitions
 
@@ -152,7 +153,7 @@ def _value_digests(values: DataFrame, prefix_chars: Sequence[int]) -> DataFrame:
     for chars in sorted(set(prefix_chars)):
         prefixed = values.where(F.length("value") >= chars).select(
             "file",
-            F.sha2(F.concat(F.lit("k:"), F.substring("value", 1, chars)), 256).alias("digest"),
+            prefix_hash(F.col("value"), chars).alias("digest"),
             F.lit(f"p{chars}").alias("kind"),
         )
         out = out.unionByName(prefixed)
@@ -292,7 +293,8 @@ def verify_erased(
     gone: DataFrame | None = None
     assets_checked = 0
     if asset_field is not None and evidence is not None and int(evidence["assets"]):
-        gone = _gone_assets(spark, path, keys, asset_field.name)
+        # Materialised once: counted here and joined below without reading the table again.
+        gone = _gone_assets(spark, path, keys, asset_field.name).localCheckpoint()
         assets_checked = gone.count()
     # Every scan (the Parquet files' keys, the log's tokens, the directory names) in one
     # union, joined once with the removed keys; the same pass counts the rows read from the

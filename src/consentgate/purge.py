@@ -149,7 +149,7 @@ _META_DATASET: Final = "consentgate.dataset"
 KEY_SHA: Final = "key_sha256"
 #: The SHA-256 of a removed key's first :data:`PREFIX_CHARS` characters (null when the key is
 #: no longer than that), and that length: what a truncated string statistic of the key in a
-#: Delta log is compared with (:func:`prefix_digest`, :mod:`consentgate.erasure`).
+#: Delta log is compared with (:func:`prefix_digest`, :mod:`consentgate.erasure_proof`).
 PREFIX_SHA: Final = "prefix_sha256"
 PREFIX_CHARS: Final = "prefix_chars"
 #: The removed row's asset id (its dataset's ``asset_column``, as stored), hashed whole and
@@ -402,19 +402,23 @@ def stats_prefix_chars(spark: SparkSession) -> int:
     return chars
 
 
+def prefix_hash(column: Column, chars: int) -> Column:
+    """SHA-256 of ``"k:"`` and a value's first ``chars`` characters (as text), hashed like
+    :func:`key_digest`: the one encoding of a prefix digest, for the removed keys the key
+    table records (:func:`prefix_digest`) and the stored values erasure compares with them
+    (:mod:`consentgate.erasure_proof`)."""
+    return F.sha2(F.concat(F.lit("k:"), F.substring(column.cast("string"), 1, chars)), 256)
+
+
 def prefix_digest(column: Column, chars: int) -> Column:
-    """SHA-256 of ``"k:"`` and a key's first ``chars`` characters, hashed like
-    :func:`key_digest`; null when the key (as text) is not longer than that, or null.
+    """:func:`prefix_hash` of a key longer than ``chars`` characters (as text); null for a
+    shorter key, or a null one.
 
     delta-spark keeps only a prefix of a long string in a file's min/max statistics (a
     36-character UUID key becomes its first 32 characters, or those and one more character
     for a maximum): the whole key's digest never matches it, this one does.
     """
-    text = column.cast("string")
-    return F.when(
-        F.length(text) > F.lit(chars),
-        F.sha2(F.concat(F.lit("k:"), F.substring(text, 1, chars)), 256),
-    )
+    return F.when(F.length(column.cast("string")) > F.lit(chars), prefix_hash(column, chars))
 
 
 def _digests(column: Column, spark: SparkSession, *, asset: Column | None) -> list[Column]:
