@@ -128,6 +128,9 @@ class Runs:
     #: What Airflow itself logged at ERROR or above during both runs (its structlog events:
     #: ``event``, ``logger``, ...), e.g. the SDK client's "XCom not found" (issue #24 item 3).
     airflow_errors: list[dict[str, Any]] = field(default_factory=list)
+    #: The OpenLineage events of all three runs, from the file transport the demo uses
+    #: (:func:`consentgate.airflow_lineage.events_to_file`).
+    lineage_events: list[dict[str, Any]] = field(default_factory=list)
 
 
 def gate_then_purge(conf: Path) -> Runs:
@@ -139,6 +142,7 @@ def gate_then_purge(conf: Path) -> Runs:
     import structlog.testing
 
     from consentgate import purge as purge_module
+    from consentgate.airflow_lineage import events_to_file
     from consentgate.story import run_dag
 
     decisions: list[list[str] | None] = []
@@ -149,7 +153,13 @@ def gate_then_purge(conf: Path) -> Runs:
         decisions.append(None if names is None else [str(n) for n in names])
         return real_decide_run(*args, **kwargs)
 
-    with conf_env(conf), structlog.testing.capture_logs() as logged:
+    events_path = conf.parent.parent / "openlineage" / "events.jsonl"
+    with (
+        conf_env(conf),
+        structlog.testing.capture_logs() as logged,
+        events_to_file(events_path) as events_file,
+    ):
+        assert events_file == events_path, "an OpenLineage transport is configured outside"
         gate = run_dag(
             "consentgate_pretraining_gate",
             run_conf={"use_case": USE_CASE, "model_version": MODEL_VERSION, "as_of": AS_OF},
@@ -167,7 +177,37 @@ def gate_then_purge(conf: Path) -> Runs:
         purge_decisions=decisions,
         quiet=quiet,
         airflow_errors=errors,
+        lineage_events=[json.loads(line) for line in events_path.read_text().splitlines()],
     )
+
+
+def openlineage_task_runs(outcome: Any) -> dict[tuple[str, int], tuple[str, str]]:
+    """Per (task id, map index) of a finished DAG run: the OpenLineage run id the Airflow
+    OpenLineage provider gives that task instance, and the one it gives the DAG run, computed
+    here from the metadata DB with the provider's own adapter (not through our code)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.providers.openlineage.plugins.adapter import OpenLineageAdapter
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        (dag_run,) = DagRun.find(dag_id=outcome.dag_id, run_id=outcome.run_id, session=session)
+        logical_date = dag_run.logical_date or dag_run.run_after
+        root = OpenLineageAdapter.build_dag_run_id(
+            dag_id=outcome.dag_id, logical_date=logical_date, clear_number=dag_run.clear_number
+        )
+        return {
+            (ti.task_id, ti.map_index): (
+                OpenLineageAdapter.build_task_instance_run_id(
+                    dag_id=outcome.dag_id,
+                    task_id=ti.task_id,
+                    try_number=ti.try_number,
+                    logical_date=logical_date,
+                    map_index=ti.map_index,
+                ),
+                root,
+            )
+            for ti in dag_run.get_task_instances(session=session)
+        }
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ from tests.airflow_fixtures import (
     Runs,
     conf_env,
     copy_lake,
+    openlineage_task_runs,
     write_conf,
 )
 
@@ -244,6 +245,71 @@ def test_successful_runs_log_no_airflow_error(local_runs: Runs) -> None:
     # documented precedence; the demo sets the Variable (through AIRFLOW_VAR_...) instead.
     errors = [e for e in errors if e[0] != "Variable not found"]
     assert errors == []
+
+
+def test_steps_send_openlineage_events_nested_under_their_airflow_task(
+    spark: SparkSession, local_runs: Runs
+) -> None:
+    """Issue #25 item 1: in Airflow, the steps that finish a flow's work send its START and
+    COMPLETE (consentgate.airflow_lineage), each with the parent run facet of the task that
+    ran it and the DAG run as root, as the Airflow OpenLineage provider names them; valid
+    OpenLineage with our facet, and no id of the lake in any event."""
+    from consentgate.config import load_config
+    from tests.test_openlineage_events import by_job, check_event
+
+    events = local_runs.lineage_events
+    jobs = by_job(events)
+    assert sorted(jobs) == ["consentgate.erase", "consentgate.gate", "consentgate.purge"]
+    purged = {r["name"]: r for r in local_runs.purge.results["purge_dataset"]}
+    tasks = {
+        **{("gate", *key): ids for key, ids in openlineage_task_runs(local_runs.gate).items()},
+        **{("purge", *key): ids for key, ids in openlineage_task_runs(local_runs.purge).items()},
+    }
+    parents: dict[tuple[str, str], list[str]] = {}
+    for runs in jobs.values():
+        by_run: dict[str, list[dict[str, Any]]] = {}
+        for event in runs:
+            by_run.setdefault(event["run"]["runId"], []).append(event)
+        for run in by_run.values():
+            assert [e["eventType"] for e in run] == ["START", "COMPLETE"]
+            parent = run[1]["run"]["facets"]["parent"]
+            assert parent["run"]["runId"] == run[0]["run"]["facets"]["parent"]["run"]["runId"]
+            dag_id, task_id = parent["job"]["name"].split(".")
+            assert parent["job"]["namespace"] == parent["root"]["job"]["namespace"]
+            assert parent["root"]["job"]["name"] == dag_id
+            flow = run[0]["job"]["name"]
+            parents.setdefault((flow, task_id), []).append(parent["run"]["runId"])
+            kind = "gate" if dag_id == local_runs.gate.dag_id else "purge"
+            matching = [ids for key, ids in tasks.items() if key[:2] == (kind, task_id)]
+            assert (parent["run"]["runId"], parent["root"]["run"]["runId"]) in matching
+            for event in run:
+                check_event(event)
+    # one run per mapped purge task, one for the erasure, one for the gate's publish task
+    assert {k: len(v) for k, v in parents.items()} == {
+        ("consentgate.purge", "purge_dataset"): len(purged),
+        ("consentgate.erase", "erase_and_verify"): 1,
+        ("consentgate.gate", "manifest"): 1,
+    }
+    assert len(set(parents["consentgate.purge", "purge_dataset"])) == len(purged)
+    gate_done = jobs["consentgate.gate"][1]
+    (facet,) = {o["facets"]["consentgate_consent"]["manifestSha256"] for o in gate_done["outputs"]}
+    assert facet == local_runs.gate.results["verify"]["manifest_sha256"]
+    erased = jobs["consentgate.erase"][1]["outputs"]
+    assert {o["facets"]["consentgate_consent"]["erasure"] for o in erased} == {"verified"}
+    assert len(erased) == len(local_runs.purge.results["erase_and_verify"]["datasets"])
+    # no asset, user or consent record id of the lake (all UUIDs) in any event
+    config = load_config(local_runs.conf)
+    ids = set()
+    for table, columns in (
+        ("assets", ("asset_id", "owner_user_id")),
+        ("consent_records", ("id", "user_id", "asset_id")),
+    ):
+        frame = spark.read.format("delta").load(str(config.table_path(table)))
+        for row in frame.select(*columns).collect():  # an 80-asset lake
+            ids.update(str(v).lower() for v in row if v)
+    assert len(ids) > 80
+    text = json.dumps(events).lower()
+    assert [i for i in ids if i in text] == []
 
 
 def test_gate_admits_exactly_what_the_reference_model_grants(

@@ -45,6 +45,7 @@ driver, bounded waits, and the cluster is always shut down.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ from tests.airflow_fixtures import (
     SparkCluster,
     conf_env,
     copy_lake,
+    openlineage_task_runs,
     spark_standalone_cluster,
 )
 
@@ -141,6 +143,9 @@ class Flows:
     conf: Path
     gate: dict[str, Any]
     backfill: Any
+    #: The backfill run's OpenLineage events (the file transport the demo uses): sent by the
+    #: job's driver, a child of spark-submit, nested under the DAG task that submitted it.
+    lineage_events: list[dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +159,7 @@ def cluster_flows(
     context only for the task id; ``SparkSubmitOperator`` in client mode reads it only when
     OpenLineage injection is configured, which it is not here). Application 2: the backfill
     DAG in spark-submit mode (its only Spark task) on the same lake."""
+    from consentgate.airflow_lineage import events_to_file
     from consentgate.airflow_tasks import submit_step
     from consentgate.config import load_config
     from consentgate.story import run_dag
@@ -163,13 +169,15 @@ def cluster_flows(
     gate_args = {"use_case": USE_CASE, "model_version": MODEL_VERSION, "as_of": AS_OF}
     with spark_connection(cluster.master_url):
         gate = submit_step("gate", config, {**gate_args, "datasets": None}, {})
-        with conf_env(conf):
+        events = conf.parent.parent / "openlineage" / "events.jsonl"
+        with conf_env(conf), events_to_file(events):
             backfill = run_dag(
                 "consentgate_policy_backfill",
                 run_conf={"as_of": AS_OF, "dry_run": False},
                 dags_dir=DAGS,
             )
-    return Flows(conf=conf, gate=gate, backfill=backfill)
+    lineage = [json.loads(line) for line in events.read_text().splitlines()]
+    return Flows(conf=conf, gate=gate, backfill=backfill, lineage_events=lineage)
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,6 +278,30 @@ def test_backfill_dag_submits_its_job_and_matches_the_local_purge(
     assert audit.events(spark, config, kind="gate")[-1]["run_id"] == cluster_flows.gate["run_id"]
     assert audit.events(spark, config, kind="backfill")[-1]["run_id"] == result["run_id"]
     assert audit.verify_chain(spark, config)["ok"] is True
+
+
+def test_the_submitted_job_sends_its_events_nested_under_the_submitting_task(
+    cluster_flows: Flows,
+) -> None:
+    """Issue #25 item 1: the task hands its OpenLineage run to the spark-submit child
+    (``OPENLINEAGE_CONTEXT``), whose driver sends the backfill's START and COMPLETE with it as
+    parent, valid OpenLineage with our facet."""
+    from tests.test_openlineage_events import check_event
+
+    events = cluster_flows.lineage_events
+    assert [(e["job"]["name"], e["eventType"]) for e in events] == [
+        ("consentgate.backfill", "START"),
+        ("consentgate.backfill", "COMPLETE"),
+    ]
+    expected = openlineage_task_runs(cluster_flows.backfill)["backfill", -1]
+    for event in events:
+        parent = event["run"]["facets"]["parent"]
+        assert parent["job"]["name"] == "consentgate_policy_backfill.backfill"
+        assert (parent["run"]["runId"], parent["root"]["run"]["runId"]) == expected
+        check_event(event)
+    tables = {o["name"] for o in events[1]["outputs"]}
+    result = cluster_flows.backfill.results["report"]["result"]
+    assert len(tables) == len(result["datasets"])
 
 
 def test_each_job_was_one_cluster_application_on_both_workers(

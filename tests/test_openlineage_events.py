@@ -323,14 +323,19 @@ def test_off_by_default_imports_nothing_and_emits_nothing(
         ]
 
 
+def _file_transport(env: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Any, Path]:
+    """A bare config, and the file the events go to (openlineage-python's own variables)."""
+    log = tmp_path / "events.jsonl"
+    env.setenv("OPENLINEAGE__TRANSPORT__TYPE", "file")
+    env.setenv("OPENLINEAGE__TRANSPORT__LOG_FILE_PATH", str(log))
+    env.setenv("OPENLINEAGE__TRANSPORT__APPEND", "true")
+    return load_config(_bare_config(tmp_path / "lake")), log
+
+
 def test_a_failed_flow_sends_fail_with_the_error_class_only(
     ol_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    config = load_config(_bare_config(tmp_path / "lake"))
-    log = tmp_path / "events.jsonl"
-    ol_env.setenv("OPENLINEAGE__TRANSPORT__TYPE", "file")
-    ol_env.setenv("OPENLINEAGE__TRANSPORT__LOG_FILE_PATH", str(log))
-    ol_env.setenv("OPENLINEAGE__TRANSPORT__APPEND", "true")
+    config, log = _file_transport(ol_env, tmp_path)
     with pytest.raises(KeyError), ole.flow_run("purge", config):
         raise KeyError("asset a2 of user u2")
     events = [json.loads(line) for line in log.read_text().splitlines()]
@@ -380,3 +385,85 @@ def test_facet_schema_ships_with_the_package_and_counts_only_reason_codes() -> N
         {"manifestSha256": "a2"},
     ):
         assert not validator.is_valid(facet | bad), bad
+
+
+def test_schema_1_0_0_still_ships_unchanged_and_1_1_0_adds_the_erase_flow() -> None:
+    """A published schema never changes: 1-1-0 is a new file; erase facets count no rows."""
+    shipped = ROOT / "src" / "consentgate" / "schemas"
+    old = json.loads((shipped / "ConsentgateConsentDatasetFacet-1-0-0.json").read_text())
+    assert old["$id"].endswith("-1-0-0.json")
+    assert "erase" not in json.dumps(old["$defs"]["ConsentgateConsentDatasetFacet"])
+    assert ole.FACET_SCHEMA_FILE == "ConsentgateConsentDatasetFacet-1-1-0.json"
+    validator = Draft202012Validator({"$ref": ole.FACET_SCHEMA_URL}, registry=_registry())
+    erase = {
+        "_producer": ole.PRODUCER,
+        "_schemaURL": ole.FACET_SCHEMA_URL,
+        "flow": "erase",
+        "useCase": "recommendation",
+        "acceptedPolicyVersions": ["2026-03"],
+        "erasure": "verified",
+    }
+    validator.validate(erase)
+    assert not validator.is_valid({k: v for k, v in erase.items() if k != "erasure"})
+    assert not validator.is_valid(erase | {"flow": "purge"})  # a purge counts its rows
+
+
+def _parent() -> ole.ParentRun:
+    return ole.ParentRun(
+        namespace="airflow",
+        name="consentgate_nightly_purge.erase_and_verify",
+        run_id="01938a4f-0000-7000-8000-000000000001",
+        root_namespace="airflow",
+        root_name="consentgate_nightly_purge",
+        root_run_id="01938a4f-0000-7000-8000-000000000002",
+    )
+
+
+def test_parent_run_is_read_from_the_environment_as_other_integrations_pass_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    parent = _parent()
+    assert ole.parent_from_env(parent.context_env()) == parent  # OPENLINEAGE_CONTEXT
+    legacy = {
+        "OPENLINEAGE_PARENT_ID": f"{parent.namespace}/{parent.name}/{parent.run_id}",
+        "OPENLINEAGE_ROOT_PARENT_ID": f"airflow/consentgate_nightly_purge/{parent.root_run_id}",
+    }
+    assert ole.parent_from_env(legacy) == parent
+    alone = ole.parent_from_env({"OPENLINEAGE_PARENT_ID": legacy["OPENLINEAGE_PARENT_ID"]})
+    assert alone is not None and (alone.root_name, alone.root_run_id) == (
+        parent.name,
+        parent.run_id,
+    )  # no root given: the parent is its own root, as dbt's integration reads it
+    assert ole.parent_from_env({}) is None
+    for bad in (
+        {"OPENLINEAGE_CONTEXT": "{not json"},
+        {"OPENLINEAGE_CONTEXT": json.dumps({"parent": {"job": {}}})},
+        {"OPENLINEAGE_PARENT_ID": "airflow/only-two"},
+    ):
+        caplog.clear()
+        assert ole.parent_from_env(bad) is None, bad
+        assert "ignored, it does not parse" in caplog.text
+
+
+def test_a_flow_started_by_a_task_nests_under_it_and_the_erase_flow_names_each_receipt(
+    ol_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config, log = _file_transport(ol_env, tmp_path)
+    # the environment names another parent: the one handed in wins
+    ol_env.setenv("OPENLINEAGE_PARENT_ID", "other/job/01938a4f-0000-7000-8000-00000000000f")
+    with ole.flow_run("erase", config, parent=_parent()) as run:
+        run.done({"ok": True, "datasets": {"track_embeddings": {"result": "verified"}}})
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["eventType"] for e in events] == ["START", "COMPLETE"]
+    for event in events:
+        check_event(event)
+        parent = event["run"]["facets"]["parent"]
+        assert parent["run"]["runId"] == _parent().run_id
+        assert (parent["job"]["namespace"], parent["job"]["name"]) == ("airflow", _parent().name)
+        assert parent["root"]["run"]["runId"] == _parent().root_run_id
+        assert parent["root"]["job"]["name"] == "consentgate_nightly_purge"
+    (output,) = events[1]["outputs"]
+    assert output["name"] == str((tmp_path / "lake" / "derived" / "track_embeddings").resolve())
+    facet = output["facets"][ole.FACET_KEY]
+    assert (facet["flow"], facet["erasure"]) == ("erase", "verified")
+    assert "rowsKept" not in facet

@@ -56,16 +56,28 @@ def _summary() -> dict[str, Any]:
             "included": True,
             "verified_offline": True,
         },
+        "openlineage": {
+            "file": "/home/someone/a/rather/long/path/to/the/demo/lake/openlineage-events.jsonl",
+            "events": 26,
+        },
     }
 
 
 def test_every_line_of_the_story_fits_100_columns_but_whole_paths() -> None:
     summary = _summary()
     text = render(summary)
-    paths = (summary["lake"], summary["gate"]["manifest_path"])
+    paths = (summary["lake"], summary["gate"]["manifest_path"], summary["openlineage"]["file"])
     wide = [line for line in text.splitlines() if len(line) > RENDER_WIDTH]
     assert RENDER_WIDTH == 100
     assert all(any(p in line for p in paths) for line in wide), wide
+
+
+def test_the_story_names_the_file_its_openlineage_events_went_to() -> None:
+    summary = _summary()
+    lines = render(summary).splitlines()
+    assert lines[-1] == f"OpenLineage events (26): {summary['openlineage']['file']}"
+    summary["openlineage"] = {"file": None, "events": None}  # the user's transport got them
+    assert render(summary).splitlines()[-1].startswith("OpenLineage events: sent to")
 
 
 def test_each_tables_reasons_are_wrapped_under_it_whole() -> None:

@@ -85,8 +85,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from consentgate.airflow_lineage import STEP_FLOWS, run_with_lineage, task_parent
 from consentgate.config import Config, load_config
 from consentgate.errors import ConfigError, ConsentgateError
+from consentgate.openlineage_events import ParentRun
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -723,12 +725,18 @@ STEPS: Final[dict[str, Step]] = {
 }
 
 
-def run_step_here(step: str, config: Config, args: Mapping[str, Any]) -> JSON:
-    """Run a step in this process on the session the config asks for."""
+def run_step_here(
+    step: str, config: Config, args: Mapping[str, Any], *, parent: ParentRun | None = None
+) -> JSON:
+    """Run a step in this process on the session the config asks for, inside its flow's
+    OpenLineage events (:mod:`consentgate.airflow_lineage`; ``parent``: the Airflow task)."""
     if step not in STEPS:
         raise ConsentgateError(f"step: unknown step {step!r} (known: {', '.join(STEPS)})")
-    result = STEPS[step](_spark(config), config, **dict(args))
-    return jsonable(result)  # type: ignore[no-any-return]
+
+    def run() -> JSON:
+        return jsonable(STEPS[step](_spark(config), config, **dict(args)))  # type: ignore[no-any-return]
+
+    return run_with_lineage(step, config, args, run, parent=parent)
 
 
 def job_main(step: str, argv: Sequence[str] | None = None) -> int:
@@ -761,7 +769,12 @@ def job_main(step: str, argv: Sequence[str] | None = None) -> int:
         if step not in STEPS:
             raise ConsentgateError(f"step: unknown step {step!r}")
         args = json.loads(Path(ns.args_file).read_text() if ns.args_file else ns.args)
-        outcome: JSON = {"ok": True, "result": jsonable(STEPS[step](spark, config, **args))}
+
+        def run() -> JSON:
+            return jsonable(STEPS[step](spark, config, **args))  # type: ignore[no-any-return]
+
+        # the parent (the Airflow task) comes in the environment: OPENLINEAGE_CONTEXT
+        outcome: JSON = {"ok": True, "result": run_with_lineage(step, config, args, run)}
         code = 0
     except ConsentgateError as exc:
         outcome = {
@@ -919,6 +932,7 @@ def submit_step(step: str, config: Config, args: Mapping[str, Any], context: Any
     args_file = result_dir / "args.json"
     args_file.write_text(json.dumps(jsonable(dict(args)), sort_keys=True))
     task_id = getattr(context.get("ti"), "task_id", step) if hasattr(context, "get") else step
+    parent = task_parent(context) if step in STEP_FLOWS and context.get("ti") else None
     operator = SparkSubmitOperator(
         task_id=f"{task_id}__spark_submit",
         application=str(script),
@@ -944,6 +958,8 @@ def submit_step(step: str, config: Config, args: Mapping[str, Any], context: Any
             # The job's package comes from a py_files zip, so it cannot find the repository's
             # .jars/ on its own: tell it where they are (the driver runs here, client mode).
             JARS_ENV: str(jars[0].parent),
+            # the job's OpenLineage events nest under this task (consentgate.airflow_lineage)
+            **(parent.context_env() if parent is not None else {}),
         },
         allow_nested_operators=True,
     )
@@ -1062,9 +1078,10 @@ def run_step(run: Mapping[str, Any], step: str, /, **args: Any) -> JSON:
 
     try:
         config = load_config(run["conf"])
+        context = get_current_context()
         if config.airflow.mode == "spark-submit":
-            return submit_step(step, config, args, get_current_context())
-        return run_step_here(step, config, args)
+            return submit_step(step, config, args, context)
+        return run_step_here(step, config, args, parent=task_parent(context))
     except ConsentgateError as exc:
         raise _fail_fast(exc) from exc
 

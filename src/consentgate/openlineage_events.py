@@ -1,8 +1,9 @@
-"""OpenLineage run events for the command-line flows, with a ``consentgate_consent`` facet.
+"""OpenLineage run events for consentgate's flows, with a ``consentgate_consent`` facet.
 
-``evaluate``, ``gate``, ``purge`` (with its erasure) and ``backfill`` each emit a ``START``
-event when the flow starts and ``COMPLETE`` when it returns, or ``FAIL`` (``ABORT`` on an
-interrupt) when it raises. The CLI wraps each flow in :func:`flow_run`; nothing else changes.
+``evaluate``, ``gate``, ``purge`` (with its erasure), ``backfill`` and ``erase`` (the Airflow
+purge's erasure task) each emit a ``START`` event when the flow starts and ``COMPLETE`` when it
+returns, or ``FAIL`` (``ABORT`` on an interrupt) when it raises. The CLI wraps each flow in
+:func:`flow_run`, and so do the Airflow steps that run a flow (:mod:`consentgate.airflow_lineage`).
 
 **Configuration is openlineage-python's own**, never a section of ours: ``OPENLINEAGE_URL``
 (HTTP, e.g. Marquez), ``OPENLINEAGE_CONFIG`` or ``openlineage.yml`` (any transport: file,
@@ -13,23 +14,22 @@ the Airflow provider reads it. **Off by default**: when none of these names a tr
 Lineage never fails a flow: an event that cannot be sent is logged (its exception's class only)
 and the flow goes on.
 
-**Datasets are named the OpenLineage way**: namespace ``file`` and the absolute table path for
-a local table (a ``scheme://authority`` namespace and the path for a URL). Inputs are the
-consent, assets and lineage tables (and, for a gate, the source datasets), each at the Delta
-version the flow read when the result names it; outputs are what the flow wrote: the
-evaluation table, the gate's snapshots, every table a purge or backfill covered.
+**What an event says** is :mod:`consentgate.openlineage_datasets`: datasets named the
+OpenLineage way (namespace ``file`` and the absolute path for a local table), and on each output
+the ``consentgate_consent`` dataset facet (schema
+``schemas/ConsentgateConsentDatasetFacet-1-1-0.json``, shipped in this package and named by the
+facet's ``_schemaURL``; 1-0-0 stays shipped, unchanged): counts and digests only, never an asset,
+user or record id. A ``FAIL`` event carries the exception's class name only (a message may
+quote an id).
 
-**The ``consentgate_consent`` dataset facet** (on each output, schema
-``schemas/ConsentgateConsentDatasetFacet-1-0-0.json`` shipped in this package and named by the
-facet's ``_schemaURL``) holds counts and digests only, never an asset, user or record id: the
-flow, the use case and its accepted policy versions, rows kept and rows removed per reason code,
-for a gate the assets excluded per reason, the manifest's SHA-256 and the registry head, for a
-purge the erasure receipt's result. A ``FAIL`` event carries the exception's class name only
-(a message may quote an id).
-
-Not done yet (issue #25): the Airflow tasks (which call the flows directly, not through the
-CLI) send no events yet, nor the Airflow task's parent-run facet that would nest them under the
-DAG run in Marquez; the purge scheduled on revocation events (#25 item 2) is not here either.
+**Nested under whoever started the flow**: a run carries OpenLineage's ``parent`` run facet
+when its parent is known: handed in by the Airflow task that runs the step
+(:mod:`consentgate.airflow_lineage`, from the Airflow OpenLineage provider's own run ids, so the
+event nests under the task's run and the DAG run in Marquez), else read from the environment
+as other OpenLineage integrations (dbt) do: ``OPENLINEAGE_CONTEXT`` (JSON ``{"parent": {"run":
+{"runId"}, "job": {"namespace", "name"}, "root": {...}}}``) or the older
+``OPENLINEAGE_PARENT_ID`` / ``OPENLINEAGE_ROOT_PARENT_ID`` (``namespace/name/runId``). A value
+that does not parse is ignored with a warning: lineage never fails a flow.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
 
 from consentgate import __version__
+from consentgate.openlineage_datasets import DatasetRef, datasets_of
 
 if TYPE_CHECKING:
     from openlineage.client import OpenLineageClient
@@ -61,10 +61,10 @@ log = logging.getLogger(__name__)
 PRODUCER: Final = "https://github.com/consentgate/consentgate"
 FACET_KEY: Final = "consentgate_consent"
 #: The facet's schema, shipped as package data; a change is a new file, never an edit.
-FACET_SCHEMA_FILE: Final = "ConsentgateConsentDatasetFacet-1-0-0.json"
+FACET_SCHEMA_FILE: Final = "ConsentgateConsentDatasetFacet-1-1-0.json"
 FACET_SCHEMA_ID: Final = f"{PRODUCER}/blob/main/src/consentgate/schemas/{FACET_SCHEMA_FILE}"
 FACET_SCHEMA_URL: Final = f"{FACET_SCHEMA_ID}#/$defs/ConsentgateConsentDatasetFacet"
-FLOWS: Final = ("evaluate", "gate", "purge", "backfill")
+FLOWS: Final = ("evaluate", "gate", "purge", "backfill", "erase")
 DEFAULT_NAMESPACE: Final = "consentgate"
 #: Seconds to wait for a transport to deliver queued events when a flow ends.
 CLOSE_TIMEOUT: Final = 10.0
@@ -103,129 +103,71 @@ def transport_configured(
 
 
 # --------------------------------------------------------------------------------------------
-# What an event says, as plain data (no openlineage import)
+# Who started the run: the parent run facet
 
 
 @dataclass(frozen=True)
-class DatasetRef:
-    """One dataset of an event: OpenLineage name, Delta version read or written, our facet."""
+class ParentRun:
+    """The run that started a flow (an Airflow task) and the root of its tree (the DAG run)."""
 
     namespace: str
     name: str
-    version: int | None = None
-    consent: Mapping[str, Any] | None = None
+    run_id: str
+    root_namespace: str
+    root_name: str
+    root_run_id: str
 
-
-def dataset_ref(
-    path: str | Path, version: int | None = None, consent: Mapping[str, Any] | None = None
-) -> DatasetRef:
-    """Name a table the OpenLineage way: ``file`` + absolute path, or ``scheme://authority``."""
-    text = str(path)
-    parts = urlsplit(text)
-    if parts.scheme and parts.scheme != "file" and len(parts.scheme) > 1:
-        return DatasetRef(f"{parts.scheme}://{parts.netloc}", parts.path or "/", version, consent)
-    local = parts.path if parts.scheme == "file" else text
-    return DatasetRef("file", str(Path(local).resolve()), version, consent)
-
-
-def _counts(reasons: Mapping[str, Any]) -> dict[str, int]:
-    return {str(r): int(n) for r, n in sorted(reasons.items()) if r != "granted"}
-
-
-def _consent(
-    flow: str, config: Config, use_case: str, *, kept: int, removed: Mapping[str, Any]
-) -> dict[str, Any]:
-    return {
-        "flow": flow,
-        "useCase": use_case,
-        "acceptedPolicyVersions": list(config.use_cases[use_case].accepted_policy_versions),
-        "rowsKept": int(kept),
-        "rowsRemoved": _counts(removed),
-    }
-
-
-def input_refs(config: Config, versions: Mapping[str, Any] | None = None) -> list[DatasetRef]:
-    """The consent, assets and lineage tables every flow reads (at ``versions`` if known)."""
-    versions = versions or {}
-    out = []
-    for table in ("consent_records", "assets", "lineage"):
-        version = versions.get(table)
-        out.append(dataset_ref(config.table_path(table), None if version is None else int(version)))
-    return out
-
-
-def _evaluate(config: Config, result: Mapping[str, Any]) -> tuple[list[DatasetRef], ...]:
-    use_case = str(result["use_case"])
-    consent = _consent(
-        "evaluate", config, use_case, kept=result["granted"], removed=result["reasons"]
-    )
-    return input_refs(config, result.get("table_versions")), [
-        dataset_ref(result["output"], consent=consent)
-    ]
-
-
-def _gate(config: Config, result: Mapping[str, Any]) -> tuple[list[DatasetRef], ...]:
-    """Read back from the sealed manifest the run just published (a small JSON file)."""
-    from consentgate.manifest import load_manifest
-
-    manifest = load_manifest(Path(result["manifest_path"]))
-    use_case = str(manifest["use_case"])
-    head = {"seq": int(result["registry_seq"]), "manifestSha256": str(result["manifest_sha256"])}
-    sources = {k: v["version"] for k, v in manifest["source_tables"].items()}
-    inputs = input_refs(config, sources)
-    outputs = []
-    for name, snap in sorted(manifest["snapshots"].items()):
-        source = snap["source"]
-        inputs.append(dataset_ref(config.resolve(source["path"]), int(source["version"])))
-        consent = _consent(
-            "gate",
-            config,
-            use_case,
-            kept=snap["rows"],
-            removed=manifest["exclusions"]["rows"].get(name, {}),
-        ) | {
-            "assetsExcluded": _counts(manifest["exclusions"]["assets"]),
-            "manifestSha256": head["manifestSha256"],
-            "registryHead": head,
+    def context_env(self) -> dict[str, str]:
+        """``OPENLINEAGE_CONTEXT`` naming this parent, for a child process (spark-submit)."""
+        node = {
+            "run": {"runId": self.run_id},
+            "job": {"namespace": self.namespace, "name": self.name},
+            "root": {
+                "run": {"runId": self.root_run_id},
+                "job": {"namespace": self.root_namespace, "name": self.root_name},
+            },
         }
-        outputs.append(dataset_ref(config.resolve(snap["path"]), int(snap["version"]), consent))
-    return inputs, outputs
+        return {"OPENLINEAGE_CONTEXT": json.dumps({"parent": node}, sort_keys=True)}
 
 
-def _purge(flow: str, config: Config, result: Mapping[str, Any]) -> tuple[list[DatasetRef], ...]:
-    from consentgate.purge import target_path, targets
-
-    tables = targets(config)
-    receipts = (result.get("erasure") or {}).get("datasets", {})
-    outputs = []
-    for name, done in sorted(result["datasets"].items()):
-        dataset = tables.get(name)
-        if dataset is None:  # a snapshot unregistered meanwhile: no path to name it by
-            continue
-        consent = _consent(
-            flow, config, dataset.use_case, kept=done["rows_after"], removed=done["reasons"]
-        ) | {"dryRun": bool(result.get("dry_run"))}
-        receipt = receipts.get(name, {}).get("result")
-        if receipt is not None:
-            consent["erasure"] = str(receipt)
-        path = target_path(config, name, dataset)
-        outputs.append(dataset_ref(path, int(done["version_after"]), consent))
-    return input_refs(config), outputs
+def _from_context(text: str) -> ParentRun:
+    parent = json.loads(text)["parent"]
+    run_id, job = str(parent["run"]["runId"]), parent["job"]
+    root = parent.get("root") or {}
+    root_job = root.get("job") or job
+    return ParentRun(
+        namespace=str(job["namespace"]),
+        name=str(job["name"]),
+        run_id=run_id,
+        root_namespace=str(root_job["namespace"]),
+        root_name=str(root_job["name"]),
+        root_run_id=str((root.get("run") or {}).get("runId", run_id)),
+    )
 
 
-def datasets_of(
-    flow: str, config: Config, result: Mapping[str, Any] | None
-) -> tuple[list[DatasetRef], list[DatasetRef]]:
-    """Inputs and outputs of a flow: from its result when it returned one, else inputs only."""
-    if result is None:
-        return input_refs(config), []
-    if flow == "evaluate":
-        inputs, outputs = _evaluate(config, result)
-    elif flow == "gate":
-        inputs, outputs = _gate(config, result)
-    else:
-        inputs, outputs = _purge(flow, config, result)
-    return inputs, outputs
+def _from_ids(parent_id: str, root_id: str) -> ParentRun:
+    parts = parent_id.split("/")
+    root = root_id.split("/") if root_id else parts
+    if len(parts) != 3 or len(root) != 3 or not all(parts + root):
+        raise ValueError("expected namespace/name/runId")
+    return ParentRun(*parts, *root)
+
+
+def parent_from_env(environ: Mapping[str, str] | None = None) -> ParentRun | None:
+    """The parent run named by ``OPENLINEAGE_CONTEXT``, else ``OPENLINEAGE_PARENT_ID`` (and
+    ``OPENLINEAGE_ROOT_PARENT_ID``); None when neither is set or the value does not parse."""
+    env = os.environ if environ is None else environ
+    context = env.get("OPENLINEAGE_CONTEXT", "").strip()
+    parent_id = env.get("OPENLINEAGE_PARENT_ID", "").strip()
+    try:
+        if context:
+            return _from_context(context)
+        if parent_id:
+            return _from_ids(parent_id, env.get("OPENLINEAGE_ROOT_PARENT_ID", "").strip())
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        name = "OPENLINEAGE_CONTEXT" if context else "OPENLINEAGE_PARENT_ID"
+        log.warning("openlineage: %s ignored, it does not parse (%s)", name, type(exc).__name__)
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,15 +187,18 @@ class FlowRun:
 
 
 @contextmanager
-def flow_run(flow: str, config: Config) -> Iterator[FlowRun]:
-    """Emit START now, then COMPLETE (or FAIL, ABORT) around one flow; a no-op when off."""
+def flow_run(flow: str, config: Config, *, parent: ParentRun | None = None) -> Iterator[FlowRun]:
+    """Emit START now, then COMPLETE (or FAIL, ABORT) around one flow; a no-op when off.
+
+    ``parent`` (the Airflow task running the flow) defaults to :func:`parent_from_env`.
+    """
     if flow not in FLOWS:
         raise ValueError(f"unknown flow {flow!r}")
     run = FlowRun(flow)
     if not transport_configured():
         yield run
         return
-    emitter = _Emitter.start(flow, config)
+    emitter = _Emitter.start(flow, config, parent or parent_from_env())
     try:
         yield run
     except Exception as exc:
@@ -268,16 +213,22 @@ def flow_run(flow: str, config: Config) -> Iterator[FlowRun]:
 class _Emitter:
     """One run's client and run id; every send is best effort (see the module docstring)."""
 
-    def __init__(self, flow: str, client: OpenLineageClient | None, run_id: str) -> None:
-        self.flow, self.client, self.run_id = flow, client, run_id
+    def __init__(
+        self,
+        flow: str,
+        client: OpenLineageClient | None,
+        run_id: str,
+        parent: ParentRun | None = None,
+    ) -> None:
+        self.flow, self.client, self.run_id, self.parent = flow, client, run_id, parent
 
     @classmethod
-    def start(cls, flow: str, config: Config) -> _Emitter:
+    def start(cls, flow: str, config: Config, parent: ParentRun | None) -> _Emitter:
         try:
             from openlineage.client import OpenLineageClient
             from openlineage.client.uuid import generate_new_uuid
 
-            emitter = cls(flow, OpenLineageClient(), str(generate_new_uuid()))
+            emitter = cls(flow, OpenLineageClient(), str(generate_new_uuid()), parent)
         except Exception as exc:
             log.warning("openlineage: no events for %s (%s)", flow, type(exc).__name__)
             return cls(flow, None, "")
@@ -306,7 +257,8 @@ class _Emitter:
             return
         try:
             inputs, outputs = datasets_of(self.flow, config, result)
-            self.client.emit(_event(self.flow, self.run_id, state, inputs, outputs, error))
+            event = _event(self.flow, self.run_id, state, inputs, outputs, error, self.parent)
+            self.client.emit(event)
         except Exception as exc:
             log.warning(
                 "openlineage: %s event of %s not sent (%s)", state, self.flow, type(exc).__name__
@@ -324,8 +276,8 @@ def _facet_class() -> type[Any]:
         flow: str
         useCase: str
         acceptedPolicyVersions: list[str]
-        rowsKept: int
-        rowsRemoved: dict[str, int]
+        rowsKept: int | None = None
+        rowsRemoved: dict[str, int] | None = None
         dryRun: bool | None = None
         assetsExcluded: dict[str, int] | None = None
         manifestSha256: str | None = None
@@ -346,6 +298,7 @@ def _event(
     inputs: list[DatasetRef],
     outputs: list[DatasetRef],
     error: str | None,
+    parent: ParentRun | None = None,
 ) -> RunEvent:
     from openlineage.client.constants import __version__ as client_version
     from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent
@@ -354,6 +307,7 @@ def _event(
         dataset_version_dataset,
         error_message_run,
         job_type_job,
+        parent_run,
         processing_engine_run,
     )
 
@@ -378,6 +332,16 @@ def _event(
     if error is not None:
         run_facets["errorMessage"] = error_message_run.ErrorMessageRunFacet(
             message=error, programmingLanguage="python", producer=PRODUCER
+        )
+    if parent is not None:
+        run_facets["parent"] = parent_run.ParentRunFacet(
+            run=parent_run.Run(runId=parent.run_id),
+            job=parent_run.Job(namespace=parent.namespace, name=parent.name),
+            root=parent_run.Root(
+                run=parent_run.RootRun(runId=parent.root_run_id),
+                job=parent_run.RootJob(namespace=parent.root_namespace, name=parent.root_name),
+            ),
+            producer=PRODUCER,
         )
     job_facets: dict[str, Any] = {
         "jobType": job_type_job.JobTypeJobFacet(

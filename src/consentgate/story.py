@@ -10,8 +10,9 @@ against a SQLite metadata database under ``airflow_home``. It:
 3. runs ``consentgate_nightly_purge``, then ``consentgate_pretraining_gate`` for a fresh model
    version;
 4. returns a readable summary: rows purged per dataset and reason, the manifest, its
-   verification, and an inclusion proof for one allowlisted asset checked against the
-   manifest's root only.
+   verification, an inclusion proof for one allowlisted asset checked against the
+   manifest's root only, and the file holding the runs' OpenLineage events
+   (``<lake>/openlineage-events.jsonl``; :func:`consentgate.airflow_lineage.events_to_file`).
 
 :func:`prepare_airflow` and :func:`run_dag` are also what the test suite uses to run the DAGs.
 
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from consentgate.airflow_lineage import events_to_file
 from consentgate.airflow_tasks import CONF_ENV, CONF_VARIABLE, RETRIES_ENV
 from consentgate.errors import CheckFailed, ConsentgateError
 from consentgate.logs import running, step
@@ -51,6 +53,8 @@ DAG_IDS: Final = (
 QUIET_SPARK_CONF: Final = {"spark.ui.showConsoleProgress": "false"}
 #: Bound on ``airflow db migrate`` (SQLite takes a few seconds).
 MIGRATE_TIMEOUT_S: Final = 600
+#: The story's OpenLineage events (file transport), relative to the lake.
+LINEAGE_FILE: Final = "openlineage-events.jsonl"
 #: The terminal width :func:`render` keeps to (issue #24 item 6).
 RENDER_WIDTH: Final = 100
 
@@ -385,14 +389,17 @@ def run_story(
     os.environ[CONF_ENV] = str(conf_path)
     common = {"as_of": as_of} if as_of else {}
 
-    purge = run_dag("consentgate_nightly_purge", run_conf=common)
-    if not purge.ok:
-        raise CheckFailed(f"consentgate_nightly_purge failed: {purge.task_states}")
-    version = model_version or dt.datetime.now(dt.UTC).strftime("demo-%Y%m%dT%H%M%SZ")
-    gate = run_dag(
-        "consentgate_pretraining_gate",
-        run_conf={**common, "use_case": use_case, "model_version": version},
-    )
+    # The runs' OpenLineage events go to a file beside the lake, unless the user points
+    # OpenLineage elsewhere (OPENLINEAGE_URL, ...): then they go there.
+    with events_to_file(root / LINEAGE_FILE) as events_file:
+        purge = run_dag("consentgate_nightly_purge", run_conf=common)
+        if not purge.ok:
+            raise CheckFailed(f"consentgate_nightly_purge failed: {purge.task_states}")
+        version = model_version or dt.datetime.now(dt.UTC).strftime("demo-%Y%m%dT%H%M%SZ")
+        gate = run_dag(
+            "consentgate_pretraining_gate",
+            run_conf={**common, "use_case": use_case, "model_version": version},
+        )
     if not gate.ok:
         raise CheckFailed(f"consentgate_pretraining_gate failed: {gate.task_states}")
     gate_section = _gate_section(gate)
@@ -408,8 +415,19 @@ def run_story(
         "purge": _purge_section(purge),
         "gate": gate_section,
         "proof": proof,
+        "openlineage": {
+            "file": None if events_file is None else str(events_file),
+            "events": _count_lines(events_file),
+        },
         "ok": bool(gate_section["verification"]["ok"] and proof["verified_offline"]),
     }
+
+
+def _count_lines(path: Path | None) -> int | None:
+    if path is None or not path.exists():
+        return None if path is None else 0
+    with path.open() as f:
+        return sum(1 for _ in f)
 
 
 def reason_lines(
@@ -469,4 +487,9 @@ def render(summary: Mapping[str, Any]) -> str:
         f"inclusion proof for asset {proof['asset_id']}: included={proof['included']}",
         f"  checks against the manifest root alone: {proof['verified_offline']}",
     ]
+    lineage = summary.get("openlineage") or {}
+    if lineage.get("file"):
+        lines += ["", f"OpenLineage events ({lineage['events']}): {lineage['file']}"]
+    elif lineage:
+        lines += ["", "OpenLineage events: sent to the transport OpenLineage is configured with"]
     return "\n".join(lines)
