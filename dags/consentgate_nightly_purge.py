@@ -8,7 +8,7 @@ proves it in the audit log.
 
 | task | does |
 |---|---|
-| `validate` | finds the config (Variable `consentgate_conf` or env `CONSENTGATE_CONF`), checks it and every input table's schema from the Delta logs; fixes the run's instant and id |
+| `validate` | finds the config (env `CONSENTGATE_CONF`, else Variable `consentgate_conf`), checks it and every input table's schema from the Delta logs; fixes the run's instant and id |
 | `quiescent` | answers the night without Spark when the quiescence certificate covers it (nothing changed since a full night that found nothing to remove, no record or retention takes effect, no erasure due): records it in the audit log (XCom `night`) and skips every later task; otherwise discards the certificate and lets the full run go on |
 | `decide` | decides consent **once for the run**: effective consent for every use case, lineage for every table, and per table the rows to remove, kept as the run's work tables (digests only, under `_consentgate/purge_runs/<run id>/`); returns the tables to visit, configured datasets then registered snapshots (the plan's summary is kept as XCom `plan`) |
 | `purge_dataset` | one mapped instance per table, so a failing table is visible and retryable alone; loads its table's decision from `decide` (never decides again: no decision fails the task, naming the table and the run); emits an Asset event for each table it changed |
@@ -152,6 +152,7 @@ def consentgate_nightly_purge() -> None:
     ) -> dict[str, Any]:
         from consentgate import airflow_tasks
 
+        airflow_tasks.outcome_pending()  # audit_summary reads it whatever happens here
         if run is None:  # validate failed: nothing was purged (the run fails at audit_summary)
             return {"skipped": True, "reason": "validate failed"}
         if run["dry_run"] or not run.get("erase", True):
@@ -164,17 +165,21 @@ def consentgate_nightly_purge() -> None:
     # all_done, then fails the run itself when a table failed (it is the run's last task, so
     # its success would otherwise mark the run successful); that failure is not retried (a
     # retry would append the audit entry twice).
+    # decide's tables are pulled only if decide ran (pull_xcom): a task that never started has
+    # no XCom, and an argument bound to it would log "XCom not found" on such a run.
     @task(multiple_outputs=False, trigger_rule=TriggerRule.ALL_DONE, pool=SPARK_POOL)
     def audit_summary(
         run: dict[str, Any] | None,
         purged: list[dict[str, Any]] | None,
         erasure: dict[str, Any] | None,
-        targets: list[str] | None,
     ) -> dict[str, Any]:
         from consentgate import airflow_tasks
 
         return airflow_tasks.record_purge(
-            run, airflow_tasks.mapped_results(purged), erasure, targets
+            run,
+            airflow_tasks.mapped_results(purged),
+            erasure,
+            airflow_tasks.pull_xcom("decide"),
         )
 
     run = validate()
@@ -182,7 +187,7 @@ def consentgate_nightly_purge() -> None:
     quiescent(run) >> targets
     purged = purge_dataset.partial(run=run).expand(target=targets)
     erasure = erase_and_verify(run, purged)
-    audit_summary(run, purged, erasure, targets)
+    targets >> audit_summary(run, purged, erasure)  # reads decide's tables itself
 
 
 consentgate_nightly_purge()

@@ -10,7 +10,7 @@ models are affected, and writes nothing. Trigger again with `dry_run: false` to 
 
 | task | does |
 |---|---|
-| `validate` | finds the config (Variable `consentgate_conf` or env `CONSENTGATE_CONF`), checks it and every input table's schema; fixes the run's instant and id |
+| `validate` | finds the config (env `CONSENTGATE_CONF`, else Variable `consentgate_conf`), checks it and every input table's schema; fixes the run's instant and id |
 | `backfill` | re-evaluation, purge (unless dry run) and impact on published runs |
 | `report` | the affected runs and the rows removed (or to be removed) per dataset and reason; emits an Asset event per dataset changed |
 

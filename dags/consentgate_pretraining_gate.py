@@ -8,7 +8,7 @@ re-verifies it.
 
 | task | does |
 |---|---|
-| `validate` | finds the config (Variable `consentgate_conf` or env `CONSENTGATE_CONF`), checks it and every input table's schema; fixes the run's instant and id |
+| `validate` | finds the config (env `CONSENTGATE_CONF`, else Variable `consentgate_conf`), checks it and every input table's schema; fixes the run's instant and id |
 | `evaluate` | effective consent for the use case and the allowlist (returns the datasets to snapshot; the gate run's facts go to XCom `gate`); **refuses** (fails the run, publishes nothing) when the gate's thresholds are not met |
 | `snapshot` | one mapped instance per dataset: the allowlisted rows, written as a new Delta table |
 | `manifest` | the manifest and its registry entry: the only task that publishes |

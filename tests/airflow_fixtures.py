@@ -125,22 +125,33 @@ class Runs:
     #: The next night, answered from the quiescence certificate the purge wrote (it changed
     #: the lake only by its own commits: ``consentgate.quiescence``).
     quiet: Any = None
-    #: What Airflow itself logged at ERROR or above during both runs (its structlog events:
-    #: ``event``, ``logger``, ...), e.g. the SDK client's "XCom not found" (issue #24 item 3).
+    #: What Airflow itself logged at ERROR or above during the runs (:func:`airflow_errors`),
+    #: e.g. the SDK client's "XCom not found" (issue #24 item 3).
     airflow_errors: list[dict[str, Any]] = field(default_factory=list)
     #: The OpenLineage events of all three runs, from the file transport the demo uses
     #: (:func:`consentgate.airflow_lineage.events_to_file`).
     lineage_events: list[dict[str, Any]] = field(default_factory=list)
 
 
-def gate_then_purge(conf: Path) -> Runs:
-    """Gate ``m1`` for generative training, then the nightly purge (which covers the snapshot),
-    counting the purge run's consent decisions through the real ``decide_run`` and keeping
-    what Airflow logged at ERROR (structlog's capture: under pytest Airflow does not cache its
-    loggers, so every logger of the runs reaches it)."""
+@contextlib.contextmanager
+def airflow_errors() -> Iterator[list[dict[str, Any]]]:
+    """What Airflow logs at ERROR or above while open (structlog's capture: under pytest
+    Airflow does not cache its loggers, so every logger of a ``dag.test()`` run reaches it),
+    as structlog event dicts (``event``, ``logger``, ``task_id``, ...), filled in when the
+    block ends."""
     import airflow.models.dagbag  # noqa: F401  (Airflow configures structlog when imported)
     import structlog.testing
 
+    errors: list[dict[str, Any]] = []
+    with structlog.testing.capture_logs() as logged:
+        yield errors
+    errors += [e for e in logged if e.get("log_level") in ("error", "critical")]
+
+
+def gate_then_purge(conf: Path) -> Runs:
+    """Gate ``m1`` for generative training, then the nightly purge (which covers the snapshot),
+    counting the purge run's consent decisions through the real ``decide_run`` and keeping
+    what Airflow logged at ERROR (:func:`airflow_errors`)."""
     from consentgate import purge as purge_module
     from consentgate.airflow_lineage import events_to_file
     from consentgate.story import run_dag
@@ -156,7 +167,7 @@ def gate_then_purge(conf: Path) -> Runs:
     events_path = conf.parent.parent / "openlineage" / "events.jsonl"
     with (
         conf_env(conf),
-        structlog.testing.capture_logs() as logged,
+        airflow_errors() as errors,
         events_to_file(events_path) as events_file,
     ):
         assert events_file == events_path, "an OpenLineage transport is configured outside"
@@ -169,7 +180,6 @@ def gate_then_purge(conf: Path) -> Runs:
             patch.setattr(purge_module, "decide_run", counting_decide_run)
             purge = run_dag("consentgate_nightly_purge", run_conf={"as_of": AS_OF}, dags_dir=DAGS)
         quiet = run_dag("consentgate_nightly_purge", run_conf={"as_of": AS_OF}, dags_dir=DAGS)
-    errors = [e for e in logged if e.get("log_level") in ("error", "critical")]
     return Runs(
         conf=conf,
         gate=gate,

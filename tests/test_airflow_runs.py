@@ -21,6 +21,7 @@ from tests.airflow_fixtures import (
     MODEL_VERSION,
     USE_CASE,
     Runs,
+    airflow_errors,
     conf_env,
     copy_lake,
     openlineage_task_runs,
@@ -236,14 +237,10 @@ def test_successful_runs_log_no_airflow_error(local_runs: Runs) -> None:
     last result; they read them whole with ``airflow_tasks.mapped_results``."""
     assert local_runs.gate.ok and local_runs.purge.ok
     assert local_runs.purge.results["purge_dataset"] and local_runs.gate.results["snapshot"]
+    # nor "Variable not found": the runs' config comes from env CONSENTGATE_CONF, read first
     errors = [
         (e.get("event"), e.get("logger"), e.get("task_id")) for e in local_runs.airflow_errors
     ]
-    # Not yet: these runs find their config through env CONSENTGATE_CONF, the documented
-    # fallback after the Airflow Variable, and the SDK client logs the Variable's absence as
-    # an error (once per validate task). Looking at the environment first would change the
-    # documented precedence; the demo sets the Variable (through AIRFLOW_VAR_...) instead.
-    errors = [e for e in errors if e[0] != "Variable not found"]
     assert errors == []
 
 
@@ -358,7 +355,7 @@ def test_refused_gate_fails_the_run_and_publishes_nothing(
     config = load_config(refusing)
     before = registry.read_entries(config)
     manifests = sorted(p.name for p in registry.manifests_dir(config).glob("*"))
-    with conf_env(refusing):
+    with conf_env(refusing), airflow_errors() as errors:
         outcome = run_dag(
             "consentgate_pretraining_gate",
             run_conf={"use_case": USE_CASE, "model_version": "m-refused", "as_of": AS_OF},
@@ -369,6 +366,11 @@ def test_refused_gate_fails_the_run_and_publishes_nothing(
     assert outcome.task_states["evaluate"] == "failed"
     assert outcome.task_states["verify"] == "upstream_failed"
     assert outcome.task_states["manifest"] == "upstream_failed"
+    assert outcome.task_states["rollback"] == "success"
+    # Issue #24 item 3: the rollback (all_done) found the outcome the failed evaluate left
+    # (``gate`` pushed as null first), so Airflow looked up no absent XCom ("XCom not found"):
+    # the one error line is the failed task's own.
+    assert [e.get("event") for e in errors] == ["Task failed with exception"]
     assert outcome.asset_events == []
     assert registry.read_entries(config) == before
     assert sorted(p.name for p in registry.manifests_dir(config).glob("*")) == manifests
@@ -394,6 +396,26 @@ def test_policy_backfill_dry_run_reports_and_writes_nothing(
     assert all(r["version_after"] == r["version_before"] for r in datasets.values())
     assert report["datasets_changed"] == [] and outcome.asset_events == []
     assert lake_files(root) == before  # not a byte written to the lake
+
+
+def test_a_purge_run_that_failed_at_once_logs_no_airflow_error(
+    airflow_home: Path, tmp_path: Path
+) -> None:
+    """Issue #24 item 3: with ``validate`` failed, the purge's all_done tasks still run and
+    record the failure; every upstream outcome they read exists (each task pushes its outcome
+    as null before its work), so the SDK client logs no "XCom not found"."""
+    from consentgate.story import run_dag
+
+    with conf_env(tmp_path / "nope.yaml"), airflow_errors() as errors:
+        outcome = run_dag("consentgate_nightly_purge", dags_dir=DAGS)
+    assert outcome.state == "failed"
+    assert outcome.task_states["validate"] == "failed"
+    assert outcome.task_states["erase_and_verify"] == "success"  # skipped: nothing was purged
+    assert outcome.task_states["audit_summary"] == "failed"  # the run's verdict
+    # the failed tasks' own error lines (validate's, then audit_summary's verdict), and no
+    # "XCom not found"
+
+    assert [e.get("event") for e in errors] == ["Task failed with exception"] * 2, errors
 
 
 def test_missing_config_fails_fast_without_retries(airflow_home: Path, tmp_path: Path) -> None:

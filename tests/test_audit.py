@@ -29,6 +29,7 @@ def test_chain_appends_and_verifies(spark: SparkSession, tmp_path: Path) -> None
         "ok": True,
         "entries": 0,
         "head": None,
+        "head_seq": None,
         "problems": [],
     }
     first = audit.append_event(spark, config, kind="gate", run_id="gate-1", payload={"n": 1})
@@ -283,3 +284,53 @@ def test_a_missing_log_fails_where_audited_runs_left_records(
     assert "_consentgate/purge_keys" in problem
     with pytest.raises(TrainingSummaryError, match="audit log _consentgate/audit is missing"):
         read_audit(config.lake_root)
+
+
+def test_a_truncated_or_rolled_back_log_shows_against_its_published_heads(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Issue #23 item 2 (heads): each append publishes the log's head (``heads.json``); with
+    its newest commit removed the log still chains, but ends before its head. With the head
+    file rolled back too, a head kept elsewhere (``--expect-head``) shows it; through the
+    command line, exit 1."""
+    from click.testing import CliRunner
+
+    from consentgate.cli import main
+    from consentgate.heads import Head, heads_path, read_heads
+
+    config = _config(tmp_path / "lake")
+    digests = [
+        audit.append_event(spark, config, kind="gate", run_id=f"gate-{n}", payload={"n": n})
+        for n in range(3)
+    ]
+    assert read_heads(config.lake_root)["audit"] == Head(2, digests[2])
+    kept = tmp_path / "kept.json"
+    kept.write_text(heads_path(config.lake_root).read_text())
+    assert audit.verify_chain(spark, config)["ok"]
+    log = audit.audit_path(config) / "_delta_log"
+    newest = max(log.glob("*.json"))
+    newest.unlink()
+    newest.with_suffix(".crc").unlink(missing_ok=True)
+    result = audit.verify_chain(spark, config)
+    assert result["entries"] == 2 and not result["ok"]
+    assert any("seq 2" in p and "newest entries were removed" in p for p in result["problems"])
+    # the head file rolled back with the table: consistent, but not with the kept head
+    heads_path(config.lake_root).write_text(json.dumps({"audit": {"seq": 1, "sha256": digests[1]}}))
+    assert audit.verify_chain(spark, config)["ok"]
+    assert not audit.verify_chain(spark, config, expect=Head(2, digests[2]))["ok"]
+    for table in ("consent_records", "assets", "lineage"):  # the config's required tables
+        (tmp_path / "lake" / table).mkdir()
+    conf = tmp_path / "lake" / "consentgate.yaml"
+    conf.write_text(
+        json.dumps({"lake_root": ".", "use_cases": {"u": {"accepted_policy_versions": ["1"]}}})
+    )
+    runner = CliRunner()
+    for expect, code in (
+        ([], 0),
+        (["--expect-head", str(kept)], 1),
+        (["--expect-head", f"1:{digests[1]}"], 0),
+    ):
+        done = runner.invoke(main, ["audit", "verify", "--conf", str(conf), *expect, "--json"])
+        assert done.exit_code == code, done.output
+    bad = runner.invoke(main, ["audit", "verify", "--conf", str(conf), "--expect-head", "2:abc"])
+    assert bad.exit_code == 2 and "--expect-head" in bad.output

@@ -378,6 +378,26 @@ def test_jsonable_normalises_paths_instants_and_sets() -> None:
     json.dumps(value)
 
 
+def test_the_config_comes_from_the_environment_first_then_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Decision (issue #24 item 3): env ``CONSENTGATE_CONF`` before the Airflow Variable, as
+    Airflow ranks its own variables; the Variable is read through Airflow's real secrets
+    backends (here the environment's ``AIRFLOW_VAR_...``)."""
+    from consentgate.errors import ConfigError
+
+    variable = f"AIRFLOW_VAR_{airflow_tasks.CONF_VARIABLE.upper()}"
+    monkeypatch.delenv(airflow_tasks.CONF_ENV, raising=False)
+    monkeypatch.setenv(variable, str(tmp_path / "variable.yaml"))
+    assert airflow_tasks.conf_path() == tmp_path / "variable.yaml"
+    monkeypatch.setenv(airflow_tasks.CONF_ENV, str(tmp_path / "env.yaml"))
+    assert airflow_tasks.conf_path() == tmp_path / "env.yaml"
+    monkeypatch.delenv(airflow_tasks.CONF_ENV)
+    monkeypatch.delenv(variable)
+    with pytest.raises(ConfigError, match="CONSENTGATE_CONF or the Airflow Variable"):
+        airflow_tasks.conf_path()
+
+
 def test_purge_schedule_default_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(airflow_tasks.SCHEDULE_ENV, raising=False)
     assert airflow_tasks.purge_schedule() == "0 2 * * *"

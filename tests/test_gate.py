@@ -327,6 +327,95 @@ def test_tamper_registry_order(spark: SparkSession, gated: Gated, tmp_path: Path
         purge.targets(moved)
 
 
+def test_forged_purge_commit_does_not_excuse_a_deleted_file(
+    spark: SparkSession, gated: Gated, tmp_path: Path
+) -> None:
+    """Issue #23 item 3: a snapshot file deleted behind a one-line commit that says
+    ``consentgate.purge`` is tampering: no audit entry names its attempt, no key record covers
+    its rows. (Before, any commit with that operation excused the removal.)"""
+    _, manifest = _copy(gated, tmp_path)
+    rel, file = _first_file(manifest, "track_embeddings")
+    file.unlink()
+    table = file.parent
+    newest = max(int(p.stem) for p in (table / "_delta_log").glob("*.json"))
+    forged = {
+        "consentgate.operation": "consentgate.purge",
+        "consentgate.attempt": "forged-attempt",
+        "consentgate.run": "purge-20261101T000000Z-00000000",
+    }
+    actions = [
+        {"commitInfo": {"timestamp": 1, "operation": "MERGE", "userMetadata": json.dumps(forged)}},
+        {"remove": {"path": rel, "deletionTimestamp": 1, "dataChange": True}},
+    ]
+    (table / "_delta_log" / f"{newest + 1:020d}.json").write_text(
+        "\n".join(json.dumps(a) for a in actions) + "\n"
+    )
+    problems = _problems(manifest)
+    assert any(
+        "track_embeddings" in p and "forged-attempt has no audit entry" in p for p in problems
+    ), problems
+    assert any("track_embeddings" in p and rel in p and "missing" in p for p in problems)
+
+
+def test_rows_added_to_a_snapshot_after_its_manifest_fail(
+    spark: SparkSession, gated: Gated, tmp_path: Path
+) -> None:
+    """Issue #23 item 3: data appended to a snapshot after its manifest fails verification,
+    although every file the manifest lists is intact."""
+    _, manifest = _copy(gated, tmp_path)
+    _, file = _first_file(manifest, "track_embeddings")
+    table = file.parent
+    lake.read_table(spark, table).limit(1).write.format("delta").mode("append").save(str(table))
+    problems = _problems(manifest)
+    assert any(
+        "track_embeddings" in p and "commit" in p and "data changed after the manifest" in p
+        for p in problems
+    ), problems
+
+
+def _drop_newest_commit(table: Path) -> None:
+    """Delete a Delta table's newest commit (and its checksum): what is left is an earlier
+    version of the table, consistent in itself."""
+    log = table / "_delta_log"
+    newest = max(log.glob("*.json"))
+    newest.unlink()
+    newest.with_suffix(".crc").unlink(missing_ok=True)
+
+
+def test_registry_truncation_shows_against_its_published_head(
+    spark: SparkSession, gated: Gated, tmp_path: Path
+) -> None:
+    """Issue #23 item 2 (heads): each append publishes the registry's head; a registry whose
+    newest entry was removed still chains, but not up to its head: ``verify`` reports it and
+    the purge refuses the registry. With the head file rolled back too, only a head kept
+    elsewhere (``--expect-head``) shows it."""
+    from consentgate import purge
+    from consentgate.heads import heads_path, parse_expected, read_heads
+
+    copy, manifest = _copy(gated, tmp_path)  # the first gate's manifest, registry seq 0
+    head = read_heads(copy)["registry"]
+    assert (head.seq, head.sha256) == (1, gated.second["manifest_sha256"])
+    assert gated.second["heads"]["registry"] == head.text()  # in the run's result too
+    kept = tmp_path / "heads-kept.json"
+    shutil.copy(heads_path(copy), kept)
+    assert verify_manifest(manifest)["ok"]
+    _drop_newest_commit(registry.registry_path_at(copy))
+    assert registry.check_chain(registry.read_entries_at(copy)) == []  # still a chain
+    problems = _problems(manifest)
+    assert any("registry" in p and "newest entries were removed" in p for p in problems)
+    moved = gated.config.model_copy(update={"lake_root": copy})
+    with pytest.raises(CheckFailed, match="newest entries were removed"):
+        purge.targets(moved)
+    # the attacker rolls the head file back as well
+    data = json.loads(heads_path(copy).read_text())
+    data["registry"] = {"seq": 0, "sha256": gated.first["manifest_sha256"]}
+    heads_path(copy).write_text(json.dumps(data))
+    assert verify_manifest(manifest)["ok"]
+    report = verify_manifest(manifest, expect_head=parse_expected(str(kept), "registry"))
+    assert not report["ok"]
+    assert any("--expect-head" in p and "seq 1" in p for p in report["problems"])
+
+
 def test_refused_gate_publishes_nothing(spark: SparkSession, tmp_path: Path) -> None:
     conf = write_small_lake(spark, tmp_path / "small", records=[])
     config = load_config(conf)

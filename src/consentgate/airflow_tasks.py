@@ -520,7 +520,10 @@ def step_audit_summary(
     chain = jsonable(audit.verify_chain(spark, config))
     if not chain.get("ok"):
         raise CheckFailed(f"audit log hash chain is broken: {chain.get('problems')}")
-    out: JSON = {"entry_sha256": entry, "chain": chain}
+    from consentgate.heads import published
+
+    # the heads after the entry, kept in this task's XCom too (consentgate.heads)
+    out: JSON = {"entry_sha256": entry, "chain": chain, "heads": published(config.lake_root)}
     if decisions_bound:
         from consentgate.flips import decision_flips
 
@@ -995,24 +998,30 @@ def _read_outcome(path: Path) -> JSON | None:
 
 
 def conf_path() -> Path:
-    """The config file: Airflow Variable ``consentgate_conf``, else env ``CONSENTGATE_CONF``.
+    """The config file: env ``CONSENTGATE_CONF``, else the Airflow Variable ``consentgate_conf``.
+
+    The environment comes first (decision, issue #24 item 3), as in Airflow's own order for
+    Variables (an ``AIRFLOW_VAR_...`` variable wins over the metadata DB's): a deployment that
+    configures its workers by environment then never asks the API server for a Variable that
+    does not exist, whose absence the task SDK's client logs at ERROR ("Variable not found")
+    on every run. Only when neither is set is the Variable asked for, and that ERROR line then
+    stands beside ours.
 
     Raises:
         ConfigError: neither is set.
     """
-    from airflow.sdk import Variable
-
-    value: Any = None
-    try:
-        value = Variable.get(CONF_VARIABLE, default=None)
-    except Exception as exc:  # no metadata DB or API server reachable: fall back to the env
-        log.debug("Airflow Variable %s unavailable: %s", CONF_VARIABLE, exc)
+    value: Any = os.environ.get(CONF_ENV)
     if not value:
-        value = os.environ.get(CONF_ENV)
+        from airflow.sdk import Variable
+
+        try:
+            value = Variable.get(CONF_VARIABLE, default=None)
+        except Exception as exc:  # no metadata DB or API server reachable
+            log.debug("Airflow Variable %s unavailable: %s", CONF_VARIABLE, exc)
     if not value:
         raise ConfigError(
-            f"{CONF_VARIABLE}: set the Airflow Variable {CONF_VARIABLE} or the environment "
-            f"variable {CONF_ENV} to the consentgate config file"
+            f"{CONF_VARIABLE}: set the environment variable {CONF_ENV} or the Airflow Variable "
+            f"{CONF_VARIABLE} to the consentgate config file"
         )
     return Path(str(value)).expanduser().resolve()
 
@@ -1042,6 +1051,7 @@ def start_run(
 
     from consentgate.runtime import dag_run_origin
 
+    outcome_pending()  # every DAG's all_done tasks read the run context (None: validate failed)
     dag_run = get_current_context().get("dag_run")
     dag_id, dag_run_id = getattr(dag_run, "dag_id", None), getattr(dag_run, "run_id", None)
     origin = dag_run_origin(dag_id, dag_run_id) if dag_id and dag_run_id else None
@@ -1119,12 +1129,27 @@ def _push_xcom(key: str, value: Any) -> None:
     get_current_context()["ti"].xcom_push(key=key, value=value)
 
 
+def outcome_pending(*keys: str) -> None:
+    """Push each XCom ``key`` of this task (default: its return value) as null before its
+    work, so a task that fails still leaves an outcome for the all_done tasks that read it.
+
+    Why (issue #24 item 3): an all_done task (the purge's ``erase_and_verify`` and
+    ``audit_summary``, the gate's ``rollback``) reads its upstream tasks' XComs whatever their
+    outcome; an absent one reads as None too, but the task SDK's client first logs
+    ``[error] XCom not found`` for it, on every failed run. Null is what the readers already
+    take for "that task did not finish"; a task that succeeds overwrites it with its result.
+    """
+    for key in keys or ("return_value",):
+        _push_xcom(key, None)
+
+
 def purge_decide(run: Mapping[str, Any]) -> list[str]:
     """The purge's ``decide`` task (:func:`step_decide_purge`): the run's decisions, once, for
     every table, and the tables to visit as the list the mapped task expands.
 
     The plan's summary is pushed as XCom ``plan`` (Airflow cannot map over a dict's key).
     """
+    outcome_pending()
     decided = run_step(run, "decide_purge", as_of=run["as_of"], run_id=run["run_id"])
     _push_xcom("plan", decided.get("plan"))
     return [str(name) for name in decided["targets"]]
@@ -1138,6 +1163,7 @@ def gate_prepare(run: Mapping[str, Any]) -> list[str]:
         run's facts, which every later gate step takes, are pushed as XCom ``gate`` because
         Airflow cannot map over one key of a dict.
     """
+    outcome_pending("gate")
     gate = run_step(
         run,
         "gate_prepare",
@@ -1169,11 +1195,22 @@ def mapped_results(results: Sequence[Any] | None) -> list[Any]:
 
 
 def pull_xcom(task_id: str, *, key: str = "return_value") -> Any:
-    """An upstream task's XCom, or None when that task never pushed it (it failed)."""
+    """An upstream task's XCom, or None when that task did not push it.
+
+    Asked only of a task that ran (its state, from the API): a task that never started
+    (upstream failed, skipped) has no XCom, and pulling one logs "XCom not found" at ERROR
+    (issue #24 item 3); a task that ran and failed left null (:func:`outcome_pending`).
+    """
     from airflow.sdk import get_current_context
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
     ti = get_current_context()["ti"]
     try:
+        states = RuntimeTaskInstance.get_task_states(
+            dag_id=ti.dag_id, task_ids=[task_id], run_ids=[ti.run_id]
+        )
+        if states.get(ti.run_id, {}).get(task_id) not in ("success", "failed"):
+            return None
         return ti.xcom_pull(task_ids=task_id, key=key)
     except Exception as exc:  # a missing XCom is an outcome here, not an error
         log.info("no XCom %s from %s: %s", key, task_id, exc)

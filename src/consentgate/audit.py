@@ -27,7 +27,6 @@ Decisions:
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,12 +39,12 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
 
-from consentgate import lake
+from consentgate import heads, lake
 from consentgate.canonical import canonical_json, sha256_hex
 from consentgate.config import Config
 from consentgate.errors import ConsentgateError
 from consentgate.runtime import iso, now_utc
-from consentgate.state import missing_audit_problem
+from consentgate.state import file_lock, missing_audit_problem
 
 #: Event kinds written by consentgate itself (others may add theirs, e.g. ``airflow_run``).
 KINDS: Final[frozenset[str]] = frozenset(
@@ -116,13 +115,8 @@ def _check_payload(value: Any, where: str = "payload") -> None:
 
 @contextmanager
 def _locked(config: Config) -> Iterator[None]:
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    with open(config.state_dir / "audit.lock", "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with file_lock(config.state_dir / "audit.lock"):
+        yield
 
 
 def _last_entry(path: Path) -> tuple[int, str] | None:
@@ -237,23 +231,36 @@ def append_events(spark: SparkSession | None, config: Config, events: Sequence[E
                 commit_metadata=metadata,
                 configuration={"delta.appendOnly": "true"},
             )
+        # still under the lock: the head file never names an older head than the table's
+        heads.publish(config.lake_root, "audit", heads.Head(seq - 1, digests[-1]))
     return digests
 
 
-def verify_chain(spark: SparkSession, config: Config) -> dict[str, Any]:
-    """Recompute every entry's hash and link, in ``seq`` order.
+def verify_chain(
+    spark: SparkSession, config: Config, *, expect: heads.Head | None = None
+) -> dict[str, Any]:
+    """Recompute every entry's hash and link, in ``seq`` order, and hold the chain to its
+    published heads (:mod:`consentgate.heads`: the lake's head file, and ``expect``).
 
     Returns:
-        ``{"ok": bool, "entries": n, "head": last hash or None, "problems": [...]}``; a missing
-        log is ``ok`` with zero entries only where nothing audited has happened yet
-        (:func:`consentgate.state.missing_audit_problem`), else a problem. Each problem names
-        the ``seq`` that failed.
+        ``{"ok": bool, "entries": n, "head": last hash or None, "head_seq": its seq or None,
+        "problems": [...]}``; a missing log is ``ok`` with zero entries only where nothing
+        audited has happened yet (:func:`consentgate.state.missing_audit_problem`), else a
+        problem. Each problem names the ``seq`` that failed.
     """
     path = audit_path(config)
     if not lake.is_table(path):
         missing = missing_audit_problem(config.lake_root)
         found = [] if missing is None else [missing]
-        return {"ok": missing is None, "entries": 0, "head": None, "problems": found}
+        if expect is not None:
+            found += heads.check("audit", [], expect, source="--expect-head")
+        return {
+            "ok": not found,
+            "entries": 0,
+            "head": None,
+            "head_seq": None,
+            "problems": found,
+        }
     problems: list[str] = []
     table = lake.open_table(path)
     if not lake.append_only(table):
@@ -270,8 +277,10 @@ def verify_chain(spark: SparkSession, config: Config) -> dict[str, Any]:
     previous = ""
     expected_seq = 0
     entries = 0
+    digests: list[str] = []
     for row in frame.orderBy("seq").toLocalIterator():
         entries += 1
+        digests.append(str(row["entry_sha256"]))
         seq = int(row["seq"])
         if seq != expected_seq:
             problems.append(f"seq {seq}: expected seq {expected_seq} (missing or duplicate entry)")
@@ -295,7 +304,14 @@ def verify_chain(spark: SparkSession, config: Config) -> dict[str, Any]:
                 problems.append(f"seq {seq}: entry_sha256 does not match its content")
         previous = row["entry_sha256"]
         expected_seq = seq + 1
-    return {"ok": not problems, "entries": entries, "head": previous or None, "problems": problems}
+    problems += heads.check_published(config.lake_root, "audit", digests, expect=expect)
+    return {
+        "ok": not problems,
+        "entries": entries,
+        "head": previous or None,
+        "head_seq": entries - 1 if entries else None,
+        "problems": problems,
+    }
 
 
 def events(spark: SparkSession, config: Config, *, kind: str | None = None) -> list[dict[str, Any]]:

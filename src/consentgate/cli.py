@@ -489,10 +489,21 @@ def gate_command(
     _run(as_json, f"gate {model_version}", job)
 
 
+expect_head_option = click.option(
+    "--expect-head",
+    "expect_head",
+    default=None,
+    metavar="SEQ:SHA256|FILE",
+    help="A head published earlier (SEQ:SHA256, or a copy of _consentgate/heads.json): the "
+    "chain must still hold that entry (catches truncation and roll-back).",
+)
+
+
 @main.command("verify")
 @click.argument("manifest", type=click.Path(path_type=Path))
+@expect_head_option
 @json_option
-def verify_command(manifest: Path, as_json: bool) -> None:
+def verify_command(manifest: Path, expect_head: str | None, as_json: bool) -> None:
     """Re-hash every snapshot and the manifest itself; exit 1 on any problem.
 
     Runs without Spark or a JVM (hashlib, delta-rs and the Spark-free verifier), so a creator
@@ -500,9 +511,11 @@ def verify_command(manifest: Path, as_json: bool) -> None:
     """
 
     def job() -> dict[str, Any]:
+        from consentgate.heads import parse_expected
         from consentgate.manifest import verify_manifest
 
-        result: dict[str, Any] = verify_manifest(manifest)
+        expected = None if expect_head is None else parse_expected(expect_head, "registry")
+        result: dict[str, Any] = verify_manifest(manifest, expect_head=expected)
         return result
 
     result = _run(as_json, "verify", job)
@@ -711,15 +724,18 @@ def audit_group() -> None:
 
 @audit_group.command("verify")
 @conf_option
+@expect_head_option
 @json_option
-def audit_verify_command(conf_path: Path, as_json: bool) -> None:
-    """Check the audit log's hash chain; exit 1 when it is broken."""
+def audit_verify_command(conf_path: Path, expect_head: str | None, as_json: bool) -> None:
+    """Check the audit log's hash chain and its published heads; exit 1 when it is broken."""
 
     def job() -> dict[str, Any]:
         from consentgate.audit import verify_chain
+        from consentgate.heads import parse_expected
 
+        expected = None if expect_head is None else parse_expected(expect_head, "audit")
         config = _config(conf_path)
-        result: dict[str, Any] = verify_chain(_spark(config), config)
+        result: dict[str, Any] = verify_chain(_spark(config), config, expect=expected)
         return result
 
     result = _run(as_json, "audit", job)

@@ -69,7 +69,7 @@ from typing import Any, Final, TypedDict
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from consentgate import audit, datasheet, digest, evaluate, lake, registry, verifier
+from consentgate import audit, datasheet, digest, evaluate, heads, lake, registry, verifier
 from consentgate.config import Config
 from consentgate.errors import (
     AsOfRefused,
@@ -994,6 +994,9 @@ def publish_gate(
         # what was left out, by reason: a grant is no exclusion
         "exclusions": {r: n for r, n in run["evaluation"]["reasons"].items() if r != "granted"},
         "datasheet": {k: str(out_dir / v["path"]) for k, v in sheet.items()},
+        # the registry's and the audit log's heads after this run: keep them, they catch a
+        # later truncation (`--expect-head`, consentgate.heads)
+        "heads": heads.published(config.lake_root),
     }
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from consentgate import verifier
+from consentgate import removals, verifier
 from consentgate.canonical import (
     MANIFEST_DIGEST_FIELD,
     canonical_json,
@@ -44,6 +44,7 @@ from consentgate.canonical import (
 )
 from consentgate.config import outside_root
 from consentgate.errors import CheckFailed, ConsentgateError
+from consentgate.heads import Head, check_published
 from consentgate.logs import step
 from consentgate.state import STATE_DIR
 
@@ -249,12 +250,13 @@ def describe_snapshot(spark: SparkSession, path: Path, version: int) -> dict[str
 # Verification (no JVM: hashlib, delta-rs and consentgate.verifier)
 
 
-def verify_manifest(path: str | Path) -> dict[str, Any]:
+def verify_manifest(path: str | Path, *, expect_head: Head | None = None) -> dict[str, Any]:
     """Re-check a published manifest and everything it certifies, without Spark or a JVM.
 
     Checks, each failure becoming one problem that names the dataset and file at fault:
     the manifest's own SHA-256; its registry entry (digest, path, previous link) and the whole
-    registry chain; for each snapshot the Delta log at the recorded version (the same file set),
+    registry chain, held to its published head (the lake's head file and ``expect_head``:
+    :mod:`consentgate.heads`); for each snapshot the Delta log at the recorded version (the same file set),
     every data file's existence, size and SHA-256, and the content Merkle root and row count
     recomputed from the rows a Delta reader sees at that version (the recorded files, minus the
     rows their deletion vectors hide); the allowlist's Merkle root and asset count recomputed
@@ -288,7 +290,7 @@ def verify_manifest(path: str | Path) -> dict[str, Any]:
     if manifest_path.read_bytes() != canonical_json(manifest):
         problems.append(f"manifest {label}: file is not in RFC 8785 canonical form")
 
-    problems.extend(_check_registry(root, manifest_path, manifest))
+    problems.extend(_check_registry(root, manifest_path, manifest, expect_head))
     snapshots = manifest.get("snapshots")
     if not isinstance(snapshots, dict) or not snapshots:
         problems.append(f"manifest {label}: no snapshots recorded")
@@ -423,7 +425,9 @@ def check_registry_chain(entries: Sequence[ChainLink]) -> list[str]:
     return problems
 
 
-def _check_registry(root: Path, manifest_path: Path, manifest: Mapping[str, Any]) -> list[str]:
+def _check_registry(
+    root: Path, manifest_path: Path, manifest: Mapping[str, Any], expect: Head | None
+) -> list[str]:
     problems: list[str] = []
     where = f"registry {registry_path_at(root)}"
     try:
@@ -431,6 +435,10 @@ def _check_registry(root: Path, manifest_path: Path, manifest: Mapping[str, Any]
     except ConsentgateError as exc:
         return [f"{where}: unreadable: {exc}"]
     problems.extend(f"{where}: {p}" for p in check_registry_chain(entries))
+    digests = [e.manifest_sha256 for e in entries]
+    problems.extend(
+        f"{where}: {p}" for p in check_published(root, "registry", digests, expect=expect)
+    )
     run_id = manifest.get("run_id")
     mine = [e for e in entries if e.run_id == run_id]
     if len(mine) != 1:
@@ -540,7 +548,10 @@ def _check_snapshots(
         table_dir = root / snap["path"]
         recorded = {f["path"]: f for f in snap["files"]}
         missing = []
-        purged = _purged_files(table_dir, after=int(snap["version"]))
+        # files removed since the manifest, each only by an audited purge whose key record
+        # covers its rows; anything else that changed the snapshot is a problem (removals)
+        purged, changes = removals.account(root, snap, table_dir, where)
+        problems.extend(changes)
         for rel, f in sorted(recorded.items()):
             exists, size, sha = digests[f"{name}\x00{rel}"]
             if not exists and rel in purged:
@@ -581,38 +592,6 @@ def _check_snapshots(
             continue
         problems.extend(check_snapshot_content(table_dir, snap, where=where))
     return problems
-
-
-def _purged_files(table_dir: Path, *, after: int) -> dict[str, int]:
-    """Files that a ``consentgate.purge`` commit after version ``after`` removed from a table.
-
-    A snapshot stays the record of what a model was trained on, but the nightly purge removes
-    rows whose consent was later withdrawn and then erases their files. Verification must tell
-    that lawful erasure (visible in the snapshot's own Delta history as a purge commit that
-    removed the file) from tampering (a file that vanished without such a commit).
-    """
-    try:
-        latest = int(verifier.open_delta(table_dir).version())
-        entries = verifier.commit_history(table_dir)
-    except ConsentgateError:
-        return {}
-    purge_versions = sorted(
-        int(e["version"])
-        for e in entries
-        if e.get("consentgate.operation") == "consentgate.purge" and after < int(e["version"])
-    )
-    removed: dict[str, int] = {}
-    for version in purge_versions:
-        if version > latest:
-            continue
-        try:
-            old = set(verifier.data_files(verifier.open_delta(table_dir, version=version - 1)))
-            new = set(verifier.data_files(verifier.open_delta(table_dir, version=version)))
-        except ConsentgateError:
-            continue  # that part of the log is gone: its removals stay unexplained (fail closed)
-        for rel in old - new:
-            removed.setdefault(rel, version)
-    return removed
 
 
 def _check_datasheet(manifest_path: Path, manifest: Mapping[str, Any]) -> list[str]:

@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import fcntl
 import json
 import logging
 import os
@@ -101,7 +100,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from consentgate import audit, lake
+from consentgate import audit, heads, lake
 from consentgate.config import Config, DatasetConfig
 from consentgate.errors import (
     CheckFailed,
@@ -116,6 +115,7 @@ from consentgate.logs import step
 from consentgate.redact import redact_partitions, redact_uuids
 from consentgate.runtime import iso, new_run_id, now_utc, parse_instant
 from consentgate.spark import spark_work
+from consentgate.state import file_lock
 
 #: A decider maps a table's rows (its own columns) to the rows to remove: two columns, the
 #: row key (any name and type; compared as a string) then ``reason``. The default decision
@@ -1495,14 +1495,8 @@ def table_lock(config: Config, name: str) -> Iterator[None]:
     process dies): an erasure's REORG, VACUUM and log cleanup see no purge commit between
     them (issue #22 item 7), and a running attempt is never mistaken for a crashed one.
     Not re-entrant: a process holding it must not take it again."""
-    locks = config.state_dir / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / (key_table_path(config, name).name + ".lock"), "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with file_lock(config.state_dir / "locks" / (key_table_path(config, name).name + ".lock")):
+        yield
 
 
 def purge_table(
@@ -2177,6 +2171,7 @@ def run_purge(
         "failed": failed,
         "datasets": datasets,
         "erasure": erased,
+        "heads": heads.published(config.lake_root),  # after the run's audit entries
     }
     step(
         log,

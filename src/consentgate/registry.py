@@ -37,7 +37,6 @@ with the data, so reading it whole on the driver is fine.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -56,10 +55,11 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from consentgate import lake
+from consentgate import heads, lake
 from consentgate.config import Config, DatasetConfig
 from consentgate.errors import CheckFailed, ConsentgateError
 from consentgate.manifest import check_registry_chain, registry_path_at
+from consentgate.state import file_lock
 
 #: Prefix of every snapshot dataset name: ``snapshot/<model_version>/<dataset>``.
 SNAPSHOT_PREFIX: Final = "snapshot/"
@@ -300,11 +300,17 @@ def snapshot_datasets(config: Config) -> dict[str, DatasetConfig]:
     sources up under :func:`lineage_dataset` of its name.
 
     Raises:
-        CheckFailed: the registry's hash chain does not verify (issue #23 item 2): an entry
-            removed or altered would silently drop or redirect a snapshot from every purge.
+        CheckFailed: the registry's hash chain does not verify, or the registry ends before
+            the head the head file publishes (issue #23 item 2): an entry removed or altered
+            would silently drop or redirect a snapshot from every purge.
     """
     entries = read_entries(config)
     problems = check_chain(entries)
+    # and its newest entries are all there (issue #23: a removed entry would drop its
+    # snapshot from this purge and every later one)
+    problems += heads.check_published(
+        config.lake_root, "registry", [e.manifest_sha256 for e in entries]
+    )
     if problems:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         raise CheckFailed(
@@ -327,13 +333,8 @@ def snapshot_datasets(config: Config) -> dict[str, DatasetConfig]:
 @contextmanager
 def registry_lock(config: Config) -> Iterator[None]:
     """Hold the registry's exclusive lock (blocking) for a read-tail-then-append section."""
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    with open(config.state_dir / "registry.lock", "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with file_lock(config.state_dir / "registry.lock"):
+        yield
 
 
 def append_entry(spark: SparkSession, config: Config, entry: RegistryEntry) -> int:
@@ -372,6 +373,7 @@ def append_entry(spark: SparkSession, config: Config, entry: RegistryEntry) -> i
     problems = check_chain(read_entries(config))
     if problems:
         raise CheckFailed("; ".join(problems))
+    heads.publish(config.lake_root, "registry", heads.Head(entry.seq, entry.manifest_sha256))
     return version
 
 

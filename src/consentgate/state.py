@@ -9,6 +9,9 @@ directories are not evidence: they are written without an audit entry.
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
@@ -18,10 +21,14 @@ STATE_DIR: Final = "_consentgate"
 #: The quiescence certificate's file in the state directory (``consentgate.quiescence``).
 CERTIFICATE_FILE: Final = "quiescence.json"
 
+#: The heads of the audit log and the registry, published after every append
+#: (``consentgate.heads``).
+HEADS_FILE: Final = "heads.json"
+
 #: Entries of the state directory that only an audited flow leaves behind: the registry
 #: (a published gate), manifests (a published gate), purge key tables (a committed purge
-#: attempt) and the quiescence certificate (a certified night).
-RECORDED: Final = ("registry", "manifests", "purge_keys", CERTIFICATE_FILE)
+#: attempt), the quiescence certificate (a certified night) and the head file (an append).
+RECORDED: Final = ("registry", "manifests", "purge_keys", CERTIFICATE_FILE, HEADS_FILE)
 
 
 def recorded_runs(lake_root: Path) -> list[str]:
@@ -46,3 +53,19 @@ def missing_audit_problem(lake_root: Path) -> str | None:
         f"the audit log {STATE_DIR}/audit is missing, but audited runs left "
         f"{', '.join(f'{STATE_DIR}/{n}' for n in found)}: the log was removed or never written"
     )
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created, with its directory) while open.
+
+    The one lock every writer of ours takes (audit log, registry, head file, a table's
+    purges): blocking, released by the kernel if the process dies, not re-entrant.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
