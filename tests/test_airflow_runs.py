@@ -69,6 +69,12 @@ def test_gate_publishes_a_verifying_manifest_and_an_asset(
     extra = gate.asset_events[0]["extra"]
     assert extra["manifest_sha256"] == published["manifest_sha256"]
     assert extra["manifest_path"] == published["manifest_path"]
+    # the trainer gets each snapshot's path and the version it was sealed at (issue #23 item 3)
+    sealed = {
+        s["name"]: s["version"] for s in json.loads(manifest.read_text())["snapshots"].values()
+    }
+    assert extra["snapshot_versions"] == published["snapshot_versions"] == sealed
+    assert set(extra["snapshots"]) == set(sealed)
 
 
 def test_nightly_purge_removes_rows_from_datasets_and_snapshots(

@@ -1281,6 +1281,8 @@ def announce_snapshot(run: Mapping[str, Any], published: Mapping[str, Any]) -> N
             "manifest_path": published.get("manifest_path"),
             "manifest_sha256": published.get("manifest_sha256"),
             "snapshots": published.get("snapshots", {}),
+            # read each snapshot at its sealed version (issue #23 item 3)
+            "snapshot_versions": published.get("snapshot_versions", {}),
             "allowlist_assets": published.get("allowlist_assets"),
         },
     )

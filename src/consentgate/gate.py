@@ -988,6 +988,9 @@ def publish_gate(
         "registry_seq": seq,
         "previous_manifest_sha256": previous,
         "snapshots": {str(s["name"]): str(config.resolve(str(s["path"]))) for s in snaps.values()},
+        # the Delta version each snapshot was sealed at: a trainer reads it there (time
+        # travel), so a later change to the table (a purge) never reaches a run silently
+        "snapshot_versions": {str(s["name"]): int(s["version"]) for s in snaps.values()},
         "snapshot_rows": {str(s["name"]): int(s["rows"]) for s in snaps.values()},
         "allowlist_assets": run["allowlist"]["asset_count"],
         "allowlist_root": run["allowlist"]["merkle_root"],
