@@ -87,8 +87,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--airflow-server",
         action="store_true",
-        help="also run the tests marked airflow_server (`make airflow` as a user starts it; "
-        "minutes; `make test-airflow`)",
+        help="also run the tests marked airflow_server (`make airflow` as a user starts it, "
+        "`make demo` as a user watches it; minutes; `make test-airflow`)",
     )
 
 
@@ -96,7 +96,8 @@ def pytest_configure(config: pytest.Config) -> None:
     from consentgate.story import airflow_environment
 
     config.addinivalue_line(
-        "markers", "airflow_server: starts `make airflow`; runs only with --airflow-server"
+        "markers",
+        "airflow_server: starts `make airflow` or `make demo`; runs only with --airflow-server",
     )
     config.addinivalue_line("markers", "heavy: uses a JVM or Airflow's DB (set by conftest)")
     config.addinivalue_line("markers", "fast: no JVM, no Airflow DB (set by conftest)")
