@@ -50,10 +50,11 @@ STEP_FLOWS: Final[dict[str, str]] = {
 }
 
 
-def task_parent(context: Any) -> ParentRun | None:
+def task_parent(context: Any, step: str) -> ParentRun | None:
     """The running Airflow task's OpenLineage run (and its DAG run as the root), or None when
-    no transport is configured or the Airflow OpenLineage provider is not installed."""
-    if not transport_configured():
+    ``step`` sends no events (:data:`STEP_FLOWS`), no transport is configured or the Airflow
+    OpenLineage provider is not installed."""
+    if step not in STEP_FLOWS or not transport_configured() or not context.get("ti"):
         return None
     try:
         from airflow.providers.openlineage.plugins import macros

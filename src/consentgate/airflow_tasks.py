@@ -85,7 +85,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from consentgate.airflow_lineage import STEP_FLOWS, run_with_lineage, task_parent
+from consentgate.airflow_lineage import run_with_lineage, task_parent
 from consentgate.config import Config, load_config
 from consentgate.errors import ConfigError, ConsentgateError
 from consentgate.openlineage_events import ParentRun
@@ -935,7 +935,7 @@ def submit_step(step: str, config: Config, args: Mapping[str, Any], context: Any
     args_file = result_dir / "args.json"
     args_file.write_text(json.dumps(jsonable(dict(args)), sort_keys=True))
     task_id = getattr(context.get("ti"), "task_id", step) if hasattr(context, "get") else step
-    parent = task_parent(context) if step in STEP_FLOWS and context.get("ti") else None
+    parent = task_parent(context, step)
     operator = SparkSubmitOperator(
         task_id=f"{task_id}__spark_submit",
         application=str(script),
@@ -1091,7 +1091,7 @@ def run_step(run: Mapping[str, Any], step: str, /, **args: Any) -> JSON:
         context = get_current_context()
         if config.airflow.mode == "spark-submit":
             return submit_step(step, config, args, context)
-        return run_step_here(step, config, args, parent=task_parent(context))
+        return run_step_here(step, config, args, parent=task_parent(context, step))
     except ConsentgateError as exc:
         raise _fail_fast(exc) from exc
 

@@ -51,13 +51,19 @@ def _counts(reasons: Mapping[str, Any]) -> dict[str, int]:
     return {str(r): int(n) for r, n in sorted(reasons.items()) if r != "granted"}
 
 
-def _consent(
-    flow: str, config: Config, use_case: str, *, kept: int, removed: Mapping[str, Any]
-) -> dict[str, Any]:
+def _use_case(flow: str, config: Config, use_case: str) -> dict[str, Any]:
+    """The facet's fields every flow fills in."""
     return {
         "flow": flow,
         "useCase": use_case,
         "acceptedPolicyVersions": list(config.use_cases[use_case].accepted_policy_versions),
+    }
+
+
+def _consent(
+    flow: str, config: Config, use_case: str, *, kept: int, removed: Mapping[str, Any]
+) -> dict[str, Any]:
+    return _use_case(flow, config, use_case) | {
         "rowsKept": int(kept),
         "rowsRemoved": _counts(removed),
     }
@@ -143,13 +149,8 @@ def _erase(config: Config, result: Mapping[str, Any]) -> tuple[list[DatasetRef],
         dataset = tables.get(name)
         if dataset is None:
             continue
-        consent = {
-            "flow": "erase",
-            "useCase": dataset.use_case,
-            "acceptedPolicyVersions": list(
-                config.use_cases[dataset.use_case].accepted_policy_versions
-            ),
-            "erasure": str(receipt.get("result", "failed")),
+        consent = _use_case("erase", config, dataset.use_case) | {
+            "erasure": str(receipt.get("result", "failed"))
         }
         outputs.append(dataset_ref(target_path(config, name, dataset), consent=consent))
     return [], outputs

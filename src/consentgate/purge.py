@@ -113,6 +113,7 @@ from consentgate.errors import (
 from consentgate.lake import LogTable
 from consentgate.logs import step
 from consentgate.redact import redact_partitions, redact_uuids
+from consentgate.removals import audited_attempts, key_table_dir
 from consentgate.runtime import iso, new_run_id, now_utc, parse_instant
 from consentgate.spark import spark_work
 from consentgate.state import file_lock
@@ -1419,9 +1420,9 @@ def plan_purge(
 
 
 def key_table_path(config: Config, name: str) -> Path:
-    """Where the hashed removed keys of table ``name`` are kept."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "__" for c in name)
-    return config.state_dir / "purge_keys" / safe
+    """Where the hashed removed keys of table ``name`` are kept (:func:`consentgate.removals.
+    key_table_dir`, which ``verify`` reads without a config)."""
+    return key_table_dir(config.lake_root, name)
 
 
 def _record_keys(
@@ -1727,24 +1728,9 @@ def _result(plan: DatasetPlan, rows_after: int, version_after: int) -> dict[str,
 
 
 def _audited_attempts(config: Config, name: str) -> set[str]:
-    """Attempts of table ``name`` that have a ``purge`` or ``recovery`` audit entry.
-
-    Read with delta-rs (two small columns of a log that grows with runs, not with data): a
-    Spark job per table and run would be pure overhead.
-    """
-    path = audit.audit_path(config)
-    if not lake.is_table(path):
-        return set()
-    log = lake.open_table(path).to_pyarrow_table(columns=["kind", "payload_json"])
-    known: set[str] = set()
-    for kind, text in zip(
-        log.column("kind").to_pylist(), log.column("payload_json").to_pylist(), strict=True
-    ):
-        if kind in ("purge", "recovery"):
-            payload = json.loads(text)
-            if payload.get("dataset") == name:
-                known.add(str(payload.get("attempt")))
-    return known
+    """Attempts of table ``name`` that have a ``purge`` or ``recovery`` audit entry (read with
+    delta-rs by :func:`consentgate.removals.audited_attempts`, which ``verify`` uses too)."""
+    return {attempt for table, attempt in audited_attempts(config.lake_root) if table == name}
 
 
 def reconcile(spark: SparkSession, config: Config, name: str, path: Path) -> list[dict[str, Any]]:

@@ -68,8 +68,9 @@ def key_text(value: Any) -> str:
     return f"k:{value}"
 
 
-def _audited(root: Path) -> set[tuple[str, str]]:
-    """(table, attempt) of every purge and recovery entry of the audit log (delta-rs)."""
+def audited_attempts(root: Path) -> set[tuple[str, str]]:
+    """(table, attempt) of every purge and recovery entry of the audit log, read with delta-rs
+    (two small columns of a log that grows with runs, not with data)."""
     path = root / STATE_DIR / "audit"
     if not verifier.is_delta_table(path):
         return set()
@@ -173,7 +174,7 @@ def account(
                 continue
         else:
             if audited is None:
-                audited = _audited(root)
+                audited = audited_attempts(root)
             if (name, attempt) not in audited:
                 problems.append(
                     f"{label}: purge attempt {attempt} has no audit entry for {name}: its "
